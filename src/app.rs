@@ -1,0 +1,287 @@
+//! Wiring: builds the stores, the workers and the consumer from the settings, and runs them
+//! until a shutdown trigger arrives. Nothing in the library imports this module.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use futures_util::{Stream, StreamExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::batcher::Limits;
+use crate::config::Settings;
+use crate::consumer::{self, ConsumerSettings, OffsetStore};
+use crate::metrics::Metrics;
+use crate::model::TopicPartition;
+use crate::notify;
+use crate::redact::Redactor;
+use crate::shutdown::{AbortReason, Shutdown};
+use crate::sink::SinkError;
+use crate::sink::elastic::{ElasticSink, EsSettings};
+use crate::sink::postgres::{PgSettings, PgSink};
+use crate::sink::retry::{Backoff, retry};
+use crate::worker::{Worker, WorkerContext};
+
+/// How the daemon ended. The numbers are the process exit codes documented in the README.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Everything read was made durable and committed (or nothing had started yet).
+    Clean = 0,
+    /// The shutdown deadline passed: unfinished batches were rolled back and not committed.
+    DeadlineExceeded = 3,
+    /// A second signal cut the drain short, with the same safety as a deadline.
+    Aborted = 4,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Store(#[from] SinkError),
+    #[error(transparent)]
+    Consumer(#[from] consumer::ConsumerError),
+    #[error("cannot serve http on {addr}: {source}")]
+    Http {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl OffsetStore for (PgSink, String) {
+    fn load<'a>(
+        &'a self,
+        tps: &'a [TopicPartition],
+    ) -> Pin<Box<dyn Future<Output = Result<HashMap<TopicPartition, i64>, String>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            self.0
+                .load_offsets(&self.1, tps)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+fn backoff(s: &Settings) -> Backoff {
+    Backoff {
+        initial: Duration::from_millis(s.retry_initial_ms),
+        max: Duration::from_millis(s.retry_max_ms),
+    }
+}
+
+fn pg_sink(s: &Settings) -> Result<PgSink, SinkError> {
+    PgSink::new(&PgSettings {
+        url: s.database_url.clone(),
+        schema: s.pg_schema.clone(),
+        pool_size: s.pg_pool_size(),
+        connect_timeout: Duration::from_millis(s.pg_connect_timeout_ms),
+        statement_timeout: Duration::from_millis(s.pg_statement_timeout_ms),
+    })
+}
+
+/// `log-processor migrate`: applies the schema and exits.
+pub async fn migrate(settings: &Settings) -> Result<(), AppError> {
+    let pg = pg_sink(settings)?;
+    pg.migrate().await?;
+    pg.close().await;
+    Ok(())
+}
+
+/// Runs the daemon until `triggers` yields: the first item starts a graceful shutdown, a
+/// second one aborts it. The binary feeds SIGTERM/SIGINT here; tests feed a channel.
+pub async fn run(
+    settings: Settings,
+    triggers: impl Stream<Item = &'static str> + Send + Unpin + 'static,
+) -> Result<Exit, AppError> {
+    settings.validate()?;
+    let shutdown = Shutdown::new(settings.shutdown_deadline());
+    let metrics = Arc::new(Metrics::default());
+    tokio::spawn(watch_triggers(triggers, shutdown.clone(), metrics.clone()));
+
+    let http_stop = CancellationToken::new();
+    let listener = TcpListener::bind(settings.http_addr)
+        .await
+        .map_err(|source| AppError::Http {
+            addr: settings.http_addr,
+            source,
+        })?;
+    tracing::info!(addr = %listener.local_addr().map_err(|source| AppError::Http { addr: settings.http_addr, source })?, "http listening");
+    tokio::spawn(crate::http::serve(
+        listener,
+        metrics.clone(),
+        http_stop.clone(),
+    ));
+    let _stop_http = http_stop.drop_guard();
+
+    // Start-up: a signal here ends the daemon at once; stores that are down are waited for.
+    let pg = pg_sink(&settings)?;
+    let es = ElasticSink::new(EsSettings {
+        url: settings.elasticsearch_url.clone(),
+        index_pattern: settings.es_index.clone(),
+        bulk_max_bytes: settings.es_bulk_max_bytes,
+        timeout: Duration::from_millis(settings.es_timeout_ms),
+        backoff: backoff(&settings),
+    })?;
+    let startup = async {
+        retry(
+            "postgresql migration",
+            backoff(&settings),
+            &shutdown.drain,
+            || {},
+            || pg.migrate(),
+        )
+        .await?;
+        retry(
+            "elasticsearch index template",
+            backoff(&settings),
+            &shutdown.drain,
+            || {},
+            || es.ensure_template(),
+        )
+        .await?;
+        Ok::<_, SinkError>(())
+    };
+    match startup.await {
+        Ok(()) => {}
+        Err(SinkError::Cancelled) => {
+            shutdown.phase("exit during start-up");
+            return Ok(Exit::Clean);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    if let Ok(v) = es.version().await {
+        tracing::info!(elasticsearch = %v, "stores ready");
+    }
+
+    let ctx = Arc::new(WorkerContext {
+        group_id: settings.group_id.clone(),
+        pg: pg.clone(),
+        es,
+        redactor: Redactor::new(
+            settings.redact_drop.clone(),
+            settings.redact_hash.clone(),
+            settings.redact_key.as_deref(),
+        ),
+        max_record_bytes: settings.max_record_bytes,
+        backoff: backoff(&settings),
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
+    });
+    let (ack_tx, ack_rx) = std::sync::mpsc::channel();
+    let mut senders = Vec::with_capacity(settings.workers);
+    let mut workers = Vec::with_capacity(settings.workers);
+    for id in 0..settings.workers {
+        let (tx, rx) = tokio::sync::mpsc::channel(settings.worker_queue);
+        senders.push(tx);
+        workers.push(tokio::spawn(
+            Worker {
+                id,
+                queue: rx,
+                acks: ack_tx.clone(),
+                ctx: ctx.clone(),
+            }
+            .run(),
+        ));
+    }
+    drop(ack_tx); // only workers hold ack senders: the channel closes when the last one exits
+
+    let consumer_settings = ConsumerSettings {
+        brokers: settings.kafka_brokers.clone(),
+        group_id: settings.group_id.clone(),
+        topics: settings.topics(),
+        session_timeout_ms: settings.session_timeout_ms,
+        max_poll_interval_ms: settings.max_poll_interval_ms,
+        queue_kbytes: settings.kafka_queue_kbytes,
+        limits: Limits {
+            max_records: settings.batch_max_records,
+            max_bytes: settings.batch_max_bytes,
+            linger: settings.batch_linger(),
+        },
+        commit_interval: Duration::from_millis(settings.commit_interval_ms),
+        revoke_drain_timeout: Duration::from_millis(settings.revoke_drain_timeout_ms),
+    };
+    let offsets = Arc::new((pg.clone(), settings.group_id.clone()));
+    let thread = consumer::spawn(
+        consumer_settings,
+        offsets,
+        senders,
+        ack_rx,
+        shutdown.clone(),
+        metrics.clone(),
+    )?;
+    let consumer_done = tokio::task::spawn_blocking(move || thread.join());
+
+    // The consumer thread ends after the drain; the hard deadline bounds the whole sequence.
+    let hard_deadline = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.drain.cancelled().await;
+            let at = shutdown.hard_deadline().unwrap_or_else(Instant::now);
+            tokio::time::sleep_until(at.into()).await;
+        }
+    };
+    let report = tokio::select! {
+        r = consumer_done => match r {
+            Ok(Ok(report)) => Some(report),
+            _ => { tracing::error!("consumer thread panicked"); None }
+        },
+        _ = hard_deadline => {
+            tracing::error!("shutdown deadline reached before the consumer closed; exiting without waiting for it");
+            None
+        }
+    };
+    for w in workers {
+        w.abort();
+    }
+    let _ = tokio::time::timeout(Duration::from_millis(500), pg.close()).await;
+
+    let exit = match (shutdown.abort_reason(), &report) {
+        (AbortReason::SecondSignal, _) => Exit::Aborted,
+        (AbortReason::Deadline, _) | (_, None) => Exit::DeadlineExceeded,
+        (AbortReason::None, Some(r)) if !r.abandoned.is_empty() => Exit::DeadlineExceeded,
+        _ => Exit::Clean,
+    };
+    metrics.shutdown_ms.store(shutdown.elapsed_ms(), Relaxed);
+    tracing::info!(target: "log_processor::shutdown", phase = "exit", elapsed_ms = shutdown.elapsed_ms(), exit_code = exit as i32, "shutdown: exit");
+    Ok(exit)
+}
+
+/// First trigger: graceful shutdown with a deadline. Second trigger: abort.
+async fn watch_triggers(
+    mut triggers: impl Stream<Item = &'static str> + Unpin,
+    shutdown: Shutdown,
+    metrics: Arc<Metrics>,
+) {
+    let Some(first) = triggers.next().await else {
+        return;
+    };
+    shutdown.begin();
+    tracing::info!(target: "log_processor::shutdown", phase = "signal received", signal = first, elapsed_ms = 0u64, "shutdown: signal received");
+    metrics.set_not_ready();
+    notify::send("STOPPING=1");
+    let deadline = {
+        let shutdown = shutdown.clone();
+        async move {
+            if let Some(at) = shutdown.abort_at() {
+                tokio::time::sleep_until(at.into()).await;
+            }
+        }
+    };
+    tokio::select! {
+        Some(second) = triggers.next() => {
+            tracing::warn!(target: "log_processor::shutdown", phase = "second signal", signal = second, elapsed_ms = shutdown.elapsed_ms(), "shutdown: second signal, aborting in-flight work");
+            shutdown.abort(AbortReason::SecondSignal);
+        }
+        _ = deadline => {
+            if !shutdown.abort.is_cancelled() {
+                tracing::warn!(target: "log_processor::shutdown", phase = "deadline", elapsed_ms = shutdown.elapsed_ms(), "shutdown: deadline reached, abandoning in-flight batches");
+                shutdown.abort(AbortReason::Deadline);
+            }
+        }
+    }
+}

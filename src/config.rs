@@ -1,0 +1,500 @@
+//! Typed configuration: every option is a flag and an `LP_*` environment variable, with
+//! cross-field validation at start-up so a bad setting stops the daemon before it joins a group.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+/// Settings of the daemon (`run`), also used by `migrate` and `check-config`.
+#[derive(Args, Clone, Debug)]
+pub struct Settings {
+    /// Kafka bootstrap servers, comma separated.
+    #[arg(long, env = "LP_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+    /// Topics to consume, comma separated.
+    #[arg(long, env = "LP_TOPICS", value_delimiter = ',', default_value = "logs")]
+    pub topics: Vec<String>,
+    /// Consumer group id; also keys the PostgreSQL offsets table.
+    #[arg(long, env = "LP_GROUP_ID", default_value = "log-processor")]
+    pub group_id: String,
+    /// Kafka session timeout: how long the group waits for a silent member.
+    #[arg(long, env = "LP_SESSION_TIMEOUT_MS", default_value_t = 30_000)]
+    pub session_timeout_ms: u64,
+    /// Kafka max.poll.interval.ms; the consumer keeps polling while paused, so this is a safety net.
+    #[arg(long, env = "LP_MAX_POLL_INTERVAL_MS", default_value_t = 300_000)]
+    pub max_poll_interval_ms: u64,
+    /// Upper bound of records prefetched by librdkafka, in KiB (bounds memory under backlog).
+    #[arg(long, env = "LP_KAFKA_QUEUE_KBYTES", default_value_t = 16_384)]
+    pub kafka_queue_kbytes: u64,
+
+    /// A batch is handed to a worker when it holds this many records...
+    #[arg(long, env = "LP_BATCH_MAX_RECORDS", default_value_t = 1000)]
+    pub batch_max_records: usize,
+    /// ...or this many bytes...
+    #[arg(long, env = "LP_BATCH_MAX_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub batch_max_bytes: usize,
+    /// ...or when its first record has waited this long.
+    #[arg(long, env = "LP_BATCH_LINGER_MS", default_value_t = 200)]
+    pub batch_linger_ms: u64,
+    /// Number of worker tasks writing batches.
+    #[arg(long, env = "LP_WORKERS", default_value_t = 4)]
+    pub workers: usize,
+    /// Batches queued per worker before the consumer pauses the worker's partitions.
+    #[arg(long, env = "LP_WORKER_QUEUE", default_value_t = 2)]
+    pub worker_queue: usize,
+    /// How often durable offsets are committed to Kafka.
+    #[arg(long, env = "LP_COMMIT_INTERVAL_MS", default_value_t = 1000)]
+    pub commit_interval_ms: u64,
+    /// On revocation, how long in-flight batches of revoked partitions may finish before they
+    /// are given up. Must stay below the session timeout.
+    #[arg(long, env = "LP_REVOKE_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub revoke_drain_timeout_ms: u64,
+
+    /// PostgreSQL URL, e.g. postgres://user:password@host:5432/db (the password is never logged).
+    #[arg(
+        long,
+        env = "LP_DATABASE_URL",
+        default_value = "postgres://logproc@127.0.0.1:5432/logproc"
+    )]
+    pub database_url: String,
+    /// PostgreSQL schema holding the tables (created if missing).
+    #[arg(long, env = "LP_PG_SCHEMA", default_value = "public")]
+    pub pg_schema: String,
+    /// PostgreSQL pool size; defaults to workers + 2.
+    #[arg(long, env = "LP_PG_POOL_SIZE")]
+    pub pg_pool_size: Option<u32>,
+    /// Bound on connecting to PostgreSQL and on taking a pooled connection.
+    #[arg(long, env = "LP_PG_CONNECT_TIMEOUT_MS", default_value_t = 5000)]
+    pub pg_connect_timeout_ms: u64,
+    /// Server-side statement timeout for the daemon's statements.
+    #[arg(long, env = "LP_PG_STATEMENT_TIMEOUT_MS", default_value_t = 30_000)]
+    pub pg_statement_timeout_ms: u64,
+
+    /// Elasticsearch (or OpenSearch) URL; credentials in it are never logged.
+    #[arg(
+        long,
+        env = "LP_ELASTICSEARCH_URL",
+        default_value = "http://127.0.0.1:9200"
+    )]
+    pub elasticsearch_url: String,
+    /// Index name pattern, strftime-style on the record's own timestamp.
+    #[arg(long, env = "LP_ES_INDEX", default_value = "logs-%Y.%m.%d")]
+    pub es_index: String,
+    /// Largest `_bulk` request body.
+    #[arg(long, env = "LP_ES_BULK_MAX_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub es_bulk_max_bytes: usize,
+    /// Bound on one Elasticsearch request.
+    #[arg(long, env = "LP_ES_TIMEOUT_MS", default_value_t = 30_000)]
+    pub es_timeout_ms: u64,
+    /// First retry delay for transient store errors (doubles up to the max, with jitter).
+    #[arg(long, env = "LP_RETRY_INITIAL_MS", default_value_t = 100)]
+    pub retry_initial_ms: u64,
+    /// Largest retry delay.
+    #[arg(long, env = "LP_RETRY_MAX_MS", default_value_t = 5000)]
+    pub retry_max_ms: u64,
+
+    /// Records larger than this are dead-lettered instead of stored.
+    #[arg(long, env = "LP_MAX_RECORD_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_record_bytes: usize,
+    /// Top-level fields removed before either store, comma separated.
+    #[arg(long, env = "LP_REDACT_DROP", value_delimiter = ',')]
+    pub redact_drop: Vec<String>,
+    /// Top-level fields replaced by a keyed hash (HMAC-SHA256) before either store.
+    #[arg(long, env = "LP_REDACT_HASH", value_delimiter = ',')]
+    pub redact_hash: Vec<String>,
+    /// Key for the redaction hash (secret: never printed).
+    #[arg(long, env = "LP_REDACT_KEY", hide_env_values = true)]
+    pub redact_key: Option<String>,
+
+    /// Time from the first SIGTERM/SIGINT to exit, covering drain, commit and group leave.
+    #[arg(long, env = "LP_SHUTDOWN_DEADLINE_MS", default_value_t = 25_000)]
+    pub shutdown_deadline_ms: u64,
+    /// The grace period the supervisor allows before SIGKILL (Kubernetes
+    /// terminationGracePeriodSeconds, systemd TimeoutStopSec).
+    #[arg(long, env = "LP_GRACE_PERIOD_MS", default_value_t = 30_000)]
+    pub grace_period_ms: u64,
+    /// Minimum headroom between the deadline and the grace period (at least 2000).
+    #[arg(long, env = "LP_SHUTDOWN_MARGIN_MS", default_value_t = 2000)]
+    pub shutdown_margin_ms: u64,
+
+    /// Address serving /metrics, /healthz and /readyz.
+    #[arg(long, env = "LP_HTTP_ADDR", default_value = "0.0.0.0:9898")]
+    pub http_addr: SocketAddr,
+    /// Log format.
+    #[arg(long, env = "LP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// A setting that cannot work, naming the field as the operator spells it.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {field}: {message}")]
+pub struct ConfigError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field,
+        message: message.into(),
+    }
+}
+
+impl Settings {
+    /// Cross-field validation; the first problem found names its field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let topics: Vec<_> = self
+            .topics
+            .iter()
+            .filter(|t| !t.trim().is_empty())
+            .collect();
+        if topics.is_empty() {
+            return Err(invalid(
+                "LP_TOPICS (--topics)",
+                "at least one topic is required",
+            ));
+        }
+        if self.group_id.trim().is_empty() {
+            return Err(invalid("LP_GROUP_ID (--group-id)", "must not be empty"));
+        }
+        if self.batch_max_records == 0 {
+            return Err(invalid(
+                "LP_BATCH_MAX_RECORDS (--batch-max-records)",
+                "must be at least 1",
+            ));
+        }
+        if self.batch_max_bytes < 1024 {
+            return Err(invalid(
+                "LP_BATCH_MAX_BYTES (--batch-max-bytes)",
+                "must be at least 1024",
+            ));
+        }
+        if !(1..=64).contains(&self.workers) {
+            return Err(invalid(
+                "LP_WORKERS (--workers)",
+                "must be between 1 and 64",
+            ));
+        }
+        if self.worker_queue == 0 {
+            return Err(invalid(
+                "LP_WORKER_QUEUE (--worker-queue)",
+                "must be at least 1",
+            ));
+        }
+        if self.session_timeout_ms > self.max_poll_interval_ms {
+            return Err(invalid(
+                "LP_SESSION_TIMEOUT_MS (--session-timeout-ms)",
+                format!(
+                    "{} must not exceed LP_MAX_POLL_INTERVAL_MS ({})",
+                    self.session_timeout_ms, self.max_poll_interval_ms
+                ),
+            ));
+        }
+        if self.revoke_drain_timeout_ms >= self.session_timeout_ms {
+            return Err(invalid(
+                "LP_REVOKE_DRAIN_TIMEOUT_MS (--revoke-drain-timeout-ms)",
+                format!(
+                    "{} must be below LP_SESSION_TIMEOUT_MS ({})",
+                    self.revoke_drain_timeout_ms, self.session_timeout_ms
+                ),
+            ));
+        }
+        if self.shutdown_margin_ms < 2000 {
+            return Err(invalid(
+                "LP_SHUTDOWN_MARGIN_MS (--shutdown-margin-ms)",
+                "must be at least 2000",
+            ));
+        }
+        if self.shutdown_deadline_ms == 0 {
+            return Err(invalid(
+                "LP_SHUTDOWN_DEADLINE_MS (--shutdown-deadline-ms)",
+                "must be above 0",
+            ));
+        }
+        if self.shutdown_deadline_ms + self.shutdown_margin_ms > self.grace_period_ms {
+            return Err(invalid(
+                "LP_SHUTDOWN_DEADLINE_MS (--shutdown-deadline-ms)",
+                format!(
+                    "{} ms plus the {} ms margin does not fit in the {} ms grace period (LP_GRACE_PERIOD_MS)",
+                    self.shutdown_deadline_ms, self.shutdown_margin_ms, self.grace_period_ms
+                ),
+            ));
+        }
+        if self.retry_initial_ms == 0 || self.retry_initial_ms > self.retry_max_ms {
+            return Err(invalid(
+                "LP_RETRY_INITIAL_MS (--retry-initial-ms)",
+                "must be above 0 and at most LP_RETRY_MAX_MS",
+            ));
+        }
+        if self.es_bulk_max_bytes < self.max_record_bytes + 4096 {
+            return Err(invalid(
+                "LP_ES_BULK_MAX_BYTES (--es-bulk-max-bytes)",
+                format!(
+                    "must exceed LP_MAX_RECORD_BYTES ({}) by at least 4096 so any accepted record fits",
+                    self.max_record_bytes
+                ),
+            ));
+        }
+        if !valid_index_pattern(&self.es_index) {
+            return Err(invalid(
+                "LP_ES_INDEX (--es-index)",
+                "must be a lowercase index name with valid strftime directives (e.g. logs-%Y.%m.%d)",
+            ));
+        }
+        if self.pg_schema.is_empty()
+            || !self
+                .pg_schema
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(invalid(
+                "LP_PG_SCHEMA (--pg-schema)",
+                "must be letters, digits and underscores",
+            ));
+        }
+        if !(self.database_url.starts_with("postgres://")
+            || self.database_url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "LP_DATABASE_URL (--database-url)",
+                format!("not a postgres:// URL: {}", mask_url(&self.database_url)),
+            ));
+        }
+        if !(self.elasticsearch_url.starts_with("http://")
+            || self.elasticsearch_url.starts_with("https://"))
+        {
+            return Err(invalid(
+                "LP_ELASTICSEARCH_URL (--elasticsearch-url)",
+                format!(
+                    "not an http(s):// URL: {}",
+                    mask_url(&self.elasticsearch_url)
+                ),
+            ));
+        }
+        if !self.redact_hash.is_empty() && self.redact_key.as_deref().unwrap_or("").is_empty() {
+            return Err(invalid(
+                "LP_REDACT_KEY (--redact-key)",
+                "required when LP_REDACT_HASH names fields",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn topics(&self) -> Vec<String> {
+        self.topics
+            .iter()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect()
+    }
+    pub fn pg_pool_size(&self) -> u32 {
+        self.pg_pool_size.unwrap_or(self.workers as u32 + 2)
+    }
+    pub fn shutdown_deadline(&self) -> Duration {
+        Duration::from_millis(self.shutdown_deadline_ms)
+    }
+    pub fn batch_linger(&self) -> Duration {
+        Duration::from_millis(self.batch_linger_ms)
+    }
+}
+
+/// `check-config` output: the effective settings with every secret masked.
+impl fmt::Display for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = self.clone();
+        s.database_url = mask_url(&s.database_url);
+        s.elasticsearch_url = mask_url(&s.elasticsearch_url);
+        s.redact_key = s.redact_key.map(|_| "****".into());
+        write!(f, "{s:#?}")
+    }
+}
+
+/// An index name pattern is usable when chrono knows every directive and the names it makes
+/// are valid (lowercase, no spaces, `*`, `,` or `#`).
+fn valid_index_pattern(pattern: &str) -> bool {
+    use chrono::format::{Item, StrftimeItems};
+    if pattern.is_empty() || StrftimeItems::new(pattern).any(|i| matches!(i, Item::Error)) {
+        return false;
+    }
+    let sample = chrono::DateTime::from_timestamp(1_700_000_000, 0)
+        .unwrap_or_default()
+        .format(pattern)
+        .to_string();
+    !sample.starts_with(['_', '-', '+'])
+        && !sample
+            .chars()
+            .any(|c| c.is_ascii_uppercase() || " *,#\\/?\"<>|".contains(c))
+}
+
+/// Replaces the password of `scheme://user:password@host/...` with `****`.
+pub fn mask_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    match rest[..at].find(':') {
+        Some(colon) => format!(
+            "{}{}:****{}",
+            &url[..scheme_end],
+            &rest[..colon],
+            &rest[at..]
+        ),
+        None => url.to_string(),
+    }
+}
+
+/// Reads `KEY=VALUE` lines (blank lines and `#` comments skipped, optional quotes) from a
+/// config file, in the same form as a systemd EnvironmentFile.
+pub fn read_env_file(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        invalid(
+            "LP_CONFIG (--config)",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    let mut pairs = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(invalid(
+                "LP_CONFIG (--config)",
+                format!("{}:{}: expected KEY=VALUE", path.display(), n + 1),
+            ));
+        };
+        let v = v.trim();
+        let v = v
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(v);
+        pairs.push((k.trim().to_string(), v.to_string()));
+    }
+    Ok(pairs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        s: Settings,
+    }
+
+    fn parse(args: &[&str]) -> Settings {
+        T::try_parse_from(std::iter::once("t").chain(args.iter().copied()))
+            .unwrap()
+            .s
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        parse(&[]).validate().unwrap();
+    }
+
+    #[test]
+    fn deadline_must_fit_in_grace_period_with_margin() {
+        let err = parse(&["--shutdown-deadline-ms", "29000"])
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("LP_SHUTDOWN_DEADLINE_MS"), "{err}");
+        parse(&["--shutdown-deadline-ms", "28000"])
+            .validate()
+            .unwrap();
+        let err = parse(&["--shutdown-margin-ms", "1000"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.field, "LP_SHUTDOWN_MARGIN_MS (--shutdown-margin-ms)");
+    }
+
+    #[test]
+    fn revoke_drain_below_session_timeout() {
+        let err = parse(&[
+            "--session-timeout-ms",
+            "6000",
+            "--revoke-drain-timeout-ms",
+            "6000",
+        ])
+        .validate()
+        .unwrap_err();
+        assert!(err.field.starts_with("LP_REVOKE_DRAIN_TIMEOUT_MS"));
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        for (args, field) in [
+            (vec!["--batch-max-records", "0"], "LP_BATCH_MAX_RECORDS"),
+            (vec!["--workers", "0"], "LP_WORKERS"),
+            (vec!["--topics", ""], "LP_TOPICS"),
+            (vec!["--database-url", "mysql://a:b@c/d"], "LP_DATABASE_URL"),
+            (vec!["--es-index", "Logs"], "LP_ES_INDEX"),
+            (vec!["--es-index", "logs-%Q"], "LP_ES_INDEX"),
+            (vec!["--redact-hash", "email"], "LP_REDACT_KEY"),
+            (vec!["--es-bulk-max-bytes", "1000"], "LP_ES_BULK_MAX_BYTES"),
+        ] {
+            let err = parse(&args).validate().unwrap_err();
+            assert!(err.field.starts_with(field), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn masks_passwords() {
+        assert_eq!(
+            mask_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:****@h:5432/db"
+        );
+        assert_eq!(mask_url("http://u:p%40ss@h/x@y"), "http://u:****@h/x@y");
+        assert_eq!(mask_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(mask_url("http://h:9200"), "http://h:9200");
+        let s = parse(&[
+            "--database-url",
+            "postgres://u:hunter2@h/db",
+            "--redact-key",
+            "k3y",
+        ]);
+        let shown = s.to_string();
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("k3y"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn env_file_lines() {
+        let dir = std::env::temp_dir().join(format!("lp-env-{}", std::process::id()));
+        std::fs::write(&dir, "# c\nLP_WORKERS=3\n\nLP_TOPICS=\"a,b\"\n").unwrap();
+        let pairs = read_env_file(&dir).unwrap();
+        assert_eq!(
+            pairs,
+            vec![
+                ("LP_WORKERS".into(), "3".into()),
+                ("LP_TOPICS".into(), "a,b".into())
+            ]
+        );
+        std::fs::write(&dir, "oops\n").unwrap();
+        assert!(
+            read_env_file(&dir)
+                .unwrap_err()
+                .to_string()
+                .contains(":1: expected KEY=VALUE")
+        );
+        std::fs::remove_file(&dir).ok();
+    }
+}

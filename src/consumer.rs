@@ -1,0 +1,714 @@
+//! The Kafka side: one thread owns the rdkafka consumer, cuts records into per-partition
+//! batches, hands them to workers through bounded channels, and commits watermarks.
+//!
+//! Everything that touches the consumer (polling, rebalance callbacks, pause/resume, commits)
+//! runs on this one thread, so a commit can never race a revocation: offsets are only ever
+//! committed for partitions this consumer owns at that moment. The thread never runs on the
+//! async runtime, so its blocking calls cannot stall a worker.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use tokio::sync::mpsc::Sender;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio_util::sync::CancellationToken;
+
+use crate::batcher::{Batcher, Limits};
+use crate::metrics::Metrics;
+use crate::model::{Ack, Batch, RawRecord, TopicPartition};
+use crate::shutdown::Shutdown;
+use crate::watermark::Watermarks;
+
+/// Where a partition should start: the durable next offsets kept next to the data.
+pub trait OffsetStore: Send + Sync + 'static {
+    fn load<'a>(
+        &'a self,
+        tps: &'a [TopicPartition],
+    ) -> Pin<Box<dyn Future<Output = Result<HashMap<TopicPartition, i64>, String>> + Send + 'a>>;
+}
+
+/// Settings of the Kafka consumer.
+#[derive(Clone, Debug)]
+pub struct ConsumerSettings {
+    pub brokers: String,
+    pub group_id: String,
+    pub topics: Vec<String>,
+    pub session_timeout_ms: u64,
+    pub max_poll_interval_ms: u64,
+    pub queue_kbytes: u64,
+    pub limits: Limits,
+    pub commit_interval: Duration,
+    pub revoke_drain_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error("kafka consumer: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("could not start the consumer thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// What the consumer thread reports when it ends.
+#[derive(Debug, Default)]
+pub struct ConsumerReport {
+    /// Partitions whose fetched records were not all made durable: `(partition, from, to)`,
+    /// the offsets a restart will read again.
+    pub abandoned: Vec<(TopicPartition, i64, i64)>,
+}
+
+/// Mutable state shared by the poll loop and the rebalance callbacks (both on the consumer
+/// thread; the mutex only satisfies rdkafka's `Sync` bound and is never contended).
+struct State {
+    batcher: Batcher,
+    watermarks: Watermarks,
+    /// Senders to the workers' bounded queues. Cleared at shutdown: that closes the queues.
+    workers: Vec<Sender<Batch>>,
+    /// Acks from workers. Disconnected once every worker has exited.
+    acks: Receiver<Ack>,
+    /// Batches cut but not yet accepted by their worker's full queue, per partition.
+    pending: HashMap<TopicPartition, VecDeque<Batch>>,
+    /// Owned partitions; cancelling a token tells workers to give up that partition's batches.
+    assigned: HashMap<TopicPartition, CancellationToken>,
+    paused: HashSet<TopicPartition>,
+    /// One past the last offset read, per partition.
+    fetched: HashMap<TopicPartition, i64>,
+    /// Set when shutting down: rebalances then no longer wait for in-flight batches.
+    closing: bool,
+    workers_gone: bool,
+}
+
+/// The rdkafka context: rebalance callbacks and log routing.
+struct Bridge {
+    state: Mutex<State>,
+    settings: ConsumerSettings,
+    offsets: Arc<dyn OffsetStore>,
+    runtime: tokio::runtime::Handle,
+    shutdown: Shutdown,
+    metrics: Arc<Metrics>,
+}
+
+type Kafka = BaseConsumer<Bridge>;
+
+/// Creates the consumer and starts its thread.
+pub fn spawn(
+    settings: ConsumerSettings,
+    offsets: Arc<dyn OffsetStore>,
+    workers: Vec<Sender<Batch>>,
+    acks: Receiver<Ack>,
+    shutdown: Shutdown,
+    metrics: Arc<Metrics>,
+) -> Result<std::thread::JoinHandle<ConsumerReport>, ConsumerError> {
+    let state = State {
+        batcher: Batcher::new(settings.limits),
+        watermarks: Watermarks::default(),
+        workers,
+        acks,
+        pending: HashMap::new(),
+        assigned: HashMap::new(),
+        paused: HashSet::new(),
+        fetched: HashMap::new(),
+        closing: false,
+        workers_gone: false,
+    };
+    let bridge = Bridge {
+        state: Mutex::new(state),
+        settings: settings.clone(),
+        offsets,
+        runtime: tokio::runtime::Handle::current(),
+        shutdown,
+        metrics,
+    };
+    let consumer: Kafka = ClientConfig::new()
+        .set("bootstrap.servers", &settings.brokers)
+        .set("group.id", &settings.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set(
+            "session.timeout.ms",
+            settings.session_timeout_ms.to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            (settings.session_timeout_ms / 3).max(100).to_string(),
+        )
+        .set(
+            "max.poll.interval.ms",
+            settings.max_poll_interval_ms.to_string(),
+        )
+        .set(
+            "queued.max.messages.kbytes",
+            settings.queue_kbytes.to_string(),
+        )
+        .set("fetch.max.bytes", "52428800")
+        .set("statistics.interval.ms", "5000")
+        .set("client.id", "log-processor")
+        .set_log_level(RDKafkaLogLevel::Warning)
+        .create_with_context(bridge)?;
+    let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    std::thread::Builder::new()
+        .name("kafka-consumer".into())
+        .spawn(move || run(consumer))
+        .map_err(ConsumerError::Thread)
+}
+
+fn run(consumer: Kafka) -> ConsumerReport {
+    let bridge = consumer.context();
+    let commit_interval = bridge.settings.commit_interval;
+    let mut next_commit = Instant::now() + commit_interval;
+    let mut poll_errors = 0u64;
+    while !bridge.shutdown.drain.is_cancelled() {
+        let now = Instant::now();
+        let wait = {
+            let mut st = bridge.lock();
+            st.drain_acks(&bridge.metrics);
+            for (tp, records) in st.batcher.expired(now) {
+                st.enqueue(tp, records);
+            }
+            st.dispatch();
+            st.apply_pause(&consumer);
+            if now >= next_commit {
+                st.commit(&consumer, CommitMode::Async, None, &bridge.metrics);
+                next_commit = now + commit_interval;
+            }
+            st.batcher
+                .next_expiry()
+                .map_or(Duration::from_millis(50), |t| {
+                    t.saturating_duration_since(now)
+                })
+                .min(Duration::from_millis(50))
+        };
+        match consumer.poll(wait) {
+            Some(Ok(m)) => {
+                let tp = TopicPartition::new(m.topic(), m.partition());
+                let record = RawRecord {
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().map(<[u8]>::to_vec),
+                    kafka_timestamp_ms: m.timestamp().to_millis(),
+                };
+                drop(m);
+                bridge.metrics.consumed.fetch_add(1, Relaxed);
+                let mut st = bridge.lock();
+                if st.assigned.contains_key(&tp) {
+                    st.fetched.insert(tp.clone(), record.offset + 1);
+                    for full in st.batcher.push(&tp, record, Instant::now()) {
+                        st.enqueue(tp.clone(), full);
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                poll_errors += 1;
+                // Broker outages produce a stream of these; one line in a hundred is enough.
+                if poll_errors % 100 == 1 {
+                    tracing::warn!(error = %e, count = poll_errors, "kafka poll error");
+                }
+            }
+            None => {}
+        }
+    }
+    close(consumer)
+}
+
+/// The consumer's part of the shutdown sequence; see docs/ARCHITECTURE.md.
+fn close(consumer: Kafka) -> ConsumerReport {
+    let bridge = consumer.context();
+    let shutdown = bridge.shutdown.clone();
+    {
+        let mut st = bridge.lock();
+        st.closing = true;
+        let all: Vec<_> = st.assigned.keys().cloned().collect();
+        pause(&consumer, &all);
+        // What was read is handed out as final batches; workers decide, against the deadline,
+        // whether each can still finish. Nothing new is fetched.
+        for tp in st.batcher.partitions() {
+            if let Some(records) = st.batcher.take(&tp) {
+                st.enqueue(tp, records);
+            }
+        }
+    }
+    shutdown.phase("fetching stopped");
+
+    // Feed the final batches, close the queues, and wait for the last worker to exit.
+    let mut abort_seen: Option<Instant> = None;
+    loop {
+        {
+            let mut st = bridge.lock();
+            st.drain_acks(&bridge.metrics);
+            if shutdown.abort.is_cancelled() {
+                st.pending.clear();
+            }
+            st.dispatch();
+            if st.pending.is_empty() {
+                st.workers.clear(); // closes the queues: workers exit once they are empty
+            }
+            if st.workers_gone {
+                break;
+            }
+        }
+        if shutdown.abort.is_cancelled() {
+            let seen = *abort_seen.get_or_insert_with(Instant::now);
+            if seen.elapsed() > Duration::from_secs(1) {
+                tracing::warn!(
+                    "workers did not stop within 1 s of the abort; committing the durable watermark anyway"
+                );
+                break;
+            }
+        }
+        // Keep serving the group (heartbeats, rebalances) while waiting; partitions are paused
+        // and anything still prefetched is not consumed.
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(20)) {
+            drop(m);
+        }
+    }
+
+    let report = {
+        let mut st = bridge.lock();
+        let timeout = shutdown
+            .hard_deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        st.commit(&consumer, CommitMode::Sync, timeout, &bridge.metrics);
+        st.abandoned()
+    };
+    shutdown.phase("offsets committed");
+    for (tp, from, to) in &report.abandoned {
+        tracing::warn!(partition = %tp, from, to, "abandoned offsets [from, to): not committed, a restart reads them again");
+    }
+    consumer.unsubscribe();
+    drop(consumer); // closes the consumer: leaves the group so partitions move at once
+    shutdown.phase("group left");
+    report
+}
+
+impl Bridge {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn on_assign(&self, consumer: &Kafka, tpl: &TopicPartitionList) {
+        self.metrics.rebalances.fetch_add(1, Relaxed);
+        let tps: Vec<TopicPartition> = tpl
+            .elements()
+            .iter()
+            .map(|e| TopicPartition::new(e.topic(), e.partition()))
+            .collect();
+        let mut start = TopicPartitionList::new();
+        if !tps.is_empty() {
+            let stored = self.stored_offsets(&tps);
+            let committed = self.committed_offsets(consumer, &tps);
+            for tp in &tps {
+                // PostgreSQL's watermark is written with the rows, Kafka's trails it: start from
+                // PostgreSQL's when it is ahead, otherwise from Kafka's committed offset.
+                let offset = match (stored.get(tp), committed.get(tp)) {
+                    (Some(&pg), Some(&kafka)) if pg > kafka => Offset::Offset(pg),
+                    (Some(&pg), None) => Offset::Offset(pg),
+                    _ => Offset::Invalid,
+                };
+                let _ = start.add_partition_offset(&tp.topic, tp.partition, offset);
+            }
+            tracing::info!(partitions = ?tps.iter().map(ToString::to_string).collect::<Vec<_>>(), postgres = ?stored.values().collect::<Vec<_>>(), "partitions assigned");
+        }
+        let result = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_assign(&start),
+            _ => consumer.assign(&start),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "assign failed");
+        }
+        let mut st = self.lock();
+        for tp in &tps {
+            st.assigned.insert(tp.clone(), CancellationToken::new());
+        }
+        if st.closing {
+            pause(consumer, &tps);
+        }
+        drop(st);
+        self.metrics.set_joined();
+    }
+
+    fn on_revoke(&self, consumer: &Kafka, tpl: &TopicPartitionList) {
+        self.metrics.rebalances.fetch_add(1, Relaxed);
+        let tps: Vec<TopicPartition> = tpl
+            .elements()
+            .iter()
+            .map(|e| TopicPartition::new(e.topic(), e.partition()))
+            .collect();
+        let lost = consumer.assignment_lost();
+        let mut st = self.lock();
+        for tp in &tps {
+            st.batcher.discard(tp);
+            st.pending.remove(tp);
+        }
+        if !lost && !st.closing {
+            // Let in-flight batches of these partitions finish, within a bound below the
+            // session timeout (and before the shutdown abort, if one is coming).
+            let mut until = Instant::now() + self.settings.revoke_drain_timeout;
+            if let Some(at) = self.shutdown.abort_at() {
+                until = until.min(at);
+            }
+            while tps
+                .iter()
+                .any(|tp| st.watermarks.get(tp).is_some_and(|p| p.in_flight() > 0))
+                && Instant::now() < until
+            {
+                st.wait_ack(Duration::from_millis(20), &self.metrics);
+            }
+        }
+        for tp in &tps {
+            if let Some(token) = st.assigned.get(tp) {
+                token.cancel(); // whatever is still queued or running for it is given up
+            }
+        }
+        if !lost {
+            // Still owned during the callback: the last moment these partitions may be committed.
+            st.commit(
+                consumer,
+                CommitMode::Sync,
+                Some(Duration::from_secs(5)),
+                &self.metrics,
+            );
+        }
+        for tp in &tps {
+            if let Some(p) = st.watermarks.remove(tp) {
+                if let (Some((from, to)), true) = (p.pending_range(), !st.closing) {
+                    tracing::info!(partition = %tp, from, to, "revoked with batches unfinished; the new owner re-reads them");
+                }
+            }
+            st.assigned.remove(tp);
+            st.paused.remove(tp);
+            st.fetched.remove(tp);
+        }
+        drop(st);
+        let result = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
+            _ => consumer.unassign(),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "unassign failed");
+        }
+        tracing::info!(partitions = ?tps.iter().map(ToString::to_string).collect::<Vec<_>>(), lost, "partitions revoked");
+    }
+
+    /// PostgreSQL's stored next offsets; on failure the partitions start from Kafka's
+    /// committed offsets, which is safe (replays are idempotent), only slower.
+    fn stored_offsets(&self, tps: &[TopicPartition]) -> HashMap<TopicPartition, i64> {
+        let load = tokio::time::timeout(Duration::from_secs(5), self.offsets.load(tps));
+        match self.runtime.block_on(load) {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not read stored offsets; starting from Kafka's committed offsets");
+                HashMap::new()
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "reading stored offsets timed out; starting from Kafka's committed offsets"
+                );
+                HashMap::new()
+            }
+        }
+    }
+
+    fn committed_offsets(
+        &self,
+        consumer: &Kafka,
+        tps: &[TopicPartition],
+    ) -> HashMap<TopicPartition, i64> {
+        let mut tpl = TopicPartitionList::new();
+        for tp in tps {
+            tpl.add_partition(&tp.topic, tp.partition);
+        }
+        match consumer.committed_offsets(tpl, Duration::from_secs(5)) {
+            Ok(list) => list
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) => Some((TopicPartition::new(e.topic(), e.partition()), o)),
+                    _ => None,
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read committed offsets");
+                HashMap::new()
+            }
+        }
+    }
+}
+
+impl State {
+    /// Cuts a batch for a partition and queues it for its worker; the watermark registers it.
+    fn enqueue(&mut self, tp: TopicPartition, records: Vec<RawRecord>) {
+        let Some(token) = self.assigned.get(&tp) else {
+            return;
+        };
+        let first = records[0].offset;
+        let next_offset = records[records.len() - 1].offset + 1;
+        self.watermarks.get_mut(&tp).dispatched(first, next_offset);
+        let batch = Batch {
+            tp: tp.clone(),
+            records,
+            next_offset,
+            revoked: token.child_token(),
+        };
+        self.pending.entry(tp).or_default().push_back(batch);
+    }
+
+    /// Moves queued batches into the workers' bounded channels while they have room.
+    fn dispatch(&mut self) {
+        if self.workers.is_empty() {
+            return;
+        }
+        let n = self.workers.len();
+        for (tp, queue) in self.pending.iter_mut() {
+            let worker = &self.workers[route(tp, n)];
+            while let Some(batch) = queue.pop_front() {
+                match worker.try_send(batch) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(batch)) | Err(TrySendError::Closed(batch)) => {
+                        queue.push_front(batch);
+                        break;
+                    }
+                }
+            }
+        }
+        self.pending.retain(|_, q| !q.is_empty());
+    }
+
+    /// Backpressure: a partition with a batch its worker cannot take yet stops fetching until
+    /// the worker catches up. The loop keeps polling, so the group never evicts us.
+    fn apply_pause(&mut self, consumer: &Kafka) {
+        let want: HashSet<TopicPartition> = self
+            .pending
+            .keys()
+            .filter(|tp| self.assigned.contains_key(*tp))
+            .cloned()
+            .collect();
+        let to_pause: Vec<_> = want.difference(&self.paused).cloned().collect();
+        let to_resume: Vec<_> = self.paused.difference(&want).cloned().collect();
+        if !to_pause.is_empty() {
+            pause(consumer, &to_pause);
+        }
+        if !to_resume.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for tp in &to_resume {
+                tpl.add_partition(&tp.topic, tp.partition);
+            }
+            if let Err(e) = consumer.resume(&tpl) {
+                tracing::warn!(error = %e, "resume failed");
+            }
+        }
+        self.paused = want;
+    }
+
+    /// Applies every ack already received.
+    fn drain_acks(&mut self, metrics: &Metrics) {
+        loop {
+            match self.acks.try_recv() {
+                Ok(ack) => self.apply(ack, metrics),
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => {
+                    self.workers_gone = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn wait_ack(&mut self, timeout: Duration, metrics: &Metrics) {
+        match self.acks.recv_timeout(timeout) {
+            Ok(ack) => self.apply(ack, metrics),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                self.workers_gone = true;
+                std::thread::sleep(timeout);
+            }
+        }
+    }
+
+    fn apply(&mut self, ack: Ack, metrics: &Metrics) {
+        if !ack.durable {
+            metrics.batches_abandoned.fetch_add(1, Relaxed);
+            return;
+        }
+        // An ack for a partition revoked meanwhile belongs to the old assignment: ignore it.
+        if self.assigned.contains_key(&ack.tp) {
+            self.watermarks
+                .get_mut(&ack.tp)
+                .completed(ack.first_offset, ack.next_offset);
+        }
+    }
+
+    /// Commits moved watermarks of owned partitions. `timeout` bounds a synchronous commit.
+    fn commit(
+        &mut self,
+        consumer: &Kafka,
+        mode: CommitMode,
+        timeout: Option<Duration>,
+        metrics: &Metrics,
+    ) {
+        let moved: Vec<_> = self
+            .watermarks
+            .to_commit()
+            .into_iter()
+            .filter(|(tp, _)| self.assigned.contains_key(tp))
+            .collect();
+        if moved.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (tp, offset) in &moved {
+            let _ = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*offset));
+        }
+        if timeout.is_some_and(|t| t.is_zero()) {
+            tracing::warn!(
+                "no time left for the final offset commit; PostgreSQL's watermark stands in for it"
+            );
+            return;
+        }
+        match consumer.commit(&tpl, mode) {
+            Ok(()) => {
+                metrics.commits.fetch_add(1, Relaxed);
+                for (tp, offset) in moved {
+                    self.watermarks.get_mut(&tp).mark_committed(offset);
+                }
+            }
+            Err(e) => {
+                metrics.commit_errors.fetch_add(1, Relaxed);
+                tracing::warn!(error = %e, "offset commit failed; it is retried at the next interval");
+            }
+        }
+    }
+
+    /// Offsets read but not durable, per owned partition.
+    fn abandoned(&self) -> ConsumerReport {
+        let mut abandoned: Vec<_> = self
+            .fetched
+            .iter()
+            .filter_map(|(tp, &fetched)| {
+                let durable = self.watermarks.get(tp).and_then(|p| p.durable())?;
+                (fetched > durable).then(|| (tp.clone(), durable, fetched))
+            })
+            .collect();
+        abandoned.sort();
+        ConsumerReport { abandoned }
+    }
+}
+
+fn pause(consumer: &Kafka, tps: &[TopicPartition]) {
+    let mut tpl = TopicPartitionList::new();
+    for tp in tps {
+        tpl.add_partition(&tp.topic, tp.partition);
+    }
+    if let Err(e) = consumer.pause(&tpl) {
+        tracing::warn!(error = %e, "pause failed");
+    }
+}
+
+/// The worker that owns a partition: fixed, so a partition's batches are written in order.
+pub fn route(tp: &TopicPartition, workers: usize) -> usize {
+    let mut h = DefaultHasher::new();
+    tp.topic.hash(&mut h);
+    ((h.finish() as usize).wrapping_add(tp.partition as usize)) % workers
+}
+
+impl ClientContext for Bridge {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", fac, "{message}")
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{message}"),
+            _ => tracing::debug!(target: "librdkafka", fac, "{message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(target: "librdkafka", error = %error, "{reason}");
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        let mut lag = self.metrics.lag.lock().unwrap_or_else(|p| p.into_inner());
+        lag.clear();
+        for (topic, t) in &statistics.topics {
+            for (&partition, p) in &t.partitions {
+                if partition >= 0 && p.consumer_lag >= 0 {
+                    lag.insert(
+                        TopicPartition::new(topic.as_str(), partition),
+                        p.consumer_lag,
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for Bridge {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.on_assign(consumer, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.on_revoke(consumer, tpl),
+            other => {
+                tracing::error!(error = ?other, "rebalance error; giving up the assignment");
+                let all = consumer.assignment().map(|a| {
+                    a.elements()
+                        .iter()
+                        .map(|e| (e.topic().to_string(), e.partition()))
+                        .collect::<Vec<_>>()
+                });
+                let mut tpl = TopicPartitionList::new();
+                for (t, p) in all.unwrap_or_default() {
+                    tpl.add_partition(&t, p);
+                }
+                self.on_revoke(consumer, &tpl);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_is_stable_and_spreads_partitions() {
+        let used: HashSet<usize> = (0..6)
+            .map(|p| route(&TopicPartition::new("logs", p), 4))
+            .collect();
+        assert_eq!(
+            used.len(),
+            4,
+            "6 consecutive partitions keep all 4 workers busy"
+        );
+        assert_eq!(
+            route(&TopicPartition::new("logs", 3), 4),
+            route(&TopicPartition::new("logs", 3), 4)
+        );
+    }
+}

@@ -1,0 +1,18 @@
+//! log-processor: moves log records from Kafka into PostgreSQL and Elasticsearch, losing and
+//! duplicating nothing whatever kills it. See docs/ARCHITECTURE.md for the design.
+
+pub mod app;
+pub mod batcher;
+pub mod config;
+pub mod consumer;
+pub mod decode;
+pub mod http;
+pub mod loadgen;
+pub mod metrics;
+pub mod model;
+pub mod notify;
+pub mod redact;
+pub mod shutdown;
+pub mod sink;
+pub mod watermark;
+pub mod worker;

@@ -1,0 +1,147 @@
+//! The `log-processor` binary: parses the command line, sets up logging, runs a subcommand.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use futures_util::StreamExt;
+use log_processor::app;
+use log_processor::config::{LogFormat, Settings, read_env_file};
+use log_processor::loadgen::{self, LoadgenArgs};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_tokio::Signals;
+
+#[derive(Parser)]
+#[command(
+    name = "log-processor",
+    version,
+    about = "Moves log records from Kafka into PostgreSQL and Elasticsearch"
+)]
+struct Cli {
+    /// File of LP_*=value lines; variables already set in the environment win.
+    #[arg(long, env = "LP_CONFIG", global = true)]
+    config: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run(Settings),
+    /// Apply the PostgreSQL schema and exit.
+    Migrate(Settings),
+    /// Validate the configuration and print it with secrets masked.
+    CheckConfig(Settings),
+    /// Produce generated log records to a topic.
+    Loadgen(LoadgenArgs),
+}
+
+fn main() -> ExitCode {
+    if let Err(e) = load_config_file() {
+        eprintln!("log-processor: {e}");
+        return ExitCode::from(2);
+    }
+    let cli = Cli::parse();
+    let format = match &cli.command {
+        Command::Run(s) | Command::Migrate(s) | Command::CheckConfig(s) => s.log_format,
+        Command::Loadgen(_) => LogFormat::Human,
+    };
+    init_tracing(format);
+    match cli.command {
+        Command::CheckConfig(s) => match s.validate() {
+            Ok(()) => {
+                println!("{s}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("log-processor: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run(s) => {
+            if let Err(e) = s.validate() {
+                eprintln!("log-processor: {e}");
+                return ExitCode::from(2);
+            }
+            match runtime().and_then(|rt| rt.block_on(run(s))) {
+                Ok(code) => {
+                    // Leave at once: a consumer thread stuck on a dead broker must not hold us.
+                    std::process::exit(code);
+                }
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Migrate(s) => report(
+            runtime()
+                .and_then(|rt| rt.block_on(async { app::migrate(&s).await.context("migrate") })),
+        ),
+        Command::Loadgen(a) => report(
+            runtime()
+                .and_then(|rt| rt.block_on(async { loadgen::run(a).await.context("loadgen") })),
+        ),
+    }
+}
+
+async fn run(settings: Settings) -> anyhow::Result<i32> {
+    let signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
+    let triggers = signals.map(|s| if s == SIGTERM { "SIGTERM" } else { "SIGINT" });
+    Ok(app::run(settings, triggers).await? as i32)
+}
+
+fn report(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("log-processor: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Applies `--config FILE` / `LP_CONFIG` before clap reads the environment. Runs before any
+/// thread exists, which is what makes setting variables sound.
+fn load_config_file() -> Result<(), log_processor::config::ConfigError> {
+    let args: Vec<String> = std::env::args().collect();
+    let from_args = args
+        .iter()
+        .position(|a| a == "--config")
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .or_else(|| {
+            args.iter()
+                .find_map(|a| a.strip_prefix("--config=").map(String::from))
+        });
+    let Some(path) = from_args.or_else(|| std::env::var("LP_CONFIG").ok()) else {
+        return Ok(());
+    };
+    for (k, v) in read_env_file(path.as_ref())? {
+        if std::env::var_os(&k).is_none() {
+            // SAFETY: single-threaded at this point (called first thing in main).
+            unsafe { std::env::set_var(k, v) };
+        }
+    }
+    Ok(())
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("LP_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+        LogFormat::Human => builder.init(),
+    }
+}

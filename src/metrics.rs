@@ -1,0 +1,237 @@
+//! Counters, histograms and health flags, rendered as Prometheus text by the HTTP endpoint.
+//! Plain atomics: the hot path pays one relaxed add per update.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::model::TopicPartition;
+use crate::notify;
+
+const BUCKETS_MS: [f64; 12] = [
+    1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+];
+
+/// A latency histogram with fixed millisecond buckets.
+#[derive(Default)]
+pub struct Histogram {
+    counts: [AtomicU64; 13],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let ms = d.as_secs_f64() * 1000.0;
+        let i = BUCKETS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(BUCKETS_MS.len());
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, b) in BUCKETS_MS.iter().enumerate() {
+            cumulative += self.counts[i].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}le=\"{}\"}} {cumulative}",
+                b / 1000.0
+            );
+        }
+        cumulative += self.counts[BUCKETS_MS.len()].load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{}}} {}",
+            labels.trim_end_matches(','),
+            self.sum_us.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "{name}_count{{{}}} {cumulative}",
+            labels.trim_end_matches(',')
+        );
+    }
+}
+
+/// Everything the daemon reports. Shared by all tasks behind an `Arc`.
+#[derive(Default)]
+pub struct Metrics {
+    pub consumed: AtomicU64,
+    pub stored: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub batches: AtomicU64,
+    pub batches_abandoned: AtomicU64,
+    pub retries_pg: AtomicU64,
+    pub retries_es: AtomicU64,
+    pub commits: AtomicU64,
+    pub commit_errors: AtomicU64,
+    pub rebalances: AtomicU64,
+    pub pg_latency: Histogram,
+    pub es_latency: Histogram,
+    pub batch_latency: Histogram,
+    pub shutdown_ms: AtomicU64,
+    /// Consumer lag per partition, from librdkafka's statistics.
+    pub lag: Mutex<BTreeMap<TopicPartition, i64>>,
+    ready: AtomicBool,
+    notified_ready: AtomicBool,
+}
+
+impl Metrics {
+    /// The consumer joined its group: ready for work (and tell systemd, once).
+    pub fn set_joined(&self) {
+        self.ready.store(true, Relaxed);
+        if !self.notified_ready.swap(true, Relaxed) {
+            notify::send("READY=1");
+        }
+    }
+
+    /// Shutdown began: not ready any more.
+    pub fn set_not_ready(&self) {
+        self.ready.store(false, Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Relaxed)
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let counters = [
+            (
+                "records_consumed",
+                "Records read from Kafka",
+                &self.consumed,
+            ),
+            (
+                "records_stored",
+                "Records stored in both PostgreSQL and Elasticsearch",
+                &self.stored,
+            ),
+            (
+                "records_dead_lettered",
+                "Records written to the dead-letter table",
+                &self.dead_lettered,
+            ),
+            ("batches", "Batches made durable", &self.batches),
+            (
+                "batches_abandoned",
+                "Batches given up (revocation or shutdown) without committing",
+                &self.batches_abandoned,
+            ),
+            (
+                "offset_commits",
+                "Offset commits sent to Kafka",
+                &self.commits,
+            ),
+            (
+                "offset_commit_errors",
+                "Offset commits Kafka refused",
+                &self.commit_errors,
+            ),
+            (
+                "rebalances",
+                "Partition assignments and revocations",
+                &self.rebalances,
+            ),
+        ];
+        for (name, help, c) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP log_processor_{name}_total {help}\n# TYPE log_processor_{name}_total counter"
+            );
+            let _ = writeln!(out, "log_processor_{name}_total {}", c.load(Relaxed));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP log_processor_retries_total Retried store operations\n# TYPE log_processor_retries_total counter"
+        );
+        let _ = writeln!(
+            out,
+            "log_processor_retries_total{{store=\"postgresql\"}} {}",
+            self.retries_pg.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "log_processor_retries_total{{store=\"elasticsearch\"}} {}",
+            self.retries_es.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP log_processor_store_latency_seconds Batch write latency per store\n# TYPE log_processor_store_latency_seconds histogram"
+        );
+        self.pg_latency.render(
+            &mut out,
+            "log_processor_store_latency_seconds",
+            "store=\"postgresql\",",
+        );
+        self.es_latency.render(
+            &mut out,
+            "log_processor_store_latency_seconds",
+            "store=\"elasticsearch\",",
+        );
+        let _ = writeln!(
+            out,
+            "# HELP log_processor_batch_latency_seconds Batch latency, decode to commit point\n# TYPE log_processor_batch_latency_seconds histogram"
+        );
+        self.batch_latency
+            .render(&mut out, "log_processor_batch_latency_seconds", "");
+        let _ = writeln!(
+            out,
+            "# HELP log_processor_consumer_lag Records behind the partition end\n# TYPE log_processor_consumer_lag gauge"
+        );
+        for (tp, lag) in self.lag.lock().unwrap().iter() {
+            let _ = writeln!(
+                out,
+                "log_processor_consumer_lag{{topic=\"{}\",partition=\"{}\"}} {lag}",
+                tp.topic, tp.partition
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP log_processor_ready 1 when joined and not shutting down\n# TYPE log_processor_ready gauge"
+        );
+        let _ = writeln!(out, "log_processor_ready {}", u8::from(self.is_ready()));
+        let _ = writeln!(
+            out,
+            "# HELP log_processor_shutdown_duration_seconds Signal-to-exit time of the last shutdown\n# TYPE log_processor_shutdown_duration_seconds gauge"
+        );
+        let _ = writeln!(
+            out,
+            "log_processor_shutdown_duration_seconds {}",
+            self.shutdown_ms.load(Relaxed) as f64 / 1000.0
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.stored.fetch_add(5, Relaxed);
+        m.pg_latency.observe(Duration::from_millis(3));
+        m.pg_latency.observe(Duration::from_secs(60));
+        m.lag.lock().unwrap().insert(TopicPartition::new("t", 2), 9);
+        let text = m.render();
+        assert!(text.contains("log_processor_records_stored_total 5\n"));
+        assert!(text.contains(
+            "log_processor_store_latency_seconds_bucket{store=\"postgresql\",le=\"0.005\"} 1\n"
+        ));
+        assert!(text.contains(
+            "log_processor_store_latency_seconds_bucket{store=\"postgresql\",le=\"+Inf\"} 2\n"
+        ));
+        assert!(
+            text.contains("log_processor_store_latency_seconds_count{store=\"postgresql\"} 2\n")
+        );
+        assert!(text.contains("log_processor_consumer_lag{topic=\"t\",partition=\"2\"} 9\n"));
+        assert!(text.contains("log_processor_ready 0\n"));
+    }
+}

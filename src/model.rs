@@ -1,0 +1,152 @@
+//! The data that flows between the consumer, the workers and the sinks.
+//! Everything here is plain data: no I/O, no Kafka or store types.
+
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+/// A topic and partition: the unit of ordering and of offset commits.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    pub topic: Arc<str>,
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    pub fn new(topic: impl Into<Arc<str>>, partition: i32) -> Self {
+        Self {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
+
+impl fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}
+
+/// One Kafka record exactly as it was read: the bytes are never altered.
+#[derive(Clone, Debug)]
+pub struct RawRecord {
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    /// Kafka's record timestamp in milliseconds since the epoch, when the producer set one.
+    pub kafka_timestamp_ms: Option<i64>,
+}
+
+impl RawRecord {
+    /// Bytes this record occupies in memory, for batch and memory bounds.
+    pub fn size(&self) -> usize {
+        self.payload.as_ref().map_or(0, Vec::len) + self.key.as_ref().map_or(0, Vec::len) + 48
+    }
+}
+
+/// Consecutive records of one partition, handed from the consumer to one worker.
+///
+/// Offsets may have gaps (compaction, transaction markers); `next_offset` is the offset the
+/// partition's watermark moves to once the whole batch is durable.
+#[derive(Debug)]
+pub struct Batch {
+    pub tp: TopicPartition,
+    pub records: Vec<RawRecord>,
+    /// One past the last record's offset.
+    pub next_offset: i64,
+    /// Cancelled when this consumer loses the partition: the worker must give the batch up
+    /// (without committing anything) instead of writing it.
+    pub revoked: CancellationToken,
+}
+
+impl Batch {
+    pub fn first_offset(&self) -> i64 {
+        self.records.first().map_or(self.next_offset, |r| r.offset)
+    }
+    pub fn bytes(&self) -> usize {
+        self.records.iter().map(RawRecord::size).sum()
+    }
+}
+
+/// A record decoded into the fields both stores keep.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogEntry {
+    pub timestamp: DateTime<Utc>,
+    pub level: Option<String>,
+    pub service: Option<String>,
+    pub message: Option<String>,
+    /// Every other field of the JSON object, unchanged (except for configured redaction).
+    pub fields: Map<String, Value>,
+}
+
+/// A decoded record with its Kafka provenance, ready for both stores.
+#[derive(Clone, Debug)]
+pub struct StoredRecord {
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub kafka_timestamp_ms: Option<i64>,
+    pub entry: LogEntry,
+}
+
+/// Where in the pipeline a record was rejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectStage {
+    /// The bytes are not a log record we can store (see `decode`).
+    Decode,
+    /// Elasticsearch refused the document for good (a 4xx other than 429).
+    Index,
+    /// PostgreSQL refused the row for good (data or constraint error).
+    Store,
+}
+
+impl RejectStage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectStage::Decode => "decode",
+            RejectStage::Index => "index",
+            RejectStage::Store => "store",
+        }
+    }
+}
+
+/// A record that cannot be stored as a log entry. Kept with its raw bytes so nothing is lost.
+#[derive(Clone, Debug)]
+pub struct DeadLetter {
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub kafka_timestamp_ms: Option<i64>,
+    pub stage: RejectStage,
+    pub reason: String,
+}
+
+impl DeadLetter {
+    pub fn new(raw: &RawRecord, stage: RejectStage, reason: impl Into<String>) -> Self {
+        Self {
+            offset: raw.offset,
+            key: raw.key.clone(),
+            payload: raw.payload.clone(),
+            kafka_timestamp_ms: raw.kafka_timestamp_ms,
+            stage,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// What a worker tells the consumer about a batch it took.
+#[derive(Debug)]
+pub struct Ack {
+    pub tp: TopicPartition,
+    pub first_offset: i64,
+    pub next_offset: i64,
+    /// True when both stores hold the batch (or its dead letters); false when it was given up.
+    pub durable: bool,
+}
+
+/// The deterministic document id: a replay of the same record overwrites the same document.
+pub fn document_id(tp: &TopicPartition, offset: i64) -> String {
+    format!("{}-{}-{}", tp.topic, tp.partition, offset)
+}

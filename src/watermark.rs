@@ -1,0 +1,190 @@
+//! Per-partition durable watermarks: the offset that may be committed to Kafka.
+//!
+//! Batches are registered when handed to a worker and marked done when both stores hold them.
+//! The watermark only moves over a prefix of done batches, so it never passes an offset that
+//! is not stored or dead-lettered, whatever order batches finish in.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use crate::model::TopicPartition;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Range {
+    first: i64,
+    next: i64,
+    done: bool,
+}
+
+/// Progress of one partition.
+#[derive(Debug, Default)]
+pub struct PartitionProgress {
+    /// Everything below this offset is durable; `None` until the first batch is registered.
+    durable: Option<i64>,
+    /// Registered batches not yet folded into `durable`, in offset order.
+    ranges: VecDeque<Range>,
+    /// The last watermark committed to Kafka.
+    committed: Option<i64>,
+}
+
+impl PartitionProgress {
+    /// Registers a batch `[first, next)` handed to a worker. Batches of a partition are
+    /// registered in offset order.
+    pub fn dispatched(&mut self, first: i64, next: i64) {
+        debug_assert!(first < next);
+        let floor = self.ranges.back().map(|r| r.next).or(self.durable);
+        if floor.is_some_and(|f| first < f) {
+            // A rewind (seek back after a store reset): start over from the new position.
+            self.ranges.clear();
+            self.durable = Some(first);
+        }
+        if self.durable.is_none() {
+            self.durable = Some(first);
+        }
+        self.ranges.push_back(Range {
+            first,
+            next,
+            done: false,
+        });
+    }
+
+    /// Marks `[first, next)` durable and advances the watermark over the done prefix.
+    pub fn completed(&mut self, first: i64, next: i64) {
+        if let Some(r) = self
+            .ranges
+            .iter_mut()
+            .find(|r| r.first == first && r.next == next)
+        {
+            r.done = true;
+        }
+        while let Some(r) = self.ranges.front().copied().filter(|r| r.done) {
+            self.durable = Some(r.next);
+            self.ranges.pop_front();
+        }
+    }
+
+    /// The durable watermark (next offset to read), if any batch was registered.
+    pub fn durable(&self) -> Option<i64> {
+        self.durable
+    }
+
+    /// The watermark to commit, when it moved since the last commit.
+    pub fn to_commit(&self) -> Option<i64> {
+        self.durable.filter(|d| Some(*d) != self.committed)
+    }
+
+    pub fn mark_committed(&mut self, offset: i64) {
+        self.committed = Some(offset);
+    }
+
+    /// Registered batches that are not durable yet.
+    pub fn in_flight(&self) -> usize {
+        self.ranges.iter().filter(|r| !r.done).count()
+    }
+
+    /// The offsets registered but not durable: `[durable, end of last registered batch)`.
+    pub fn pending_range(&self) -> Option<(i64, i64)> {
+        Some((self.durable?, self.ranges.back()?.next))
+    }
+}
+
+/// Watermarks of every partition this consumer owns.
+#[derive(Debug, Default)]
+pub struct Watermarks {
+    parts: HashMap<TopicPartition, PartitionProgress>,
+}
+
+impl Watermarks {
+    pub fn get_mut(&mut self, tp: &TopicPartition) -> &mut PartitionProgress {
+        self.parts.entry(tp.clone()).or_default()
+    }
+    pub fn get(&self, tp: &TopicPartition) -> Option<&PartitionProgress> {
+        self.parts.get(tp)
+    }
+    pub fn remove(&mut self, tp: &TopicPartition) -> Option<PartitionProgress> {
+        self.parts.remove(tp)
+    }
+    /// Watermarks that moved since their last commit, in a stable order.
+    pub fn to_commit(&self) -> BTreeMap<TopicPartition, i64> {
+        self.parts
+            .iter()
+            .filter_map(|(tp, p)| Some((tp.clone(), p.to_commit()?)))
+            .collect()
+    }
+    pub fn in_flight(&self) -> usize {
+        self.parts.values().map(PartitionProgress::in_flight).sum()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (&TopicPartition, &PartitionProgress)> {
+        self.parts.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn out_of_order_completion_waits_for_the_gap() {
+        let mut p = PartitionProgress::default();
+        p.dispatched(10, 20);
+        p.dispatched(25, 30); // gap 20..25: compacted or control records
+        p.dispatched(30, 40);
+        assert_eq!(p.durable(), Some(10));
+        p.completed(30, 40);
+        assert_eq!(p.durable(), Some(10));
+        p.completed(10, 20);
+        assert_eq!(p.durable(), Some(20));
+        assert_eq!(p.to_commit(), Some(20));
+        p.mark_committed(20);
+        assert_eq!(p.to_commit(), None);
+        p.completed(25, 30);
+        assert_eq!(p.durable(), Some(40));
+        assert_eq!(p.in_flight(), 0);
+    }
+
+    #[test]
+    fn abandoned_batch_holds_the_watermark() {
+        let mut p = PartitionProgress::default();
+        p.dispatched(0, 5);
+        p.dispatched(5, 9);
+        p.completed(5, 9); // 0..5 was given up: never marked done
+        assert_eq!(p.durable(), Some(0));
+        assert_eq!(p.pending_range(), Some((0, 9)));
+    }
+
+    proptest! {
+        /// Whatever the batch sizes and completion order, the watermark is exactly the end of the
+        /// longest prefix of completed batches: it never passes an unfinished offset.
+        #[test]
+        fn never_passes_an_unfinished_offset(
+            sizes in proptest::collection::vec((1i64..50, 0i64..3), 1..40),
+            order in proptest::collection::vec(any::<prop::sample::Index>(), 0..60),
+        ) {
+            let mut p = PartitionProgress::default();
+            let mut batches = Vec::new();
+            let mut next = 100;
+            for (len, gap) in sizes {
+                let first = next + gap;
+                next = first + len;
+                p.dispatched(first, next);
+                batches.push((first, next));
+            }
+            let mut done = vec![false; batches.len()];
+            for idx in order {
+                let i = idx.index(batches.len());
+                p.completed(batches[i].0, batches[i].1);
+                done[i] = true;
+                let w = p.durable().unwrap();
+                let expect = match done.iter().position(|d| !d) {
+                    Some(0) => batches[0].0,
+                    Some(k) => batches[k - 1].1,
+                    None => batches.last().unwrap().1,
+                };
+                prop_assert_eq!(w, expect);
+                for (j, (first, _)) in batches.iter().enumerate() {
+                    if !done[j] { prop_assert!(w <= *first); }
+                }
+            }
+        }
+    }
+}
