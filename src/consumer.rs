@@ -412,7 +412,9 @@ impl Bridge {
     /// PostgreSQL's stored next offsets; on failure the partitions start from Kafka's
     /// committed offsets, which is safe (replays are idempotent), only slower.
     fn stored_offsets(&self, tps: &[TopicPartition]) -> HashMap<TopicPartition, i64> {
-        let load = tokio::time::timeout(Duration::from_secs(5), self.offsets.load(tps));
+        // The timer must be created inside the runtime: this thread is not one of its workers.
+        let load =
+            async { tokio::time::timeout(Duration::from_secs(5), self.offsets.load(tps)).await };
         match self.runtime.block_on(load) {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => {

@@ -1,0 +1,711 @@
+//! Shared test harness: the real services, the real binary, and checks read back from the
+//! stores themselves. A service that cannot be reached fails the test with a message saying how
+//! to start it; nothing is skipped.
+#![allow(dead_code)]
+
+pub mod proxy;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use log_processor::loadgen;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde_json::{Value, json};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+pub const START_HINT: &str =
+    "start the services with `tests/infra/infra.sh up` (or `make test`, which does it)";
+
+pub fn kafka_brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://logproc:logproc@127.0.0.1:5432/logproc".into())
+}
+pub fn elasticsearch_url() -> String {
+    std::env::var("ELASTICSEARCH_URL").unwrap_or_else(|_| "http://127.0.0.1:9200".into())
+}
+
+/// Fails loudly when a service's port does not answer.
+pub fn require(service: &str, addr: &str) {
+    let hostport = addr
+        .rsplit('@')
+        .next()
+        .unwrap()
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let sock = std::net::ToSocketAddrs::to_socket_addrs(&hostport)
+        .ok()
+        .and_then(|mut a| a.next());
+    let ok = sock
+        .is_some_and(|s| std::net::TcpStream::connect_timeout(&s, Duration::from_secs(2)).is_ok());
+    assert!(ok, "{service} is not reachable at {hostport}: {START_HINT}");
+}
+
+pub fn require_all() {
+    require("Kafka", &kafka_brokers());
+    require("PostgreSQL", &database_url());
+    require("OpenSearch/Elasticsearch", &elasticsearch_url());
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        % 100_000_000;
+    format!(
+        "{prefix}_{}_{}_{}",
+        std::process::id(),
+        t,
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Everything one test run of the daemon uses, isolated from other tests.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub topic: String,
+    pub group: String,
+    pub schema: String,
+    /// Index prefix; the daemon writes `{index}-%Y.%m.%d`.
+    pub index: String,
+    pub partitions: i32,
+}
+
+impl Scenario {
+    pub async fn new(name: &str, partitions: i32) -> Self {
+        require_all();
+        let id = unique(name).to_lowercase();
+        let s = Scenario {
+            topic: format!("t_{id}"),
+            group: format!("g_{id}"),
+            schema: format!("s_{id}"),
+            index: format!("i-{}", id.replace('_', "-")),
+            partitions,
+        };
+        loadgen::create_topic(&kafka_brokers(), &s.topic, partitions, 8 * 1024 * 1024)
+            .await
+            .expect("create topic");
+        s
+    }
+
+    /// Environment for `log-processor run` against this scenario.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("LP_KAFKA_BROKERS", kafka_brokers()),
+            ("LP_TOPICS", self.topic.clone()),
+            ("LP_GROUP_ID", self.group.clone()),
+            ("LP_DATABASE_URL", database_url()),
+            ("LP_PG_SCHEMA", self.schema.clone()),
+            ("LP_ELASTICSEARCH_URL", elasticsearch_url()),
+            ("LP_ES_INDEX", format!("{}-%Y.%m.%d", self.index)),
+            ("LP_HTTP_ADDR", "127.0.0.1:0".into()),
+            ("LP_SESSION_TIMEOUT_MS", "10000".into()),
+            ("LP_REVOKE_DRAIN_TIMEOUT_MS", "5000".into()),
+            ("LP_BATCH_LINGER_MS", "100".into()),
+            ("LP_RETRY_MAX_MS", "1000".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// Produces `count` generated records starting at sequence `start` (1% malformed when
+    /// `malformed` is set) and waits for the broker to acknowledge them all.
+    pub fn produce(&self, start: u64, count: u64, malformed_ratio: f64) -> u64 {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", kafka_brokers())
+            .set("linger.ms", "10")
+            .set("enable.idempotence", "true")
+            .set("message.max.bytes", "8388608")
+            .create()
+            .expect("producer");
+        let mut bad = 0;
+        for seq in start..start + count {
+            let m = loadgen::is_malformed(seq, malformed_ratio);
+            bad += u64::from(m);
+            let payload = if m {
+                loadgen::malformed(seq)
+            } else {
+                loadgen::record(seq)
+            };
+            self.send(&producer, Some(format!("k{seq}").as_bytes()), &payload);
+        }
+        producer.flush(Duration::from_secs(60)).expect("flush");
+        bad
+    }
+
+    /// Produces explicit payloads (hostile input).
+    pub fn produce_raw(&self, records: &[(Option<Vec<u8>>, Vec<u8>)]) {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", kafka_brokers())
+            .set("message.max.bytes", "8388608")
+            .create()
+            .expect("producer");
+        for (key, payload) in records {
+            self.send(&producer, key.as_deref(), payload);
+        }
+        producer.flush(Duration::from_secs(60)).expect("flush");
+    }
+
+    fn send(&self, producer: &BaseProducer, key: Option<&[u8]>, payload: &[u8]) {
+        let mut rec = BaseRecord::<[u8], [u8]>::to(&self.topic).payload(payload);
+        if let Some(k) = key {
+            rec = rec.key(k);
+        }
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    rec = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+
+    /// End offsets of every partition.
+    pub fn end_offsets(&self) -> BTreeMap<i32, i64> {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", kafka_brokers())
+            .create()
+            .unwrap();
+        (0..self.partitions)
+            .map(|p| {
+                (
+                    p,
+                    c.fetch_watermarks(&self.topic, p, Duration::from_secs(10))
+                        .unwrap()
+                        .1,
+                )
+            })
+            .collect()
+    }
+
+    /// Kafka's committed offsets of the scenario's group (partitions without a commit omitted).
+    pub fn committed(&self) -> BTreeMap<i32, i64> {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", kafka_brokers())
+            .set("group.id", &self.group)
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.partitions {
+            tpl.add_partition(&self.topic, p);
+        }
+        let list = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+        let out = list
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect();
+        drop(list);
+        out
+    }
+
+    /// Moves the group's committed offsets back to the beginning (the group must be empty).
+    pub fn reset_group_offsets(&self) {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", kafka_brokers())
+            .set("group.id", &self.group)
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.partitions {
+            tpl.add_partition_offset(&self.topic, p, Offset::Offset(0))
+                .unwrap();
+        }
+        c.commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+            .expect("reset offsets");
+    }
+
+    pub async fn pg(&self) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&database_url())
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL: {e}: {START_HINT}"))
+    }
+
+    /// PostgreSQL's stored next offsets for the group.
+    pub async fn pg_watermarks(&self) -> BTreeMap<i32, i64> {
+        let pool = self.pg().await;
+        let q = format!(
+            "SELECT kafka_partition, next_offset FROM {}.consumer_offsets WHERE group_id = $1 AND topic = $2",
+            self.schema
+        );
+        let rows: Vec<(i32, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(q))
+            .bind(&self.group)
+            .bind(&self.topic)
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_default();
+        rows.into_iter().collect()
+    }
+
+    pub async fn pg_counts(&self) -> (i64, i64) {
+        let pool = self.pg().await;
+        let q = format!(
+            "SELECT (SELECT count(*) FROM {0}.log_records), (SELECT count(*) FROM {0}.dead_letters)",
+            self.schema
+        );
+        sqlx::query_as(sqlx::AssertSqlSafe(q))
+            .fetch_one(&pool)
+            .await
+            .unwrap_or((0, 0))
+    }
+
+    /// Waits until every offset of the topic is stored or dead-lettered in PostgreSQL.
+    pub async fn wait_all_stored(&self, timeout: Duration) {
+        let total: i64 = self.end_offsets().values().sum();
+        let start = Instant::now();
+        loop {
+            let (r, d) = self.pg_counts().await;
+            if r + d >= total {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "only {r} rows + {d} dead letters of {total} records after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Reads everything back from both stores and Kafka and counts what went wrong.
+    pub async fn verify(&self) -> Verdict {
+        let pool = self.pg().await;
+        let ends = self.end_offsets();
+        let q = format!(
+            "SELECT kafka_partition, kafka_offset, ts, level, service, message, fields::text FROM {}.log_records",
+            self.schema
+        );
+        let rows: Vec<(
+            i32,
+            i64,
+            chrono::DateTime<chrono::Utc>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            String,
+        )> = sqlx::query_as(sqlx::AssertSqlSafe(q))
+            .fetch_all(&pool)
+            .await
+            .expect("read log_records");
+        let q = format!(
+            "SELECT kafka_partition, kafka_offset FROM {}.dead_letters",
+            self.schema
+        );
+        let dead: Vec<(i32, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(q))
+            .fetch_all(&pool)
+            .await
+            .expect("read dead_letters");
+        let q = format!(
+            "SELECT count(*) - count(DISTINCT fields->>'seq') FROM {}.log_records WHERE fields ? 'seq'",
+            self.schema
+        );
+        let (pg_seq_dups,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(q))
+            .fetch_one(&pool)
+            .await
+            .expect("seq duplicates");
+
+        let mut seen: HashMap<(i32, i64), u32> = HashMap::new();
+        for r in &rows {
+            *seen.entry((r.0, r.1)).or_default() += 1;
+        }
+        for d in &dead {
+            *seen.entry(*d).or_default() += 1;
+        }
+        let mut lost = 0;
+        let mut both = 0;
+        for (&p, &end) in &ends {
+            for o in 0..end {
+                match seen.get(&(p, o)) {
+                    None => lost += 1,
+                    Some(1) => {}
+                    Some(_) => both += 1,
+                }
+            }
+        }
+
+        let docs = es_documents(&format!("{}-*", self.index)).await;
+        let mut es_by_key: HashMap<(i32, i64), Vec<&Value>> = HashMap::new();
+        for d in &docs {
+            let k = (
+                d["kafka"]["partition"].as_i64().unwrap() as i32,
+                d["kafka"]["offset"].as_i64().unwrap(),
+            );
+            es_by_key.entry(k).or_default().push(d);
+        }
+        // Documents beyond one per record, and the same generated record under two coordinates.
+        let seqs: Vec<u64> = docs
+            .iter()
+            .filter_map(|d| d["fields"]["seq"].as_u64())
+            .collect();
+        let distinct_seqs = seqs.iter().collect::<std::collections::HashSet<_>>().len();
+        let es_duplicates = (docs.len() - es_by_key.len()) + (seqs.len() - distinct_seqs);
+        let mut mismatched = 0;
+        for r in &rows {
+            let fields: Value = serde_json::from_str(&r.6).unwrap();
+            let expect = json!({
+                "@timestamp": r.2.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "level": r.3, "service": r.4, "message": r.5, "fields": fields,
+            });
+            let ok = es_by_key.get(&(r.0, r.1)).is_some_and(|v| {
+                v.iter().all(|d| {
+                    let mut d = (*d).clone();
+                    d.as_object_mut().unwrap().remove("kafka");
+                    d == expect
+                })
+            });
+            if !ok {
+                mismatched += 1;
+            }
+        }
+        // Documents with no row (and no dead letter explaining them) also disagree.
+        let extra_docs = es_by_key
+            .keys()
+            .filter(|k| !rows.iter().any(|r| (r.0, r.1) == **k))
+            .count();
+        Verdict {
+            records: ends.values().sum::<i64>() as u64,
+            lost,
+            pg_duplicates: (both + pg_seq_dups) as u64,
+            es_duplicates: es_duplicates as u64,
+            mismatched: (mismatched + extra_docs) as u64,
+            dead_lettered: dead.len() as u64,
+            stored: rows.len() as u64,
+            indexed: docs.len() as u64,
+        }
+    }
+
+    pub async fn cleanup(&self) {
+        let pool = self.pg().await;
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS {} CASCADE",
+            self.schema
+        )))
+        .execute(&pool)
+        .await;
+        let _ = reqwest_like_delete(&format!("{}/{}-*", elasticsearch_url(), self.index)).await;
+    }
+}
+
+/// What a run left behind, counted from the stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub records: u64,
+    pub lost: u64,
+    pub pg_duplicates: u64,
+    pub es_duplicates: u64,
+    pub mismatched: u64,
+    pub dead_lettered: u64,
+    pub stored: u64,
+    pub indexed: u64,
+}
+
+impl Verdict {
+    pub fn assert_exact(&self, what: &str) {
+        println!(
+            "{what}: records={} stored={} indexed={} dead_lettered={} lost={} pg_duplicates={} es_duplicates={} mismatched={}",
+            self.records,
+            self.stored,
+            self.indexed,
+            self.dead_lettered,
+            self.lost,
+            self.pg_duplicates,
+            self.es_duplicates,
+            self.mismatched
+        );
+        assert_eq!(
+            (
+                self.lost,
+                self.pg_duplicates,
+                self.es_duplicates,
+                self.mismatched
+            ),
+            (0, 0, 0, 0),
+            "{what}: {self:?}"
+        );
+        assert_eq!(
+            self.stored + self.dead_lettered,
+            self.records,
+            "{what}: every record stored or dead-lettered once"
+        );
+        assert_eq!(
+            self.indexed, self.stored,
+            "{what}: both stores hold the same records"
+        );
+    }
+}
+
+/// All documents of an index pattern (refreshed first), via search_after.
+pub async fn es_documents(pattern: &str) -> Vec<Value> {
+    let base = elasticsearch_url();
+    http("POST", &format!("{base}/{pattern}/_refresh"), None).await;
+    let mut out = Vec::new();
+    let mut after: Option<Value> = None;
+    loop {
+        let mut body = json!({"size": 5000, "sort": [{"kafka.partition": "asc"}, {"kafka.offset": "asc"}], "query": {"match_all": {}}});
+        if let Some(a) = &after {
+            body["search_after"] = a.clone();
+        }
+        let (status, text) = http(
+            "POST",
+            &format!("{base}/{pattern}/_search?ignore_unavailable=true&allow_no_indices=true"),
+            Some(body.to_string()),
+        )
+        .await;
+        assert_eq!(status, 200, "search {pattern}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let hits = v["hits"]["hits"].as_array().cloned().unwrap_or_default();
+        if hits.is_empty() {
+            return out;
+        }
+        after = hits.last().map(|h| h["sort"].clone());
+        out.extend(hits.into_iter().map(|h| h["_source"].clone()));
+    }
+}
+
+async fn reqwest_like_delete(url: &str) -> u16 {
+    http("DELETE", url, None).await.0
+}
+
+/// A tiny HTTP/1.1 client over a TCP stream, enough for test queries (no extra crate).
+pub async fn http(method: &str, url: &str, body: Option<String>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(host))
+        .await
+        .unwrap_or_else(|_| panic!("{url}: connect timed out: {START_HINT}"))
+        .unwrap_or_else(|e| panic!("{url}: {e}: {START_HINT}"));
+    let body = body.unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut buf))
+        .await
+        .expect("http read timed out")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A running `log-processor run` child process, its stderr collected line by line.
+pub struct Daemon {
+    pub child: Child,
+    pub lines: Arc<Mutex<Vec<(Instant, String)>>>,
+    pub log_path: PathBuf,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_log-processor")
+}
+
+impl Daemon {
+    pub fn start(env: &[(String, String)]) -> Daemon {
+        Self::start_with(Command::new(binary()).arg("run"), env)
+    }
+
+    pub fn start_with(cmd: &mut Command, env: &[(String, String)]) -> Daemon {
+        cmd.envs(env.iter().map(|(k, v)| (k, v)))
+            .env("LP_LOG", "info,librdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start log-processor");
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let log_path = std::env::temp_dir().join(format!("log-processor-{}.log", child.id()));
+        let (l, path) = (lines.clone(), log_path.clone());
+        std::thread::spawn(move || {
+            let mut file = std::fs::File::create(&path).ok();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(f) = file.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(f, "{line}");
+                }
+                l.lock().unwrap().push((Instant::now(), line));
+            }
+        });
+        Daemon {
+            child,
+            lines,
+            log_path,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} {}", self.pid());
+    }
+
+    /// Waits for exit; panics with the log tail when it does not exit in time.
+    pub fn wait(&mut self, timeout: Duration) -> i32 {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(50)); // let the reader thread finish
+                return status.code().unwrap_or(128 + 9);
+            }
+            if start.elapsed() > timeout {
+                let _ = self.child.kill();
+                panic!(
+                    "log-processor did not exit within {timeout:?}; log:\n{}",
+                    self.tail(40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for a log line containing `needle`; returns when it was seen.
+    pub fn wait_for_line(&self, needle: &str, timeout: Duration) -> Instant {
+        let start = Instant::now();
+        loop {
+            if let Some((t, _)) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(_, l)| l.contains(needle))
+            {
+                return *t;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "no log line with {needle:?} within {timeout:?}; log:\n{}",
+                self.tail(40)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn has_line(&self, needle: &str) -> bool {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, l)| l.contains(needle))
+    }
+
+    pub fn tail(&self, n: usize) -> String {
+        let lines = self.lines.lock().unwrap();
+        lines
+            .iter()
+            .rev()
+            .take(n)
+            .rev()
+            .map(|(_, l)| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The HTTP address from the `http listening` line.
+    pub fn http_addr(&self) -> String {
+        self.wait_for_line("http listening", Duration::from_secs(30));
+        let lines = self.lines.lock().unwrap();
+        let line = &lines
+            .iter()
+            .find(|(_, l)| l.contains("http listening"))
+            .unwrap()
+            .1;
+        let plain = strip_ansi(line);
+        plain
+            .split("addr=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

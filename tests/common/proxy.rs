@@ -1,0 +1,114 @@
+//! A TCP proxy the harness puts between the daemon and a store, to make the store slow or
+//! unreachable for real (the daemon sees genuine latency, resets and refusals).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Mode {
+    Pass,
+    /// Adds this much latency to every chunk sent from the client to the server.
+    Delay(Duration),
+    /// Drops every open connection and resets new ones: the store looks down.
+    Down,
+}
+
+pub struct Proxy {
+    pub port: u16,
+    mode: Arc<watch::Sender<Mode>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target: &str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = watch::channel(Mode::Pass);
+        let target = target.to_string();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
+                let rx = rx.clone();
+                if *rx.borrow() == Mode::Down {
+                    drop(client);
+                    continue;
+                }
+                let target = target.clone();
+                tokio::spawn(async move {
+                    if let Ok(server) = TcpStream::connect(&target).await {
+                        pipe(client, server, rx).await;
+                    }
+                });
+            }
+        });
+        Proxy {
+            port,
+            mode: Arc::new(tx),
+            task,
+        }
+    }
+
+    pub fn set(&self, mode: Mode) {
+        self.mode.send_replace(mode);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn pipe(client: TcpStream, server: TcpStream, mut mode: watch::Receiver<Mode>) {
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let mut m2 = mode.clone();
+    let up = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match cr.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let current = *m2.borrow_and_update();
+            if let Mode::Delay(d) = current {
+                tokio::time::sleep(d).await;
+            }
+            if sw.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    let down = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match sr.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if cw.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    let cut = async move {
+        loop {
+            if *mode.borrow_and_update() == Mode::Down {
+                return;
+            }
+            if mode.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = async { tokio::join!(up, down) } => {}
+        _ = cut => {}
+    }
+}
