@@ -45,6 +45,8 @@ pub enum AppError {
     Store(#[from] SinkError),
     #[error(transparent)]
     Consumer(#[from] consumer::ConsumerError),
+    #[error("the Kafka consumer thread panicked")]
+    ConsumerPanicked,
     #[error("cannot serve http on {addr}: {source}")]
     Http {
         addr: std::net::SocketAddr,
@@ -228,7 +230,7 @@ pub async fn run(
     let report = tokio::select! {
         r = consumer_done => match r {
             Ok(Ok(report)) => Some(report),
-            _ => { tracing::error!("consumer thread panicked"); None }
+            _ => return Err(AppError::ConsumerPanicked),
         },
         _ = hard_deadline => {
             tracing::error!("shutdown deadline reached before the consumer closed; exiting without waiting for it");
@@ -260,10 +262,12 @@ async fn watch_triggers(
     let Some(first) = triggers.next().await else {
         return;
     };
-    shutdown.begin();
+    // Log, turn not-ready and tell systemd before cancelling anything: once `drain` is
+    // cancelled the daemon may exit at once (a signal during start-up).
     tracing::info!(target: "log_processor::shutdown", phase = "signal received", signal = first, elapsed_ms = 0u64, "shutdown: signal received");
     metrics.set_not_ready();
     notify::send("STOPPING=1");
+    shutdown.begin();
     let deadline = {
         let shutdown = shutdown.clone();
         async move {

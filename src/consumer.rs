@@ -354,6 +354,7 @@ impl Bridge {
             .map(|e| TopicPartition::new(e.topic(), e.partition()))
             .collect();
         let lost = consumer.assignment_lost();
+        crate::failpoint::hit_blocking("in_revoke");
         let mut st = self.lock();
         for tp in &tps {
             st.batcher.discard(tp);
@@ -586,6 +587,7 @@ impl State {
             );
             return;
         }
+        crate::failpoint::hit_blocking("before_kafka_commit");
         match consumer.commit(&tpl, mode) {
             Ok(()) => {
                 metrics.commits.fetch_add(1, Relaxed);

@@ -6,6 +6,7 @@ pub mod batcher;
 pub mod config;
 pub mod consumer;
 pub mod decode;
+pub mod failpoint;
 pub mod http;
 pub mod loadgen;
 pub mod metrics;

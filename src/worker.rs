@@ -131,6 +131,7 @@ impl Worker {
             })
             .await?;
         ctx.metrics.es_latency.observe(t.elapsed());
+        crate::failpoint::hit("after_es_bulk").await;
         if !rejected.is_empty() {
             let by_offset: std::collections::HashMap<i64, &str> = rejected
                 .iter()
@@ -163,6 +164,7 @@ impl Worker {
         )
         .await?;
         ctx.metrics.pg_latency.observe(t.elapsed());
+        crate::failpoint::hit("after_pg_commit").await;
         ctx.metrics.stored.fetch_add(records.len() as u64, Relaxed);
         ctx.metrics
             .dead_lettered

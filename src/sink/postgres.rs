@@ -136,6 +136,7 @@ impl PgSink {
         insert_records(&mut tx, batch.tp, batch.records).await?;
         insert_dead_letters(&mut tx, batch.tp, batch.dead_letters).await?;
         store_offset(&mut tx, batch).await?;
+        crate::failpoint::hit("in_pg_transaction").await;
         tx.commit().await.map_err(classify)
     }
 

@@ -1,0 +1,67 @@
+//! Named pause points for the chaos tests, compiled in only with the `failpoints` feature.
+//!
+//! `LP_FAILPOINTS=name=probability,...` makes the daemon, at a named point, log
+//! `failpoint reached name=...` and stop there (sleep) with that probability, so a test can
+//! SIGKILL it inside exactly that window. Without the feature every call is an empty inline
+//! function: release binaries carry none of this.
+
+/// The points, in the order a batch meets them.
+pub const POINTS: [&str; 5] = [
+    "after_es_bulk",       // documents indexed, PostgreSQL transaction not started
+    "in_pg_transaction",   // rows inserted, transaction open, not committed
+    "after_pg_commit",     // batch durable, not yet acknowledged to the consumer
+    "before_kafka_commit", // watermark moved, Kafka commit not sent
+    "in_revoke",           // partitions being revoked, not yet committed and unassigned
+];
+
+#[cfg(feature = "failpoints")]
+mod imp {
+    use std::collections::HashMap;
+    use std::hash::{BuildHasher, RandomState};
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    fn table() -> &'static HashMap<String, f64> {
+        static T: OnceLock<HashMap<String, f64>> = OnceLock::new();
+        T.get_or_init(|| {
+            std::env::var("LP_FAILPOINTS")
+                .unwrap_or_default()
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .filter_map(|(k, v)| Some((k.trim().to_string(), v.trim().parse().ok()?)))
+                .collect()
+        })
+    }
+
+    fn fires(name: &str) -> bool {
+        let Some(p) = table().get(name) else {
+            return false;
+        };
+        let roll = RandomState::new().hash_one(name) % 1_000_000;
+        (roll as f64) < p * 1_000_000.0
+    }
+
+    pub async fn hit(name: &str) {
+        if fires(name) {
+            tracing::warn!(name, "failpoint reached");
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+    }
+
+    pub fn hit_blocking(name: &str) {
+        if fires(name) {
+            tracing::warn!(name, "failpoint reached");
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+}
+
+#[cfg(not(feature = "failpoints"))]
+mod imp {
+    #[inline(always)]
+    pub async fn hit(_: &str) {}
+    #[inline(always)]
+    pub fn hit_blocking(_: &str) {}
+}
+
+pub use imp::{hit, hit_blocking};
