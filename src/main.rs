@@ -137,9 +137,13 @@ fn load_config_file() -> Result<(), log_processor::config::ConfigError> {
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("LP_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only on a terminal: files, journald and log collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match format {
         LogFormat::Json => builder.json().with_current_span(true).init(),
         LogFormat::Human => builder.init(),

@@ -29,7 +29,7 @@ fn stop(d: &mut Daemon) {
     assert_eq!(code, 0, "clean exit expected; log:\n{}", d.tail(30));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_to_end_100k_records_exactly_once() {
     let s = Scenario::new("e2e", 6).await;
     let bad = s.produce(0, 100_000, 0.01);
@@ -65,7 +65,7 @@ async fn end_to_end_100k_records_exactly_once() {
     s.cleanup().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_after_sigterm_halfway_loses_and_duplicates_nothing() {
     let s = Scenario::new("restart", 6).await;
     s.produce(0, 40_000, 0.01);
@@ -104,7 +104,7 @@ async fn restart_after_sigterm_halfway_loses_and_duplicates_nothing() {
     s.cleanup().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_from_the_beginning_creates_no_duplicates() {
     let s = Scenario::new("replay", 4).await;
     s.produce(0, 20_000, 0.01);
@@ -137,7 +137,7 @@ async fn replay_from_the_beginning_creates_no_duplicates() {
     s.cleanup().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn elasticsearch_outage_and_postgres_restart_are_ridden_out() {
     let s = Scenario::new("outage", 6).await;
     let es = Proxy::start(elasticsearch_url().trim_start_matches("http://")).await;

@@ -92,7 +92,7 @@ fn steady_load(
     (stop, handle)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_steady_load_drains_commits_and_exits_zero() {
     let s = Scenario::new("sd_steady", 6).await;
     let mut d = Daemon::start(&s.env());
@@ -131,7 +131,7 @@ async fn sigterm_under_steady_load_drains_commits_and_exits_zero() {
     finish_and_verify(&s, "steady sigterm").await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_a_slow_store_exits_with_code_3_before_the_deadline() {
     let s = Scenario::new("sd_slow", 4).await;
     s.produce(0, 20_000, 0.01);
@@ -182,7 +182,7 @@ async fn sigterm_with_a_slow_store_exits_with_code_3_before_the_deadline() {
     finish_and_verify(&s, "slow store").await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_drains_and_a_second_signal_aborts_at_once() {
     let s = Scenario::new("sd_sigint", 4).await;
     // SIGINT alone behaves like SIGTERM.
@@ -232,7 +232,7 @@ async fn sigint_drains_and_a_second_signal_aborts_at_once() {
     finish_and_verify(&s, "second signal").await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signal_during_startup_exits_promptly() {
     let s = Scenario::new("sd_startup", 1).await;
     // Elasticsearch unreachable: start-up waits on the index template, before joining the group.
@@ -267,7 +267,7 @@ async fn signal_during_startup_exits_promptly() {
     s.cleanup().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_shutdown_line_within_100ms_of_the_signal_even_mid_write() {
     let s = Scenario::new("sd_latency", 2).await;
     s.produce(0, 10_000, 0.0);
@@ -300,7 +300,7 @@ async fn first_shutdown_line_within_100ms_of_the_signal_even_mid_write() {
     finish_and_verify(&s, "signal latency").await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_as_pid_1_in_its_own_pid_namespace() {
     let s = Scenario::new("sd_pid1", 2).await;
     s.produce(0, 5_000, 0.01);
