@@ -307,11 +307,7 @@ impl Bridge {
 
     fn on_assign(&self, consumer: &Kafka, tpl: &TopicPartitionList) {
         self.metrics.rebalances.fetch_add(1, Relaxed);
-        let tps: Vec<TopicPartition> = tpl
-            .elements()
-            .iter()
-            .map(|e| TopicPartition::new(e.topic(), e.partition()))
-            .collect();
+        let tps = partitions_of(tpl);
         let mut start = TopicPartitionList::new();
         if !tps.is_empty() {
             let stored = self.stored_offsets(&tps);
@@ -348,11 +344,7 @@ impl Bridge {
 
     fn on_revoke(&self, consumer: &Kafka, tpl: &TopicPartitionList) {
         self.metrics.rebalances.fetch_add(1, Relaxed);
-        let tps: Vec<TopicPartition> = tpl
-            .elements()
-            .iter()
-            .map(|e| TopicPartition::new(e.topic(), e.partition()))
-            .collect();
+        let tps = partitions_of(tpl);
         let lost = consumer.assignment_lost();
         crate::failpoint::hit_blocking("in_revoke");
         let mut st = self.lock();
@@ -615,6 +607,14 @@ impl State {
         abandoned.sort();
         ConsumerReport { abandoned }
     }
+}
+
+/// The partitions of an rdkafka list as plain values: nothing borrowed from librdkafka is kept.
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
+    tpl.elements()
+        .iter()
+        .map(|e| TopicPartition::new(e.topic(), e.partition()))
+        .collect()
 }
 
 fn pause(consumer: &Kafka, tps: &[TopicPartition]) {

@@ -168,17 +168,7 @@ async fn elasticsearch_bulk_with_ids_is_idempotent() {
     let transport =
         elasticsearch::http::transport::Transport::single_node(&elasticsearch_url()).unwrap();
     let client = elasticsearch::Elasticsearch::new(transport);
-    let root = client
-        .send(
-            Method::Get,
-            "/",
-            HeaderMap::new(),
-            Option::<&()>::None,
-            Option::<Vec<u8>>::None,
-            None,
-        )
-        .await
-        .expect("GET /");
+    let root = es(&client, Method::Get, "/", None).await;
     let root: serde_json::Value = root.json().await.unwrap();
     println!(
         "elasticsearch: {} {}",
@@ -188,17 +178,13 @@ async fn elasticsearch_bulk_with_ids_is_idempotent() {
         root["version"]["number"]
     );
     let index = unique("smoke-es").to_lowercase().replace('_', "-");
-    let put = client
-        .send(
-            Method::Put,
-            &format!("/{index}"),
-            HeaderMap::new(),
-            Option::<&()>::None,
-            Some(br#"{"mappings":{"properties":{"n":{"type":"long"}}}}"#.to_vec()),
-            None,
-        )
-        .await
-        .unwrap();
+    let put = es(
+        &client,
+        Method::Put,
+        &format!("/{index}"),
+        Some(br#"{"mappings":{"properties":{"n":{"type":"long"}}}}"#.to_vec()),
+    )
+    .await;
     assert!(put.status_code().is_success(), "create index");
     let mut body = Vec::new();
     for i in 0..50 {
@@ -207,56 +193,42 @@ async fn elasticsearch_bulk_with_ids_is_idempotent() {
         );
     }
     for _ in 0..2 {
-        let r = client
-            .send(
-                Method::Post,
-                &format!("/{index}/_bulk"),
-                HeaderMap::new(),
-                Option::<&()>::None,
-                Some(body.clone()),
-                None,
-            )
-            .await
-            .unwrap();
+        let r = es(
+            &client,
+            Method::Post,
+            &format!("/{index}/_bulk"),
+            Some(body.clone()),
+        )
+        .await;
         let v: serde_json::Value = r.json().await.unwrap();
         assert_eq!(v["errors"], false, "{v}");
     }
-    client
-        .send(
-            Method::Post,
-            &format!("/{index}/_refresh"),
-            HeaderMap::new(),
-            Option::<&()>::None,
-            Option::<Vec<u8>>::None,
-            None,
-        )
-        .await
-        .unwrap();
-    let c = client
-        .send(
-            Method::Get,
-            &format!("/{index}/_count"),
-            HeaderMap::new(),
-            Option::<&()>::None,
-            Option::<Vec<u8>>::None,
-            None,
-        )
-        .await
-        .unwrap();
+    es(&client, Method::Post, &format!("/{index}/_refresh"), None).await;
+    let c = es(&client, Method::Get, &format!("/{index}/_count"), None).await;
     let v: serde_json::Value = c.json().await.unwrap();
     assert_eq!(
         v["count"], 50,
         "the second bulk overwrote, it did not duplicate"
     );
+    es(&client, Method::Delete, &format!("/{index}"), None).await;
+}
+
+/// One request through the elasticsearch crate's transport.
+async fn es(
+    client: &elasticsearch::Elasticsearch,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> elasticsearch::http::response::Response {
     client
         .send(
-            Method::Delete,
-            &format!("/{index}"),
+            method,
+            path,
             HeaderMap::new(),
             Option::<&()>::None,
-            Option::<Vec<u8>>::None,
+            body,
             None,
         )
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{path}: {e}: {START_HINT}"))
 }
