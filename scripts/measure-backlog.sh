@@ -30,5 +30,5 @@ hwm=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
 kill -TERM "$pid"; wait "$pid" || true
 echo
 echo "backlog: records=$n seconds=$secs records_per_s=$(python3 -c "print(int($n / $secs))") peak_rss_kib=$hwm peak_rss_mib=$((hwm / 1024)) sampled_max_rss_kib=$peak"
-psql "$DATABASE_URL" -qc "DROP SCHEMA $id CASCADE" >/dev/null
+PGOPTIONS="-c client_min_messages=warning" psql "$DATABASE_URL" -qc "DROP SCHEMA $id CASCADE" >/dev/null
 curl -s -X DELETE "$ELASTICSEARCH_URL/${id//_/-}-*" >/dev/null

@@ -223,3 +223,41 @@ async fn elasticsearch_outage_and_postgres_restart_are_ridden_out() {
 async fn http_get(addr: &str, path: &str) -> String {
     http("GET", &format!("http://{addr}{path}"), None).await.1
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redaction_applies_to_both_stores() {
+    let s = Scenario::new("redact", 2).await;
+    s.produce(0, 2_000, 0.0);
+    let mut env = s.env();
+    env.extend([
+        ("LP_REDACT_DROP".to_string(), "host".to_string()),
+        ("LP_REDACT_HASH".to_string(), "trace_id".to_string()),
+        ("LP_REDACT_KEY".to_string(), "test-key".to_string()),
+    ]);
+    let mut d = Daemon::start(&env);
+    s.wait_all_stored(Duration::from_secs(120)).await;
+    stop(&mut d);
+    assert!(!d.has_line("test-key"), "the redaction key is never logged");
+    let v = s.verify().await;
+    v.assert_exact("redaction");
+    let pool = s.pg().await;
+    let q = format!(
+        "SELECT count(*) FILTER (WHERE fields ? 'host'), count(*) FILTER (WHERE fields->>'trace_id' LIKE 'hmac:%'), count(*) FROM {}.log_records",
+        s.schema
+    );
+    let (hosts, hashed, total): (i64, i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(q))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!((hosts, hashed, total), (0, 2_000, 2_000));
+    // verify() compared every document with its row: Elasticsearch holds the same redacted fields.
+    let docs = es_documents(&format!("{}-*", s.index)).await;
+    assert!(docs.iter().all(|d| {
+        d["fields"].get("host").is_none()
+            && d["fields"]["trace_id"]
+                .as_str()
+                .unwrap()
+                .starts_with("hmac:")
+    }));
+    s.cleanup().await;
+}

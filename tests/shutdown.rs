@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::proxy::{Mode, Proxy};
+use common::proxy::{self, Mode, Proxy};
 use common::*;
 
 fn with(env: &[(String, String)], overrides: &[(&str, String)]) -> Vec<(String, String)> {
@@ -135,8 +135,7 @@ async fn sigterm_under_steady_load_drains_commits_and_exits_zero() {
 async fn sigterm_with_a_slow_store_exits_with_code_3_before_the_deadline() {
     let s = Scenario::new("sd_slow", 4).await;
     s.produce(0, 20_000, 0.01);
-    let pg = Proxy::start("127.0.0.1:5432").await;
-    let url = database_url().replace(":5432/", &format!(":{}/", pg.port));
+    let (pg, url) = proxy::in_front_of(&database_url()).await;
     let env = with(
         &s.env(),
         &[
@@ -199,8 +198,7 @@ async fn sigint_drains_and_a_second_signal_aborts_at_once() {
 
     // With a slow store the drain takes long; a second SIGINT cuts it short safely.
     s.produce(5_000, 20_000, 0.01);
-    let pg = Proxy::start("127.0.0.1:5432").await;
-    let url = database_url().replace(":5432/", &format!(":{}/", pg.port));
+    let (pg, url) = proxy::in_front_of(&database_url()).await;
     let mut d = Daemon::start(&with(&s.env(), &[("LP_DATABASE_URL", url)]));
     let start = Instant::now();
     while s.pg_counts().await.0 < 7_000 {
@@ -271,8 +269,7 @@ async fn signal_during_startup_exits_promptly() {
 async fn first_shutdown_line_within_100ms_of_the_signal_even_mid_write() {
     let s = Scenario::new("sd_latency", 2).await;
     s.produce(0, 10_000, 0.0);
-    let pg = Proxy::start("127.0.0.1:5432").await;
-    let url = database_url().replace(":5432/", &format!(":{}/", pg.port));
+    let (pg, url) = proxy::in_front_of(&database_url()).await;
     let mut d = Daemon::start(&with(&s.env(), &[("LP_DATABASE_URL", url)]));
     let start = Instant::now();
     while s.pg_counts().await.0 < 1000 {

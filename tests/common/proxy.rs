@@ -112,3 +112,22 @@ async fn pipe(client: TcpStream, server: TcpStream, mut mode: watch::Receiver<Mo
         _ = cut => {}
     }
 }
+
+/// Starts a proxy in front of the host:port of `url` (postgres:// or http://) and returns it with
+/// the same URL pointing at the proxy.
+pub async fn in_front_of(url: &str) -> (Proxy, String) {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[after_scheme..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let host_start = rest[..authority_end].rfind('@').map_or(0, |i| i + 1);
+    let target = &rest[host_start..authority_end];
+    let proxy = Proxy::start(target).await;
+    let rewritten = format!(
+        "{}{}127.0.0.1:{}{}",
+        &url[..after_scheme],
+        &rest[..host_start],
+        proxy.port,
+        &rest[authority_end..]
+    );
+    (proxy, rewritten)
+}
