@@ -4,10 +4,20 @@ INFRA := tests/infra/infra.sh
 # Integration tests share one Kafka, PostgreSQL and OpenSearch: run them one at a time.
 TEST_FLAGS ?= --test-threads=1
 
-.PHONY: test demo services-up services-down services-status build release
+.PHONY: test chaos demo services-up services-down services-status build release
 
+# `failpoints` lets tests/chaos.rs stop the daemon inside chosen windows; release builds lack it.
+# The chaos tests run here at reduced sizes (CHAOS_FULL unset).
 test: services-up
-	eval "$$(bash $(INFRA) env)" && cargo test --locked -- $(TEST_FLAGS)
+	eval "$$(bash $(INFRA) env)" && cargo test --locked --features failpoints -- $(TEST_FLAGS)
+
+# The full chaos suite (tests/chaos.rs). Prints the seed first; CHAOS_SEED=N replays a run.
+CHAOS_FULL ?= 1
+chaos: services-up
+	@seed="$${CHAOS_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}"; \
+	echo "chaos: seed=$$seed full=$(CHAOS_FULL) (replay with CHAOS_SEED=$$seed make chaos)"; \
+	eval "$$(bash $(INFRA) env)" && CHAOS_SEED="$$seed" CHAOS_FULL="$(CHAOS_FULL)" \
+	  cargo test --locked --features failpoints --test chaos -- --nocapture $(TEST_FLAGS)
 
 demo: services-up
 	bash scripts/demo.sh

@@ -54,15 +54,21 @@ pub enum AppError {
     },
 }
 
-impl OffsetStore for (PgSink, String) {
+/// PostgreSQL's stored next offsets of one consumer group: where assigned partitions start.
+struct GroupOffsets {
+    pg: PgSink,
+    group_id: String,
+}
+
+impl OffsetStore for GroupOffsets {
     fn load<'a>(
         &'a self,
         tps: &'a [TopicPartition],
     ) -> Pin<Box<dyn Future<Output = Result<HashMap<TopicPartition, i64>, String>> + Send + 'a>>
     {
         Box::pin(async move {
-            self.0
-                .load_offsets(&self.1, tps)
+            self.pg
+                .load_offsets(&self.group_id, tps)
                 .await
                 .map_err(|e| e.to_string())
         })
@@ -207,7 +213,10 @@ pub async fn run(
         commit_interval: Duration::from_millis(settings.commit_interval_ms),
         revoke_drain_timeout: Duration::from_millis(settings.revoke_drain_timeout_ms),
     };
-    let offsets = Arc::new((pg.clone(), settings.group_id.clone()));
+    let offsets = Arc::new(GroupOffsets {
+        pg: pg.clone(),
+        group_id: settings.group_id.clone(),
+    });
     let thread = consumer::spawn(
         consumer_settings,
         offsets,
