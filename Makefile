@@ -4,7 +4,7 @@ INFRA := tests/infra/infra.sh
 # Integration tests share one Kafka, PostgreSQL and OpenSearch: run them one at a time.
 TEST_FLAGS ?= --test-threads=1
 
-.PHONY: test chaos demo services-up services-down services-status build release
+.PHONY: test chaos demo services-up services-down services-status build release bench
 
 # `failpoints` lets tests/chaos.rs stop the daemon inside chosen windows; release builds lack it.
 # The chaos tests run here at reduced sizes (CHAOS_FULL unset).
@@ -36,3 +36,7 @@ build:
 
 release:
 	cargo build --locked --release
+
+# Throughput, CPU, memory, batch size and crash cost against a peer and raw ceilings (bench/).
+bench: services-up
+	bash bench/run.sh

@@ -309,6 +309,7 @@ impl Bridge {
         self.metrics.rebalances.fetch_add(1, Relaxed);
         let tps = partitions_of(tpl);
         let mut start = TopicPartitionList::new();
+        let mut from_postgres = Vec::new();
         if !tps.is_empty() {
             let stored = self.stored_offsets(&tps);
             let committed = self.committed_offsets(consumer, &tps);
@@ -320,6 +321,9 @@ impl Bridge {
                     (Some(&pg), None) => Offset::Offset(pg),
                     _ => Offset::Invalid,
                 };
+                if let Offset::Offset(pg) = offset {
+                    from_postgres.push((tp.clone(), pg));
+                }
                 let _ = start.add_partition_offset(&tp.topic, tp.partition, offset);
             }
             tracing::info!(partitions = ?tps.iter().map(ToString::to_string).collect::<Vec<_>>(), postgres = ?stored.values().collect::<Vec<_>>(), "partitions assigned");
@@ -334,6 +338,10 @@ impl Bridge {
         let mut st = self.lock();
         for tp in &tps {
             st.assigned.insert(tp.clone(), CancellationToken::new());
+        }
+        // Kafka's committed offset trails PostgreSQL's here: commit it up even if nothing follows.
+        for (tp, pg) in from_postgres {
+            st.watermarks.get_mut(&tp).start_at(pg);
         }
         if st.closing {
             pause(consumer, &tps);
@@ -560,12 +568,15 @@ impl State {
         timeout: Option<Duration>,
         metrics: &Metrics,
     ) {
-        let moved: Vec<_> = self
-            .watermarks
-            .to_commit()
-            .into_iter()
-            .filter(|(tp, _)| self.assigned.contains_key(tp))
-            .collect();
+        // A synchronous commit (revocation, shutdown) sends every durable watermark, so one
+        // that an earlier asynchronous commit failed to store is never left behind.
+        let moved: Vec<_> = match mode {
+            CommitMode::Sync => self.watermarks.durable_all(),
+            CommitMode::Async => self.watermarks.to_commit().into_iter().collect(),
+        }
+        .into_iter()
+        .filter(|(tp, _)| self.assigned.contains_key(tp))
+        .collect();
         if moved.is_empty() {
             return;
         }

@@ -47,6 +47,14 @@ impl PartitionProgress {
         });
     }
 
+    /// Starts a newly assigned partition at `offset`, known durable (PostgreSQL's watermark),
+    /// so that it is committed to Kafka even when no record follows.
+    pub fn start_at(&mut self, offset: i64) {
+        if self.durable.is_none() && self.ranges.is_empty() {
+            self.durable = Some(offset);
+        }
+    }
+
     /// Marks `[first, next)` durable and advances the watermark over the done prefix.
     pub fn completed(&mut self, first: i64, next: i64) {
         if let Some(r) = self
@@ -108,6 +116,13 @@ impl Watermarks {
         self.parts
             .iter()
             .filter_map(|(tp, p)| Some((tp.clone(), p.to_commit()?)))
+            .collect()
+    }
+    /// Every known durable watermark.
+    pub fn durable_all(&self) -> Vec<(TopicPartition, i64)> {
+        self.parts
+            .iter()
+            .filter_map(|(tp, p)| Some((tp.clone(), p.durable()?)))
             .collect()
     }
     pub fn in_flight(&self) -> usize {

@@ -1,0 +1,1213 @@
+//! Chaos suite: the real binary (one or several instances in one group) against the real
+//! services, killed, stopped short and starved of its dependencies while it works through a
+//! generated workload of known content. Each scenario ends with a clean run and reads the
+//! stores back: nothing lost, nothing duplicated, Elasticsearch equal to PostgreSQL, Kafka's
+//! committed offsets never ahead of PostgreSQL's watermark and both at the end offsets.
+//!
+//! Reduced sizes by default (part of `make test`); `CHAOS_FULL=1` selects the full sizes
+//! (`make chaos`). `CHAOS_SEED=N` replays the test's own random choices (kill kinds, moments,
+//! targets); the daemon's failpoints roll their own dice.
+//!
+//! Needs the `failpoints` feature: `cargo test --features failpoints --test chaos`.
+#![cfg(feature = "failpoints")]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::proxy::{Mode, Proxy};
+use common::*;
+use log_processor::failpoint::POINTS;
+use log_processor::loadgen;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+const MALFORMED: f64 = 0.01;
+/// Bound on the daemon's peak resident memory through the dependency failures.
+const RSS_BOUND_KIB: u64 = 300 * 1024;
+
+// ---------------------------------------------------------------------------------------------
+// Settings of a run: seed and size
+
+struct Chaos {
+    seed: u64,
+    full: bool,
+}
+
+fn chaos() -> &'static Chaos {
+    static C: OnceLock<Chaos> = OnceLock::new();
+    C.get_or_init(|| {
+        let seed = match std::env::var("CHAOS_SEED") {
+            Ok(v) if !v.trim().is_empty() => v
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("CHAOS_SEED must be an unsigned integer, got {v:?}")),
+            _ => {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    % 1_000_000_000
+            }
+        };
+        let full = std::env::var("CHAOS_FULL").is_ok_and(|v| v == "1");
+        Chaos { seed, full }
+    })
+}
+
+/// Deterministic random choices of the test itself (splitmix64).
+struct Rng(u64);
+
+impl Rng {
+    fn for_scenario(name: &str) -> Rng {
+        let c = chaos();
+        println!(
+            "chaos: seed={} full={} scenario={name} (replay with CHAOS_SEED={})",
+            c.seed, c.full, c.seed
+        );
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        for b in name.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+        Rng(c.seed ^ h)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.below(hi - lo + 1))
+    }
+    fn coin(&mut self) -> bool {
+        self.next() & 1 == 1
+    }
+    fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            v.swap(i, j);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+fn with(env: &[(String, String)], overrides: &[(&str, String)]) -> Vec<(String, String)> {
+    let mut env: Vec<_> = env
+        .iter()
+        .filter(|(k, _)| !overrides.iter().any(|(o, _)| o == k))
+        .cloned()
+        .collect();
+    env.extend(overrides.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    env
+}
+
+/// Short session so that a killed member's partitions move within seconds.
+fn chaos_env(s: &Scenario) -> Vec<(String, String)> {
+    with(
+        &s.env(),
+        &[
+            ("LP_SESSION_TIMEOUT_MS", "6000".into()),
+            ("LP_REVOKE_DRAIN_TIMEOUT_MS", "3000".into()),
+        ],
+    )
+}
+
+/// `url` with its host:port replaced by 127.0.0.1:`port`.
+fn via_proxy(url: &str, port: u16) -> String {
+    let (scheme, rest) = url.split_once("://").expect("URL with scheme");
+    let (auth, hostpath) = match rest.rsplit_once('@') {
+        Some((a, h)) => (format!("{a}@"), h),
+        None => (String::new(), rest),
+    };
+    let path = hostpath.find('/').map_or("", |i| &hostpath[i..]);
+    format!("{scheme}://{auth}127.0.0.1:{port}{path}")
+}
+
+fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit('@').next().unwrap();
+    rest.split('/').next().unwrap().to_string()
+}
+
+fn alive(d: &mut Daemon) -> bool {
+    d.child.try_wait().unwrap().is_none()
+}
+
+/// The failpoint a daemon reported reaching, if any.
+fn failpoint_hit(d: &Daemon) -> Option<&'static str> {
+    let lines = d.lines.lock().unwrap();
+    lines
+        .iter()
+        .find(|(_, l)| l.contains("failpoint reached"))
+        .and_then(|(_, l)| {
+            let plain = strip_ansi(l);
+            POINTS.into_iter().find(|p| {
+                [
+                    format!("name={p}"),
+                    format!("name=\"{p}\""),
+                    format!("\"name\":\"{p}\""),
+                ]
+                .iter()
+                .any(|n| plain.contains(n.as_str()))
+            })
+        })
+}
+
+async fn stored_total(s: &Scenario) -> i64 {
+    let (r, d) = s.pg_counts().await;
+    r + d
+}
+
+fn topic_total(s: &Scenario) -> i64 {
+    s.end_offsets().values().sum()
+}
+
+async fn wait_line(d: &Daemon, needle: &str, timeout: Duration) {
+    let start = Instant::now();
+    while !d.has_line(needle) {
+        assert!(
+            start.elapsed() < timeout,
+            "no log line with {needle:?} within {timeout:?}; log:\n{}",
+            d.tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until PostgreSQL holds more than `than` records (rows + dead letters).
+async fn wait_progress(s: &Scenario, than: i64, timeout: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if stored_total(s).await > than {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+async fn wait_committed_to_end(s: &Scenario, timeout: Duration) {
+    let start = Instant::now();
+    let ends = s.end_offsets();
+    loop {
+        let committed = s.committed();
+        if committed == ends {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "committed {committed:?} never reached end offsets {ends:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Stored rows + dead letters per partition.
+async fn stored_per_partition(s: &Scenario) -> BTreeMap<i32, i64> {
+    let pool = s.pg().await;
+    let q = format!(
+        "SELECT p, sum(n)::bigint FROM ( \
+           SELECT kafka_partition AS p, count(*) AS n FROM {0}.log_records GROUP BY 1 \
+           UNION ALL SELECT kafka_partition, count(*) FROM {0}.dead_letters GROUP BY 1) x \
+         GROUP BY p",
+        s.schema
+    );
+    let rows: Vec<(i32, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(q))
+        .fetch_all(&pool)
+        .await
+        .expect("stored per partition");
+    rows.into_iter().collect()
+}
+
+/// Kafka's committed offsets never ahead of PostgreSQL's watermark (read in that order, so the
+/// check holds even while instances run). With `quiescent` (no instance running) PostgreSQL
+/// also holds exactly the offsets below its watermark: no hole, no partly visible batch.
+async fn check_offsets(s: &Scenario, what: &str, quiescent: bool) {
+    let committed = s.committed();
+    let wm = s.pg_watermarks().await;
+    for (p, &c) in &committed {
+        let w = wm.get(p).copied().unwrap_or(0);
+        assert!(
+            c <= w,
+            "{what}: partition {p}: Kafka committed offset {c} is ahead of PostgreSQL's watermark {w}"
+        );
+    }
+    if quiescent {
+        let stored = stored_per_partition(s).await;
+        for p in 0..s.partitions {
+            let w = wm.get(&p).copied().unwrap_or(0);
+            let n = stored.get(&p).copied().unwrap_or(0);
+            assert_eq!(
+                n, w,
+                "{what}: partition {p}: {n} records stored but PostgreSQL's watermark is {w}"
+            );
+        }
+    }
+}
+
+/// A clean run to the end: one instance (no failpoints) until everything is stored and
+/// committed, then SIGTERM and exit 0.
+async fn final_clean_run(s: &Scenario, env: &[(String, String)], what: &str) {
+    let mut d = Daemon::start(env);
+    s.wait_all_stored(Duration::from_secs(900)).await;
+    wait_committed_to_end(s, Duration::from_secs(120)).await;
+    d.signal("TERM");
+    let code = d.wait(Duration::from_secs(30));
+    assert_eq!(code, 0, "{what}: final clean stop; log:\n{}", d.tail(30));
+}
+
+/// Verifies the end state, prints the summary line, fails on any loss, duplicate or mismatch.
+async fn verify_and_report(
+    s: &Scenario,
+    name: &str,
+    kills: u64,
+    malformed: Option<u64>,
+) -> Verdict {
+    let ends = s.end_offsets();
+    let committed = s.committed();
+    let wm = s.pg_watermarks().await;
+    check_offsets(s, name, true).await;
+    let v = s.verify().await;
+    println!(
+        "chaos: scenario={name} kills={kills} records={} lost={} pg_duplicates={} es_duplicates={} mismatched={} dead_lettered={}",
+        v.records, v.lost, v.pg_duplicates, v.es_duplicates, v.mismatched, v.dead_lettered
+    );
+    assert_eq!(
+        (v.lost, v.pg_duplicates, v.es_duplicates, v.mismatched),
+        (0, 0, 0, 0),
+        "{name}: {v:?}"
+    );
+    assert_eq!(
+        v.stored + v.dead_lettered,
+        v.records,
+        "{name}: every record stored or dead-lettered once"
+    );
+    assert_eq!(
+        v.indexed, v.stored,
+        "{name}: both stores hold the same records"
+    );
+    assert_eq!(
+        committed, ends,
+        "{name}: Kafka's committed offsets equal the end offsets"
+    );
+    assert_eq!(
+        wm, ends,
+        "{name}: PostgreSQL's watermark equals the end offsets"
+    );
+    if let Some(bad) = malformed {
+        assert_eq!(
+            v.dead_lettered, bad,
+            "{name}: exactly the malformed records are dead-lettered"
+        );
+    }
+    v
+}
+
+fn producer() -> BaseProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("linger.ms", "10")
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "600000")
+        .set("message.max.bytes", "8388608")
+        .create()
+        .expect("producer")
+}
+
+fn send(p: &BaseProducer, topic: &str, key: &[u8], payload: &[u8]) {
+    let mut rec = BaseRecord::<[u8], [u8]>::to(topic)
+        .payload(payload)
+        .key(key);
+    loop {
+        match p.send(rec) {
+            Ok(()) => break,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                rec = back;
+                p.poll(Duration::from_millis(10));
+            }
+            Err((e, _)) => panic!("produce: {e}"),
+        }
+    }
+    p.poll(Duration::ZERO);
+}
+
+/// A producer thread writing generated records (1% malformed) at a steady rate, `per_tick`
+/// every 100 ms, until stopped or `limit` records are written. It rides out broker restarts
+/// (idempotent, long message timeout). Joins to (records, malformed).
+struct Load {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<(u64, u64)>,
+}
+
+impl Load {
+    fn start(s: &Scenario, start_seq: u64, per_tick: u64, limit: Option<u64>) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (topic, flag) = (s.topic.clone(), stop.clone());
+        let handle = std::thread::spawn(move || {
+            let p = producer();
+            let (mut seq, mut bad) = (start_seq, 0);
+            let end = limit.map_or(u64::MAX, |l| start_seq + l);
+            while !flag.load(Ordering::Relaxed) && seq < end {
+                let tick = Instant::now();
+                for _ in 0..per_tick.min(end - seq) {
+                    let m = loadgen::is_malformed(seq, MALFORMED);
+                    bad += u64::from(m);
+                    let payload = if m {
+                        loadgen::malformed(seq)
+                    } else {
+                        loadgen::record(seq)
+                    };
+                    send(&p, &topic, format!("k{seq}").as_bytes(), &payload);
+                    seq += 1;
+                }
+                if let Some(rest) = Duration::from_millis(100).checked_sub(tick.elapsed()) {
+                    std::thread::sleep(rest);
+                }
+            }
+            p.flush(Duration::from_secs(600)).expect("flush");
+            assert_eq!(p.in_flight_count(), 0, "every produced record delivered");
+            (seq - start_seq, bad)
+        });
+        Load { stop, handle }
+    }
+
+    fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().expect("producer thread")
+    }
+}
+
+fn infra(verb: &str, service: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/infra/infra.sh");
+    let started = Instant::now();
+    let ok = std::process::Command::new("bash")
+        .args([script, verb, service])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "tests/infra/infra.sh {verb} {service} failed");
+    println!(
+        "chaos: infra {verb} {service} took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .expect("VmHWM")
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. SIGKILL at random moments, inside the windows that matter
+
+#[derive(Clone, Copy, Debug)]
+enum Kill {
+    /// SIGKILL once the daemon reports reaching this failpoint.
+    At(&'static str),
+    /// SIGKILL at a random moment after the group join.
+    Random,
+    /// SIGTERM, then SIGKILL 0-300 ms later, in the middle of the graceful shutdown.
+    DuringShutdown,
+}
+
+const KILL_KINDS: [Kill; 7] = [
+    Kill::At("after_es_bulk"),
+    Kill::At("in_pg_transaction"),
+    Kill::At("after_pg_commit"),
+    Kill::At("before_kafka_commit"),
+    Kill::At("in_revoke"),
+    Kill::Random,
+    Kill::DuringShutdown,
+];
+
+const NO_FAILPOINT: &str = "no failpoint line appeared: was the test built with `--features failpoints`? \
+     Run `cargo test --features failpoints --test chaos` (or `make test` / `make chaos`)";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn chaos_1_sigkill_at_random_moments() {
+    let mut rng = Rng::for_scenario("sigkill");
+    let full = chaos().full;
+    let (records, target_kills) = if full {
+        (300_000u64, 35u64)
+    } else {
+        (40_000, 7)
+    };
+    let s = Scenario::new("chaos_kill", 6).await;
+    // Small batches: many PostgreSQL transactions, ES bulks and commits per second.
+    let env = with(&chaos_env(&s), &[("LP_BATCH_MAX_RECORDS", "200".into())]);
+    let chunk = records / target_kills;
+    let (mut produced, mut malformed) = (0u64, 0u64);
+    let produce = |n: u64, produced: &mut u64, malformed: &mut u64| {
+        *malformed += s.produce(*produced, n, MALFORMED);
+        *produced += n;
+    };
+    let mut windows: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut kills = 0u64;
+    let mut plan: Vec<Kill> = Vec::new();
+    let started = Instant::now();
+    let mut cycle = 0;
+    while kills < target_kills {
+        assert!(
+            cycle < target_kills * 3,
+            "too many cycles without reaching {target_kills} kills"
+        );
+        if plan.is_empty() {
+            plan = KILL_KINDS.to_vec();
+            rng.shuffle(&mut plan);
+        }
+        let kind = plan.pop().unwrap();
+        if produced < records {
+            produce(chunk.min(records - produced), &mut produced, &mut malformed);
+        }
+        cycle += 1;
+        let before = stored_total(&s).await;
+        let killed: Option<&str> = match kind {
+            Kill::At("in_revoke") => {
+                // A second member joins; the first stops inside its revoke callback.
+                let mut a = Daemon::start(&with(&env, &[("LP_FAILPOINTS", "in_revoke=1".into())]));
+                wait_line(&a, "partitions assigned", Duration::from_secs(90)).await;
+                wait_progress(&s, before, Duration::from_secs(20)).await;
+                tokio::time::sleep(rng.millis(0, 1500)).await;
+                let mut b = Daemon::start(&env);
+                let t = Instant::now();
+                while failpoint_hit(&a).is_none() {
+                    assert!(
+                        t.elapsed() < Duration::from_secs(90),
+                        "{NO_FAILPOINT}; log:\n{}",
+                        a.tail(30)
+                    );
+                    assert!(alive(&mut a), "daemon exited; log:\n{}", a.tail(30));
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                a.kill();
+                // The other member takes everything over, then stops cleanly.
+                wait_line(&b, "partitions assigned", Duration::from_secs(60)).await;
+                tokio::time::sleep(rng.millis(0, 2000)).await;
+                b.signal("TERM");
+                let code = b.wait(Duration::from_secs(30));
+                assert!(
+                    matches!(code, 0 | 3),
+                    "second member exit {code}; log:\n{}",
+                    b.tail(30)
+                );
+                Some("in_revoke")
+            }
+            Kill::At(point) => {
+                let p = if point == "before_kafka_commit" {
+                    0.2
+                } else {
+                    0.1
+                };
+                let mut d =
+                    Daemon::start(&with(&env, &[("LP_FAILPOINTS", format!("{point}={p}"))]));
+                let t = Instant::now();
+                let mut last_check = Instant::now();
+                loop {
+                    if let Some(hit) = failpoint_hit(&d) {
+                        d.kill();
+                        break Some(hit);
+                    }
+                    assert!(
+                        t.elapsed() < Duration::from_secs(180),
+                        "{NO_FAILPOINT}; log:\n{}",
+                        d.tail(30)
+                    );
+                    assert!(alive(&mut d), "daemon exited; log:\n{}", d.tail(30));
+                    if last_check.elapsed() > Duration::from_secs(2) {
+                        last_check = Instant::now();
+                        // Backlog worked off without the point firing: give it more work.
+                        if stored_total(&s).await >= topic_total(&s) {
+                            produce(2000, &mut produced, &mut malformed);
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            Kill::Random => {
+                let mut d = Daemon::start(&env);
+                wait_line(&d, "partitions assigned", Duration::from_secs(90)).await;
+                tokio::time::sleep(rng.millis(0, 3000)).await;
+                let was_alive = alive(&mut d);
+                d.kill();
+                was_alive.then_some("random")
+            }
+            Kill::DuringShutdown => {
+                let mut d = Daemon::start(&env);
+                wait_line(&d, "partitions assigned", Duration::from_secs(90)).await;
+                wait_progress(&s, before, Duration::from_secs(20)).await;
+                d.signal("TERM");
+                tokio::time::sleep(rng.millis(0, 300)).await;
+                if alive(&mut d) {
+                    d.kill();
+                    Some("during_shutdown")
+                } else {
+                    let code = d.wait(Duration::from_secs(1));
+                    assert!(matches!(code, 0 | 3), "exit {code}; log:\n{}", d.tail(30));
+                    None
+                }
+            }
+        };
+        if let Some(w) = killed {
+            kills += 1;
+            *windows.entry(w).or_default() += 1;
+        }
+        println!(
+            "chaos: sigkill cycle={cycle} kind={kind:?} killed_in={} stored={} produced={produced} t={:.0}s",
+            killed.unwrap_or("-"),
+            stored_total(&s).await,
+            started.elapsed().as_secs_f64()
+        );
+        check_offsets(&s, &format!("sigkill cycle {cycle}"), true).await;
+    }
+    let order = [
+        "after_es_bulk",
+        "in_pg_transaction",
+        "after_pg_commit",
+        "before_kafka_commit",
+        "in_revoke",
+        "random",
+        "during_shutdown",
+    ];
+    println!(
+        "chaos: windows {}",
+        order
+            .iter()
+            .map(|w| format!("{w}={}", windows.get(w).copied().unwrap_or(0)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    for w in [
+        "after_es_bulk",
+        "in_pg_transaction",
+        "after_pg_commit",
+        "before_kafka_commit",
+        "in_revoke",
+    ] {
+        assert!(
+            windows.get(w).copied().unwrap_or(0) > 0,
+            "no kill landed in {w}"
+        );
+    }
+    if produced < records {
+        produce(records - produced, &mut produced, &mut malformed);
+    }
+    final_clean_run(&s, &env, "sigkill").await;
+    verify_and_report(&s, "sigkill", kills, Some(malformed)).await;
+    println!(
+        "chaos: sigkill took {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    s.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Three replicas in one group, killed and stopped at random and restarted
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn chaos_2_replicas_killed_and_restarted() {
+    let mut rng = Rng::for_scenario("replicas");
+    let full = chaos().full;
+    let (records, actions, per_tick) = if full {
+        (150_000u64, 30u64, 150u64)
+    } else {
+        (30_000, 8, 100)
+    };
+    let s = Scenario::new("chaos_replicas", 12).await;
+    let env = chaos_env(&s);
+    let started = Instant::now();
+    let mut members: Vec<Daemon> = (0..3).map(|_| Daemon::start(&env)).collect();
+    let load = Load::start(&s, 0, per_tick, Some(records));
+    let (mut kills, mut terms) = (0u64, 0u64);
+    let mut exits: BTreeMap<i32, u64> = BTreeMap::new();
+    for a in 0..actions {
+        tokio::time::sleep(rng.millis(1500, 5000)).await;
+        let i = rng.below(3) as usize;
+        let how = if rng.coin() { "SIGKILL" } else { "SIGTERM" };
+        let d = &mut members[i];
+        assert!(
+            alive(d),
+            "member {i} exited on its own; log:\n{}",
+            d.tail(30)
+        );
+        if how == "SIGKILL" {
+            d.kill();
+            kills += 1;
+        } else {
+            d.signal("TERM");
+            let code = d.wait(Duration::from_secs(30));
+            assert!(
+                matches!(code, 0 | 3),
+                "member {i} exit {code}; log:\n{}",
+                d.tail(30)
+            );
+            *exits.entry(code).or_default() += 1;
+            terms += 1;
+        }
+        check_offsets(&s, &format!("replicas action {a}"), false).await;
+        tokio::time::sleep(rng.millis(0, 2000)).await;
+        members[i] = Daemon::start(&env);
+        println!(
+            "chaos: replicas action={a} member={i} {how} stored={} t={:.0}s",
+            stored_total(&s).await,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let (_, malformed) = load.handle.join().expect("producer thread");
+    s.wait_all_stored(Duration::from_secs(900)).await;
+    wait_committed_to_end(&s, Duration::from_secs(120)).await;
+    for (i, d) in members.iter_mut().enumerate() {
+        d.signal("TERM");
+        let code = d.wait(Duration::from_secs(30));
+        assert_eq!(
+            code,
+            0,
+            "member {i}: clean stop at the end; log:\n{}",
+            d.tail(30)
+        );
+    }
+    println!("chaos: replicas sigkill={kills} sigterm={terms} sigterm_exits={exits:?}");
+    verify_and_report(&s, "replicas", kills + terms, Some(malformed)).await;
+    println!(
+        "chaos: replicas took {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    s.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Dependencies failing under load, one daemon riding it all out
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn chaos_3_dependencies_fail_under_load() {
+    let _rng = Rng::for_scenario("dependencies");
+    let full = chaos().full;
+    let es_outage = Duration::from_secs(if full { 60 } else { 15 });
+    let pg_outage = Duration::from_secs(if full { 20 } else { 10 });
+    let s = Scenario::new("chaos_deps", 6).await;
+    let es = Proxy::start(&host_port(&elasticsearch_url())).await;
+    let pg = Proxy::start(&host_port(&database_url())).await;
+    let env = with(
+        &chaos_env(&s),
+        &[
+            (
+                "LP_ELASTICSEARCH_URL",
+                via_proxy(&elasticsearch_url(), es.port),
+            ),
+            ("LP_DATABASE_URL", via_proxy(&database_url(), pg.port)),
+        ],
+    );
+    let started = Instant::now();
+    let mut d = Daemon::start(&env);
+    wait_line(&d, "partitions assigned", Duration::from_secs(90)).await;
+    let load = Load::start(&s, 0, 200, None);
+    let step = |what: &str| {
+        println!(
+            "chaos: dependencies {what} t={:.0}s",
+            started.elapsed().as_secs_f64()
+        );
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    step("opensearch down");
+    es.set(Mode::Down);
+    tokio::time::sleep(es_outage).await;
+    assert!(
+        alive(&mut d),
+        "survives the OpenSearch outage; log:\n{}",
+        d.tail(30)
+    );
+    es.set(Mode::Pass);
+    step("opensearch back");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    step("postgresql unreachable");
+    pg.set(Mode::Down);
+    tokio::time::sleep(pg_outage).await;
+    assert!(
+        alive(&mut d),
+        "survives PostgreSQL being unreachable; log:\n{}",
+        d.tail(30)
+    );
+    pg.set(Mode::Pass);
+    step("postgresql reachable");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    if full {
+        step("postgresql restart");
+        infra("down", "postgres");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        infra("up", "postgres");
+        assert!(
+            alive(&mut d),
+            "survives the PostgreSQL restart; log:\n{}",
+            d.tail(30)
+        );
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+
+    // The broker restart runs in the full suite only: a consumer whose session timed out during
+    // it was once seen not to get its partitions back (an open problem, see the README).
+    if full {
+        step("kafka restart");
+        infra("down", "kafka");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        infra("up", "kafka");
+        assert!(
+            alive(&mut d),
+            "survives the Kafka restart; log:\n{}",
+            d.tail(30)
+        );
+        step("kafka back");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+
+    let (produced, malformed) = load.finish();
+    step(&format!("load stopped after {produced} records"));
+    s.wait_all_stored(Duration::from_secs(900)).await;
+    wait_committed_to_end(&s, Duration::from_secs(180)).await;
+    check_offsets(&s, "dependencies", false).await;
+    assert!(
+        alive(&mut d),
+        "the same process did all the work; log:\n{}",
+        d.tail(30)
+    );
+    let rss = peak_rss_kib(d.pid());
+    d.signal("TERM");
+    let code = d.wait(Duration::from_secs(30));
+    assert_eq!(code, 0, "clean stop; log:\n{}", d.tail(30));
+    println!(
+        "chaos: dependencies peak_rss_mib={:.1} (bound {} MiB)",
+        rss as f64 / 1024.0,
+        RSS_BOUND_KIB / 1024
+    );
+    verify_and_report(&s, "dependencies", 0, Some(malformed)).await;
+    assert!(
+        rss < RSS_BOUND_KIB,
+        "peak RSS {rss} KiB above {RSS_BOUND_KIB} KiB"
+    );
+    println!(
+        "chaos: dependencies took {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    s.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Hostile input
+
+enum Expect {
+    Stored,
+    Dead(&'static str, &'static str),
+}
+
+struct Case {
+    name: &'static str,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    expect: Expect,
+}
+
+fn hostile_cases() -> Vec<Case> {
+    use Expect::*;
+    let case = |name, key: Option<&str>, payload: Vec<u8>, expect| Case {
+        name,
+        key: key.map(|k| k.as_bytes().to_vec()),
+        payload,
+        expect,
+    };
+    let nested = |depth: usize, name: &str| {
+        let mut v = serde_json::json!({"leaf": 1});
+        for _ in 0..depth {
+            v = serde_json::json!({ "a": v });
+        }
+        serde_json::json!({"case": name, "message": "nested", "deep": v})
+            .to_string()
+            .into_bytes()
+    };
+    let many_fields = {
+        let mut m = serde_json::Map::new();
+        m.insert("case".into(), "fields_3000".into());
+        for i in 0..3000 {
+            m.insert(format!("f{i:04}"), i.into());
+        }
+        serde_json::Value::Object(m).to_string().into_bytes()
+    };
+    let big = serde_json::json!({"case": "big_5mib", "message": "x".repeat(5 * 1024 * 1024)})
+        .to_string()
+        .into_bytes();
+    let ts = |name: &str, ts: serde_json::Value| {
+        serde_json::json!({"case": name, "message": "time", "timestamp": ts})
+            .to_string()
+            .into_bytes()
+    };
+    vec![
+        case(
+            "bad_utf8",
+            Some("h1"),
+            b"{\"case\":\"bad_utf8\",\"message\":\"\xff\xfe\xfd\"}".to_vec(),
+            Dead("decode", "invalid UTF-8"),
+        ),
+        case(
+            "array",
+            Some("h2"),
+            b"[1, 2, 3]".to_vec(),
+            Dead("decode", "not an object"),
+        ),
+        case(
+            "string",
+            None,
+            b"\"just a string\"".to_vec(),
+            Dead("decode", "not an object"),
+        ),
+        case(
+            "number",
+            Some("h3"),
+            b"42".to_vec(),
+            Dead("decode", "not an object"),
+        ),
+        case(
+            "null",
+            None,
+            b"null".to_vec(),
+            Dead("decode", "not an object"),
+        ),
+        case(
+            "not_json",
+            Some("h4"),
+            b"this is not json {".to_vec(),
+            Dead("decode", "invalid JSON"),
+        ),
+        case(
+            "nested_200",
+            Some("h5"),
+            nested(200, "nested_200"),
+            Dead("decode", "invalid JSON"),
+        ),
+        case(
+            "nested_40",
+            Some("h6"),
+            nested(40, "nested_40"),
+            Dead("index", "mapper_parsing_exception"),
+        ),
+        case("nested_10", Some("h7"), nested(10, "nested_10"), Stored),
+        case(
+            "nul_byte",
+            Some("h8"),
+            b"{\"case\":\"nul_byte\",\"message\":\"a\x00b\"}".to_vec(),
+            Dead("decode", "NUL byte"),
+        ),
+        case(
+            "nul_escape",
+            None,
+            b"{\"case\":\"nul_escape\",\"message\":\"a\\u0000b\"}".to_vec(),
+            Dead("decode", "NUL character"),
+        ),
+        case("big_5mib", Some("h9"), big, Stored),
+        case(
+            "no_timestamp",
+            None,
+            b"{\"case\":\"no_timestamp\",\"message\":\"no time\"}".to_vec(),
+            Stored,
+        ),
+        case(
+            "ts_unparseable",
+            Some("h10"),
+            ts("ts_unparseable", "yesterday at noon".into()),
+            Dead("decode", "unparseable timestamp"),
+        ),
+        case(
+            "ts_bool",
+            Some("h11"),
+            serde_json::json!({"case": "ts_bool", "@timestamp": true})
+                .to_string()
+                .into_bytes(),
+            Dead("decode", "unparseable @timestamp"),
+        ),
+        case(
+            "ts_1850",
+            Some("h12"),
+            ts("ts_1850", "1850-01-01T00:00:00Z".into()),
+            Dead("decode", "outside the years"),
+        ),
+        case(
+            "ts_2500",
+            None,
+            ts("ts_2500", "2500-01-01T00:00:00Z".into()),
+            Dead("decode", "outside the years"),
+        ),
+        case(
+            "ts_epoch_year_3000",
+            Some("h13"),
+            ts("ts_epoch_year_3000", 32_503_680_000_000i64.into()),
+            Dead("decode", "outside the years"),
+        ),
+        case(
+            "ts_epoch_huge",
+            Some("h14"),
+            ts("ts_epoch_huge", 1e20.into()),
+            Dead("decode", "unparseable timestamp"),
+        ),
+        case(
+            "ts_1901",
+            Some("h15"),
+            ts("ts_1901", "1901-03-04T05:06:07Z".into()),
+            Stored,
+        ),
+        case(
+            "ts_2150",
+            None,
+            ts("ts_2150", "2150-06-01T12:00:00+02:00".into()),
+            Stored,
+        ),
+        case(
+            "fields_3000",
+            Some("h16"),
+            many_fields,
+            Dead("index", "fields"),
+        ),
+        // Same partition (same key), same index (same timestamp): the string maps the field,
+        // the object that follows conflicts with that mapping.
+        case(
+            "conflict_string",
+            Some("conflict"),
+            br#"{"case":"conflict_string","timestamp":"2026-01-15T10:00:00Z","fields_x":"a"}"#
+                .to_vec(),
+            Stored,
+        ),
+        case(
+            "conflict_object",
+            Some("conflict"),
+            br#"{"case":"conflict_object","timestamp":"2026-01-15T10:00:01Z","fields_x":{"b":1}}"#
+                .to_vec(),
+            Dead("index", "fields_x"),
+        ),
+        case(
+            "empty_keyed",
+            Some("h17"),
+            Vec::new(),
+            Dead("decode", "empty payload"),
+        ),
+        case(
+            "empty_null_key",
+            None,
+            Vec::new(),
+            Dead("decode", "empty payload"),
+        ),
+        case(
+            "null_key",
+            None,
+            b"{\"case\":\"null_key\",\"level\":\"info\",\"message\":\"no key\"}".to_vec(),
+            Stored,
+        ),
+        case(
+            "level_not_string",
+            Some("h18"),
+            br#"{"case":"level_not_string","level":{"nested":true},"message":7}"#.to_vec(),
+            Stored,
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn chaos_4_hostile_input() {
+    let _rng = Rng::for_scenario("hostile_input");
+    let full = chaos().full;
+    let good = if full { 20_000u64 } else { 5_000 };
+    let s = Scenario::new("chaos_hostile", 4).await;
+    let env = chaos_env(&s);
+    let started = Instant::now();
+    let mut d = Daemon::start(&env);
+    wait_line(&d, "partitions assigned", Duration::from_secs(90)).await;
+    let cases = hostile_cases();
+    // Good records before, the hostile ones, good records after (which must not be held up).
+    s.produce(0, good / 2, 0.0);
+    let raw: Vec<_> = cases
+        .iter()
+        .map(|c| (c.key.clone(), c.payload.clone()))
+        .collect();
+    s.produce_raw(&raw);
+    s.produce_raw(&raw[..raw.len() / 2]); // a second copy of half of them, further on
+    s.produce(good / 2, good - good / 2, 0.0);
+    s.wait_all_stored(Duration::from_secs(300)).await;
+    wait_committed_to_end(&s, Duration::from_secs(60)).await;
+    d.signal("TERM");
+    let code = d.wait(Duration::from_secs(30));
+    assert_eq!(code, 0, "clean stop; log:\n{}", d.tail(30));
+
+    let pool = s.pg().await;
+    let dead_q = format!(
+        "SELECT stage, reason FROM {}.dead_letters WHERE payload = $1",
+        s.schema
+    );
+    let rows_q = format!(
+        "SELECT count(*), count(*) FILTER (WHERE kafka_key IS NULL) FROM {}.log_records WHERE fields->>'case' = $1",
+        s.schema
+    );
+    let mut report = Vec::new();
+    for (i, c) in cases.iter().enumerate() {
+        // Each payload was produced once, or twice for the first half; identical payloads
+        // (the two empty ones) count together.
+        let copies = |j: usize| if j < cases.len() / 2 { 2 } else { 1 };
+        let same: usize = cases
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.payload == c.payload)
+            .map(|(j, _)| copies(j))
+            .sum();
+        let dead: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(dead_q.clone()))
+            .bind(&c.payload)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        match c.expect {
+            Expect::Stored => {
+                let (n, null_keys): (i64, i64) =
+                    sqlx::query_as(sqlx::AssertSqlSafe(rows_q.clone()))
+                        .bind(c.name)
+                        .fetch_one(&pool)
+                        .await
+                        .unwrap();
+                assert!(dead.is_empty(), "{}: dead-lettered: {dead:?}", c.name);
+                assert_eq!(n as usize, copies(i), "{}: stored rows", c.name);
+                if c.key.is_none() {
+                    assert_eq!(null_keys, n, "{}: stored with a null key", c.name);
+                }
+                report.push(format!("{}=stored", c.name));
+            }
+            Expect::Dead(stage, reason) => {
+                assert_eq!(dead.len(), same, "{}: dead letters {dead:?}", c.name);
+                for (st, why) in &dead {
+                    assert_eq!(st, stage, "{}: stage (reason {why:?})", c.name);
+                    assert!(
+                        why.to_lowercase().contains(&reason.to_lowercase()),
+                        "{}: reason {why:?} does not mention {reason:?}",
+                        c.name
+                    );
+                }
+                report.push(format!("{}={stage}", c.name));
+                println!(
+                    "chaos: hostile {} -> {stage}: {}",
+                    c.name,
+                    dead[0].1.chars().take(160).collect::<String>()
+                );
+            }
+        }
+    }
+    println!("chaos: hostile outcomes {}", report.join(" "));
+    let v = verify_and_report(&s, "hostile_input", 0, None).await;
+    assert_eq!(
+        v.stored,
+        good + cases
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| matches!(c.expect, Expect::Stored))
+            .map(|(j, _)| if j < cases.len() / 2 { 2 } else { 1 })
+            .sum::<u64>()
+    );
+    println!(
+        "chaos: hostile_input took {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    s.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. SIGTERM with a deadline too short for the work, repeated, with restarts
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn chaos_5_sigterm_with_too_short_deadline() {
+    let mut rng = Rng::for_scenario("short_deadline");
+    let full = chaos().full;
+    let (rounds, per_round) = if full { (10u64, 8_000u64) } else { (2, 5_000) };
+    let s = Scenario::new("chaos_deadline", 6).await;
+    let pg = Proxy::start(&host_port(&database_url())).await;
+    let grace = Duration::from_millis(5000);
+    let env = with(
+        &chaos_env(&s),
+        &[
+            ("LP_DATABASE_URL", via_proxy(&database_url(), pg.port)),
+            ("LP_SHUTDOWN_DEADLINE_MS", "3000".into()),
+            ("LP_GRACE_PERIOD_MS", grace.as_millis().to_string()),
+        ],
+    );
+    let started = Instant::now();
+    let (mut produced, mut malformed) = (0u64, 0u64);
+    let mut exits: BTreeMap<i32, u64> = BTreeMap::new();
+    let mut longest = Duration::ZERO;
+    for round in 0..rounds {
+        malformed += s.produce(produced, per_round, MALFORMED);
+        produced += per_round;
+        pg.set(Mode::Pass);
+        let before = stored_total(&s).await;
+        let mut d = Daemon::start(&env);
+        wait_line(&d, "partitions assigned", Duration::from_secs(90)).await;
+        wait_progress(&s, before, Duration::from_secs(30)).await;
+        // PostgreSQL turns slow: each batch's transaction now takes seconds.
+        let delay = rng.millis(100, 400);
+        pg.set(Mode::Delay(delay));
+        tokio::time::sleep(rng.millis(300, 1500)).await;
+        let sent = Instant::now();
+        d.signal("TERM");
+        let code = d.wait(grace + Duration::from_secs(5));
+        let took = sent.elapsed();
+        longest = longest.max(took);
+        assert!(
+            matches!(code, 0 | 3),
+            "round {round}: exit {code}; log:\n{}",
+            d.tail(30)
+        );
+        assert!(
+            took < grace,
+            "round {round}: took {took:?}, beyond the {grace:?} grace period"
+        );
+        if code == 3 {
+            assert!(
+                d.has_line("deadline reached") || d.has_line("abandoned offsets"),
+                "round {round}: exit 3 without a deadline warning or abandoned offsets; log:\n{}",
+                d.tail(30)
+            );
+        }
+        *exits.entry(code).or_default() += 1;
+        pg.set(Mode::Pass);
+        println!(
+            "chaos: short_deadline round={round} delay_ms={} exit={code} shutdown_ms={} stored={} t={:.0}s",
+            delay.as_millis(),
+            took.as_millis(),
+            stored_total(&s).await,
+            started.elapsed().as_secs_f64()
+        );
+        check_offsets(&s, &format!("short_deadline round {round}"), true).await;
+    }
+    println!(
+        "chaos: short_deadline exits {} longest_shutdown_ms={}",
+        exits
+            .iter()
+            .map(|(c, n)| format!("code{c}={n}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        longest.as_millis()
+    );
+    final_clean_run(&s, &chaos_env(&s), "short_deadline").await;
+    verify_and_report(&s, "short_deadline", rounds, Some(malformed)).await;
+    println!(
+        "chaos: short_deadline took {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    s.cleanup().await;
+}
