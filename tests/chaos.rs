@@ -103,16 +103,6 @@ impl Rng {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-fn with(env: &[(String, String)], overrides: &[(&str, String)]) -> Vec<(String, String)> {
-    let mut env: Vec<_> = env
-        .iter()
-        .filter(|(k, _)| !overrides.iter().any(|(o, _)| o == k))
-        .cloned()
-        .collect();
-    env.extend(overrides.iter().map(|(k, v)| (k.to_string(), v.clone())));
-    env
-}
-
 /// Short session so that a killed member's partitions move within seconds.
 fn chaos_env(s: &Scenario) -> Vec<(String, String)> {
     with(

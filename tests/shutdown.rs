@@ -8,16 +8,6 @@ use std::time::{Duration, Instant};
 use common::proxy::{self, Mode, Proxy};
 use common::*;
 
-fn with(env: &[(String, String)], overrides: &[(&str, String)]) -> Vec<(String, String)> {
-    let mut env: Vec<_> = env
-        .iter()
-        .filter(|(k, _)| !overrides.iter().any(|(o, _)| o == k))
-        .cloned()
-        .collect();
-    env.extend(overrides.iter().map(|(k, v)| (k.to_string(), v.clone())));
-    env
-}
-
 async fn finish_and_verify(s: &Scenario, what: &str) {
     let mut d = Daemon::start(&s.env());
     s.wait_all_stored(Duration::from_secs(300)).await;

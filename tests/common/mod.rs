@@ -60,6 +60,17 @@ pub fn require_all() {
     require("OpenSearch/Elasticsearch", &elasticsearch_url());
 }
 
+/// `env` with the `overrides` replacing (or adding) variables.
+pub fn with(env: &[(String, String)], overrides: &[(&str, String)]) -> Vec<(String, String)> {
+    let mut env: Vec<_> = env
+        .iter()
+        .filter(|(k, _)| !overrides.iter().any(|(o, _)| o == k))
+        .cloned()
+        .collect();
+    env.extend(overrides.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    env
+}
+
 /// A name no other test (or earlier run) uses.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
