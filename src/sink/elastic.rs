@@ -301,16 +301,42 @@ impl ElasticSink {
     }
 }
 
-/// The document for a record. PostgreSQL holds the same fields.
-pub fn document(tp: &TopicPartition, r: &StoredRecord) -> Value {
-    json!({
-        "@timestamp": r.entry.timestamp.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        "level": r.entry.level,
-        "service": r.entry.service,
-        "message": r.entry.message,
-        "fields": r.entry.fields,
-        "kafka": { "topic": &*tp.topic, "partition": tp.partition, "offset": r.offset },
-    })
+/// The document for a record. PostgreSQL holds the same fields. Borrowed, so serialising a
+/// batch copies no field maps.
+#[derive(serde::Serialize)]
+struct Document<'a> {
+    #[serde(rename = "@timestamp")]
+    timestamp: String,
+    level: &'a Option<String>,
+    service: &'a Option<String>,
+    message: &'a Option<String>,
+    fields: &'a serde_json::Map<String, Value>,
+    kafka: KafkaMeta<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct KafkaMeta<'a> {
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+}
+
+fn document<'a>(tp: &'a TopicPartition, r: &'a StoredRecord) -> Document<'a> {
+    Document {
+        timestamp: r
+            .entry
+            .timestamp
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        level: &r.entry.level,
+        service: &r.entry.service,
+        message: &r.entry.message,
+        fields: &r.entry.fields,
+        kafka: KafkaMeta {
+            topic: &tp.topic,
+            partition: tp.partition,
+            offset: r.offset,
+        },
+    }
 }
 
 /// Splits items into bulk bodies no larger than `max_bytes` (an item above it goes alone; the

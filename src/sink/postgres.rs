@@ -198,7 +198,7 @@ async fn insert_records(
     let messages: Vec<Option<&str>> = records.iter().map(|r| r.entry.message.as_deref()).collect();
     let fields: Vec<String> = records
         .iter()
-        .map(|r| serde_json::Value::Object(r.entry.fields.clone()).to_string())
+        .map(|r| serde_json::to_string(&r.entry.fields).expect("a JSON map serialises"))
         .collect();
     let keys: Vec<Option<&[u8]>> = records.iter().map(|r| r.key.as_deref()).collect();
     let kafka_ts: Vec<Option<DateTime<Utc>>> = records

@@ -211,16 +211,10 @@ impl Scenario {
 
     /// Kafka's committed offsets of the scenario's group (partitions without a commit omitted).
     pub fn committed(&self) -> BTreeMap<i32, i64> {
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", kafka_brokers())
-            .set("group.id", &self.group)
-            .create()
+        let list = self
+            .group_consumer()
+            .committed_offsets(self.partition_list(None), Duration::from_secs(10))
             .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..self.partitions {
-            tpl.add_partition(&self.topic, p);
-        }
-        let list = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
         let out = list
             .elements()
             .iter()
@@ -235,18 +229,37 @@ impl Scenario {
 
     /// Moves the group's committed offsets back to the beginning (the group must be empty).
     pub fn reset_group_offsets(&self) {
-        let c: BaseConsumer = ClientConfig::new()
+        self.group_consumer()
+            .commit(
+                &self.partition_list(Some(0)),
+                rdkafka::consumer::CommitMode::Sync,
+            )
+            .expect("reset offsets");
+    }
+
+    /// A consumer in the scenario's group that never subscribes (for offset queries).
+    fn group_consumer(&self) -> BaseConsumer {
+        ClientConfig::new()
             .set("bootstrap.servers", kafka_brokers())
             .set("group.id", &self.group)
             .create()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Every partition of the topic, at `offset` when given.
+    fn partition_list(&self, offset: Option<i64>) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
         for p in 0..self.partitions {
-            tpl.add_partition_offset(&self.topic, p, Offset::Offset(0))
-                .unwrap();
+            match offset {
+                Some(o) => tpl
+                    .add_partition_offset(&self.topic, p, Offset::Offset(o))
+                    .unwrap(),
+                None => {
+                    tpl.add_partition(&self.topic, p);
+                }
+            }
         }
-        c.commit(&tpl, rdkafka::consumer::CommitMode::Sync)
-            .expect("reset offsets");
+        tpl
     }
 
     pub async fn pg(&self) -> PgPool {
@@ -447,6 +460,11 @@ impl Verdict {
             self.es_duplicates,
             self.mismatched
         );
+        self.assert_sound(what);
+    }
+
+    /// Nothing lost, duplicated or different between the stores; every record accounted for.
+    pub fn assert_sound(&self, what: &str) {
         assert_eq!(
             (
                 self.lost,
