@@ -66,9 +66,6 @@ impl Batch {
     pub fn first_offset(&self) -> i64 {
         self.records.first().map_or(self.next_offset, |r| r.offset)
     }
-    pub fn bytes(&self) -> usize {
-        self.records.iter().map(RawRecord::size).sum()
-    }
 }
 
 /// A record decoded into the fields both stores keep.

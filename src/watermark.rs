@@ -125,12 +125,6 @@ impl Watermarks {
             .filter_map(|(tp, p)| Some((tp.clone(), p.durable()?)))
             .collect()
     }
-    pub fn in_flight(&self) -> usize {
-        self.parts.values().map(PartitionProgress::in_flight).sum()
-    }
-    pub fn iter(&self) -> impl Iterator<Item = (&TopicPartition, &PartitionProgress)> {
-        self.parts.iter()
-    }
 }
 
 #[cfg(test)]

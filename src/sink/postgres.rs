@@ -174,10 +174,6 @@ impl PgSink {
         tx.commit().await.map_err(classify)
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     pub async fn close(&self) {
         self.pool.close().await;
     }
