@@ -212,6 +212,7 @@ pub async fn run(
         },
         commit_interval: Duration::from_millis(settings.commit_interval_ms),
         revoke_drain_timeout: Duration::from_millis(settings.revoke_drain_timeout_ms),
+        group_stall_timeout: settings.group_stall_timeout(),
     };
     let offsets = Arc::new(GroupOffsets {
         pg: pg.clone(),

@@ -52,6 +52,12 @@ pub struct Settings {
     /// are given up. Must stay below the session timeout.
     #[arg(long, env = "LP_REVOKE_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     pub revoke_drain_timeout_ms: u64,
+    /// When the consumer's group membership has not been steady this long (it lost its
+    /// partitions and is not getting them back), the consumer is replaced by a new one.
+    /// At least twice the session timeout; defaults to the larger of 120 s and four session
+    /// timeouts.
+    #[arg(long, env = "LP_GROUP_STALL_TIMEOUT_MS")]
+    pub group_stall_timeout_ms: Option<u64>,
 
     /// PostgreSQL URL, e.g. postgres://user:password@host:5432/db (the password is never logged).
     #[arg(
@@ -208,6 +214,18 @@ impl Settings {
                 ),
             ));
         }
+        if let Some(stall) = self
+            .group_stall_timeout_ms
+            .filter(|s| *s < 2 * self.session_timeout_ms)
+        {
+            return Err(invalid(
+                "LP_GROUP_STALL_TIMEOUT_MS (--group-stall-timeout-ms)",
+                format!(
+                    "{stall} must be at least twice LP_SESSION_TIMEOUT_MS ({})",
+                    self.session_timeout_ms
+                ),
+            ));
+        }
         if self.shutdown_margin_ms < 2000 {
             return Err(invalid(
                 "LP_SHUTDOWN_MARGIN_MS (--shutdown-margin-ms)",
@@ -304,6 +322,10 @@ impl Settings {
     }
     pub fn batch_linger(&self) -> Duration {
         Duration::from_millis(self.batch_linger_ms)
+    }
+    pub fn group_stall_timeout(&self) -> Duration {
+        let default = 120_000.max(4 * self.session_timeout_ms);
+        Duration::from_millis(self.group_stall_timeout_ms.unwrap_or(default))
     }
 }
 
@@ -435,6 +457,30 @@ mod tests {
         .validate()
         .unwrap_err();
         assert!(err.field.starts_with("LP_REVOKE_DRAIN_TIMEOUT_MS"));
+    }
+
+    #[test]
+    fn group_stall_timeout_follows_the_session_timeout() {
+        assert_eq!(parse(&[]).group_stall_timeout(), Duration::from_secs(120));
+        let long = parse(&[
+            "--session-timeout-ms",
+            "45000",
+            "--max-poll-interval-ms",
+            "300000",
+        ]);
+        assert_eq!(long.group_stall_timeout(), Duration::from_secs(180));
+        long.validate().unwrap();
+        let err = parse(&[
+            "--session-timeout-ms",
+            "6000",
+            "--revoke-drain-timeout-ms",
+            "3000",
+            "--group-stall-timeout-ms",
+            "11999",
+        ])
+        .validate()
+        .unwrap_err();
+        assert!(err.field.starts_with("LP_GROUP_STALL_TIMEOUT_MS"), "{err}");
     }
 
     #[test]

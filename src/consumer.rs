@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
@@ -29,6 +30,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
 use crate::batcher::{Batcher, Limits};
+use crate::group_watch::GroupWatch;
 use crate::metrics::Metrics;
 use crate::model::{Ack, Batch, RawRecord, TopicPartition};
 use crate::shutdown::Shutdown;
@@ -54,6 +56,8 @@ pub struct ConsumerSettings {
     pub limits: Limits,
     pub commit_interval: Duration,
     pub revoke_drain_timeout: Duration,
+    /// How long the group may stay out of a steady state before the consumer is replaced.
+    pub group_stall_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +99,13 @@ struct State {
 
 /// The rdkafka context: rebalance callbacks and log routing.
 struct Bridge {
-    state: Mutex<State>,
+    /// Shared with the replacement when a stalled consumer is replaced (see `replace`).
+    state: Arc<Mutex<State>>,
+    /// Set when this consumer was replaced: its callbacks then leave `state` alone and only
+    /// let librdkafka finish closing it.
+    retired: AtomicBool,
+    /// Group state from librdkafka's statistics; read by the poll loop.
+    watch: Mutex<GroupWatch>,
     settings: ConsumerSettings,
     offsets: Arc<dyn OffsetStore>,
     runtime: tokio::runtime::Handle,
@@ -127,13 +137,28 @@ pub fn spawn(
         workers_gone: false,
     };
     let bridge = Bridge {
-        state: Mutex::new(state),
-        settings: settings.clone(),
+        state: Arc::new(Mutex::new(state)),
+        retired: AtomicBool::new(false),
+        watch: Mutex::new(GroupWatch::new(
+            settings.group_stall_timeout,
+            Instant::now(),
+        )),
+        settings,
         offsets,
         runtime: tokio::runtime::Handle::current(),
         shutdown,
         metrics,
     };
+    let consumer = connect(bridge)?;
+    std::thread::Builder::new()
+        .name("kafka-consumer".into())
+        .spawn(move || run(consumer))
+        .map_err(ConsumerError::Thread)
+}
+
+/// Creates an rdkafka consumer around `bridge` and subscribes it.
+fn connect(bridge: Bridge) -> Result<Kafka, KafkaError> {
+    let settings = bridge.settings.clone();
     let consumer: Kafka = ClientConfig::new()
         .set("bootstrap.servers", &settings.brokers)
         .set("group.id", &settings.group_id)
@@ -164,18 +189,15 @@ pub fn spawn(
         .create_with_context(bridge)?;
     let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
-    std::thread::Builder::new()
-        .name("kafka-consumer".into())
-        .spawn(move || run(consumer))
-        .map_err(ConsumerError::Thread)
+    Ok(consumer)
 }
 
-fn run(consumer: Kafka) -> ConsumerReport {
-    let bridge = consumer.context();
-    let commit_interval = bridge.settings.commit_interval;
+fn run(mut consumer: Kafka) -> ConsumerReport {
+    let commit_interval = consumer.context().settings.commit_interval;
     let mut next_commit = Instant::now() + commit_interval;
     let mut poll_errors = 0u64;
-    while !bridge.shutdown.drain.is_cancelled() {
+    while !consumer.context().shutdown.drain.is_cancelled() {
+        let bridge = Arc::clone(consumer.context());
         let now = Instant::now();
         let wait = {
             let mut st = bridge.lock();
@@ -224,8 +246,51 @@ fn run(consumer: Kafka) -> ConsumerReport {
             }
             None => {}
         }
+        let stalled = bridge
+            .watch()
+            .stalled(Instant::now())
+            .map(|(s, d)| (s.to_owned(), d));
+        if let Some((group_state, stalled_for)) = stalled {
+            consumer = replace(consumer, &group_state, stalled_for);
+        }
     }
     close(consumer)
+}
+
+/// Replaces a consumer whose group membership is stuck by a new one that joins afresh.
+/// Its partitions are handled as lost: batches in flight are given up, nothing more is
+/// committed for them, and whoever gets them next starts from the durable watermark.
+fn replace(old: Kafka, group_state: &str, stalled_for: Duration) -> Kafka {
+    let bridge = Arc::clone(old.context());
+    tracing::warn!(
+        group_state,
+        stalled_s = stalled_for.as_secs(),
+        "the consumer group has not been steady for too long; replacing the consumer"
+    );
+    let new = match connect(bridge.successor()) {
+        Ok(new) => new,
+        Err(e) => {
+            tracing::error!(error = %e, "could not create a replacement consumer; keeping the old one");
+            *bridge.watch() = GroupWatch::new(bridge.settings.group_stall_timeout, Instant::now());
+            return old;
+        }
+    };
+    bridge.retired.store(true, Relaxed);
+    {
+        let mut st = bridge.lock();
+        let owned: Vec<_> = st.assigned.keys().cloned().collect();
+        st.forget(&owned);
+    }
+    bridge.metrics.consumer_replacements.fetch_add(1, Relaxed);
+    // Closing waits for the group handler, which is what is stuck: close it on the side and
+    // leave that thread behind if it never finishes.
+    let closer = std::thread::Builder::new()
+        .name("kafka-retired".into())
+        .spawn(move || drop(old));
+    if let Err(e) = closer {
+        tracing::error!(error = %e, "could not start a thread to close the replaced consumer");
+    }
+    new
 }
 
 /// The consumer's part of the shutdown sequence; see docs/ARCHITECTURE.md.
@@ -305,8 +370,30 @@ impl Bridge {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn watch(&self) -> std::sync::MutexGuard<'_, GroupWatch> {
+        self.watch.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A context for a replacement consumer: same state and collaborators, fresh watch.
+    fn successor(&self) -> Bridge {
+        Bridge {
+            state: Arc::clone(&self.state),
+            retired: AtomicBool::new(false),
+            watch: Mutex::new(GroupWatch::new(
+                self.settings.group_stall_timeout,
+                Instant::now(),
+            )),
+            settings: self.settings.clone(),
+            offsets: Arc::clone(&self.offsets),
+            runtime: self.runtime.clone(),
+            shutdown: self.shutdown.clone(),
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+
     fn on_assign(&self, consumer: &Kafka, tpl: &TopicPartitionList) {
         self.metrics.rebalances.fetch_add(1, Relaxed);
+        self.watch().progress(Instant::now());
         let tps = partitions_of(tpl);
         let mut start = TopicPartitionList::new();
         let mut from_postgres = Vec::new();
@@ -315,15 +402,22 @@ impl Bridge {
             let committed = self.committed_offsets(consumer, &tps);
             for tp in &tps {
                 // PostgreSQL's watermark is written with the rows, Kafka's trails it: start from
-                // PostgreSQL's when it is ahead, otherwise from Kafka's committed offset.
-                let offset = match (stored.get(tp), committed.get(tp)) {
-                    (Some(&pg), Some(&kafka)) if pg > kafka => Offset::Offset(pg),
-                    (Some(&pg), None) => Offset::Offset(pg),
-                    _ => Offset::Invalid,
+                // PostgreSQL's when it is ahead, otherwise from Kafka's committed offset. Given
+                // explicitly, so librdkafka has no offset fetch of its own in flight that a
+                // coordinator outage could leave hanging.
+                let kafka = committed.as_ref().map(|c| c.get(tp).copied());
+                let offset = match (stored.get(tp).copied(), kafka) {
+                    (Some(pg), Some(Some(k))) if pg <= k => Offset::Offset(k),
+                    (Some(pg), _) => {
+                        from_postgres.push((tp.clone(), pg));
+                        Offset::Offset(pg)
+                    }
+                    (None, Some(Some(k))) => Offset::Offset(k),
+                    // Nothing stored or committed: auto.offset.reset (earliest) applies.
+                    (None, Some(None)) => Offset::Beginning,
+                    // Kafka's committed offsets unknown: let librdkafka fetch them.
+                    (None, None) => Offset::Invalid,
                 };
-                if let Offset::Offset(pg) = offset {
-                    from_postgres.push((tp.clone(), pg));
-                }
                 let _ = start.add_partition_offset(&tp.topic, tp.partition, offset);
             }
             tracing::info!(partitions = ?tps.iter().map(ToString::to_string).collect::<Vec<_>>(), postgres = ?stored.values().collect::<Vec<_>>(), "partitions assigned");
@@ -352,14 +446,12 @@ impl Bridge {
 
     fn on_revoke(&self, consumer: &Kafka, tpl: &TopicPartitionList) {
         self.metrics.rebalances.fetch_add(1, Relaxed);
+        self.watch().progress(Instant::now());
         let tps = partitions_of(tpl);
         let lost = consumer.assignment_lost();
         crate::failpoint::hit_blocking("in_revoke");
         let mut st = self.lock();
-        for tp in &tps {
-            st.batcher.discard(tp);
-            st.pending.remove(tp);
-        }
+        st.discard(&tps);
         if !lost && !st.closing {
             // Let in-flight batches of these partitions finish, within a bound below the
             // session timeout (and before the shutdown abort, if one is coming).
@@ -389,17 +481,11 @@ impl Bridge {
                 &self.metrics,
             );
         }
-        for tp in &tps {
-            if let Some(p) = st.watermarks.remove(tp) {
-                if let (Some((from, to)), true) = (p.pending_range(), !st.closing) {
-                    tracing::info!(partition = %tp, from, to, "revoked with batches unfinished; the new owner re-reads them");
-                }
-            }
-            st.assigned.remove(tp);
-            st.paused.remove(tp);
-            st.fetched.remove(tp);
-        }
+        st.forget(&tps);
         drop(st);
+        if lost && crate::failpoint::skips("lost_unassign") {
+            return;
+        }
         let result = match consumer.rebalance_protocol() {
             RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
             _ => consumer.unassign(),
@@ -431,33 +517,61 @@ impl Bridge {
         }
     }
 
+    /// Kafka's committed offsets; `None` when they could not be read.
     fn committed_offsets(
         &self,
         consumer: &Kafka,
         tps: &[TopicPartition],
-    ) -> HashMap<TopicPartition, i64> {
+    ) -> Option<HashMap<TopicPartition, i64>> {
         let mut tpl = TopicPartitionList::new();
         for tp in tps {
             tpl.add_partition(&tp.topic, tp.partition);
         }
         match consumer.committed_offsets(tpl, Duration::from_secs(5)) {
-            Ok(list) => list
-                .elements()
-                .iter()
-                .filter_map(|e| match e.offset() {
-                    Offset::Offset(o) => Some((TopicPartition::new(e.topic(), e.partition()), o)),
-                    _ => None,
-                })
-                .collect(),
+            Ok(list) => Some(
+                list.elements()
+                    .iter()
+                    .filter_map(|e| match e.offset() {
+                        Offset::Offset(o) => {
+                            Some((TopicPartition::new(e.topic(), e.partition()), o))
+                        }
+                        _ => None,
+                    })
+                    .collect(),
+            ),
             Err(e) => {
                 tracing::warn!(error = %e, "could not read committed offsets");
-                HashMap::new()
+                None
             }
         }
     }
 }
 
 impl State {
+    /// Drops records read but not yet handed to a worker.
+    fn discard(&mut self, tps: &[TopicPartition]) {
+        for tp in tps {
+            self.batcher.discard(tp);
+            self.pending.remove(tp);
+        }
+    }
+
+    /// Stops owning `tps`: queued and running batches are given up, progress is dropped.
+    fn forget(&mut self, tps: &[TopicPartition]) {
+        self.discard(tps);
+        for tp in tps {
+            if let Some(token) = self.assigned.remove(tp) {
+                token.cancel();
+            }
+            let unfinished = self.watermarks.remove(tp).and_then(|p| p.pending_range());
+            if let (Some((from, to)), false) = (unfinished, self.closing) {
+                tracing::info!(partition = %tp, from, to, "given up with batches unfinished; the next owner re-reads them");
+            }
+            self.paused.remove(tp);
+            self.fetched.remove(tp);
+        }
+    }
+
     /// Cuts a batch for a partition and queues it for its worker; the watermark registers it.
     fn enqueue(&mut self, tp: TopicPartition, records: Vec<RawRecord>) {
         let Some(token) = self.assigned.get(&tp) else {
@@ -664,6 +778,13 @@ impl ClientContext for Bridge {
     }
 
     fn stats(&self, statistics: Statistics) {
+        if self.retired.load(Relaxed) {
+            return;
+        }
+        if let Some(group) = &statistics.cgrp {
+            self.watch()
+                .observe(&group.state, &group.join_state, Instant::now());
+        }
         let mut lag = self.metrics.lag.lock().unwrap_or_else(|p| p.into_inner());
         lag.clear();
         for (topic, t) in &statistics.topics {
@@ -686,6 +807,13 @@ impl ConsumerContext for Bridge {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
+        if self.retired.load(Relaxed) {
+            // Being closed after a replacement: the state belongs to the successor.
+            if let Err(e) = consumer.unassign() {
+                tracing::debug!(error = %e, "unassign of a replaced consumer failed");
+            }
+            return;
+        }
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.on_assign(consumer, tpl),
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.on_revoke(consumer, tpl),

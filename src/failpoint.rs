@@ -2,8 +2,9 @@
 //!
 //! `LP_FAILPOINTS=name=probability,...` makes the daemon, at a named point, log
 //! `failpoint reached name=...` and stop there (sleep) with that probability, so a test can
-//! SIGKILL it inside exactly that window. Without the feature every call is an empty inline
-//! function: release binaries carry none of this.
+//! SIGKILL it inside exactly that window. A few points instead skip a step (`skips`), to
+//! put a dependency in a state that is otherwise rare. Without the feature every call is an
+//! empty inline function: release binaries carry none of this.
 
 /// The points, in the order a batch meets them.
 pub const POINTS: [&str; 5] = [
@@ -12,6 +13,13 @@ pub const POINTS: [&str; 5] = [
     "after_pg_commit",     // batch durable, not yet acknowledged to the consumer
     "before_kafka_commit", // watermark moved, Kafka commit not sent
     "in_revoke",           // partitions being revoked, not yet committed and unassigned
+];
+
+/// Points that skip a step instead of pausing.
+pub const SKIPS: [&str; 1] = [
+    // A lost assignment is not handed back to librdkafka, whose group handler then waits
+    // for good: the stuck membership that the consumer replacement must get out of.
+    "lost_unassign",
 ];
 
 #[cfg(feature = "failpoints")]
@@ -54,6 +62,14 @@ mod imp {
             std::thread::sleep(Duration::from_secs(3600));
         }
     }
+
+    pub fn skips(name: &str) -> bool {
+        let fired = fires(name);
+        if fired {
+            tracing::warn!(name, "failpoint reached; step skipped");
+        }
+        fired
+    }
 }
 
 #[cfg(not(feature = "failpoints"))]
@@ -62,6 +78,10 @@ mod imp {
     pub async fn hit(_: &str) {}
     #[inline(always)]
     pub fn hit_blocking(_: &str) {}
+    #[inline(always)]
+    pub fn skips(_: &str) -> bool {
+        false
+    }
 }
 
-pub use imp::{hit, hit_blocking};
+pub use imp::{hit, hit_blocking, skips};

@@ -7,6 +7,7 @@ pub mod config;
 pub mod consumer;
 pub mod decode;
 pub mod failpoint;
+pub mod group_watch;
 pub mod http;
 pub mod loadgen;
 pub mod metrics;

@@ -71,6 +71,7 @@ pub struct Metrics {
     pub commits: AtomicU64,
     pub commit_errors: AtomicU64,
     pub rebalances: AtomicU64,
+    pub consumer_replacements: AtomicU64,
     pub pg_latency: Histogram,
     pub es_latency: Histogram,
     pub batch_latency: Histogram,
@@ -137,6 +138,11 @@ impl Metrics {
                 "rebalances",
                 "Partition assignments and revocations",
                 &self.rebalances,
+            ),
+            (
+                "consumer_replacements",
+                "Kafka consumers replaced because their group membership stalled",
+                &self.consumer_replacements,
             ),
         ];
         for (name, help, c) in counters {

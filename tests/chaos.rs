@@ -110,6 +110,7 @@ fn chaos_env(s: &Scenario) -> Vec<(String, String)> {
         &[
             ("LP_SESSION_TIMEOUT_MS", "6000".into()),
             ("LP_REVOKE_DRAIN_TIMEOUT_MS", "3000".into()),
+            ("LP_GROUP_STALL_TIMEOUT_MS", "30000".into()),
         ],
     )
 }
@@ -153,6 +154,15 @@ fn failpoint_hit(d: &Daemon) -> Option<&'static str> {
                 .any(|n| plain.contains(n.as_str()))
             })
         })
+}
+
+/// A counter or gauge from the daemon's /metrics.
+async fn metric(d: &Daemon, name: &str) -> f64 {
+    let (status, body) = http("GET", &format!("http://{}/metrics", d.http_addr()), None).await;
+    assert_eq!(status, 200, "/metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
 }
 
 async fn stored_total(s: &Scenario) -> i64 {
@@ -738,21 +748,32 @@ async fn chaos_3_dependencies_fail_under_load() {
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
 
-    // The broker restart runs in the full suite only: a consumer whose session timed out during
-    // it was once seen not to get its partitions back (an open problem, see the README).
-    if full {
-        step("kafka restart");
-        infra("down", "kafka");
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        infra("up", "kafka");
-        assert!(
-            alive(&mut d),
-            "survives the Kafka restart; log:\n{}",
-            d.tail(30)
-        );
-        step("kafka back");
-        tokio::time::sleep(Duration::from_secs(5)).await;
-    }
+    // The broker stays down past the session timeout, so the group loses the member. The
+    // daemon must get its partitions back by itself: from librdkafka's rejoin, or else from
+    // replacing a consumer whose group state stalled (LP_GROUP_STALL_TIMEOUT_MS, 30 s here).
+    step("kafka restart");
+    infra("down", "kafka");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    infra("up", "kafka");
+    assert!(
+        alive(&mut d),
+        "survives the Kafka restart; log:\n{}",
+        d.tail(30)
+    );
+    step("kafka back");
+    let back = Instant::now();
+    let before = stored_total(&s).await;
+    assert!(
+        wait_progress(&s, before, Duration::from_secs(150)).await,
+        "no record stored within 150 s of the broker's return; log:\n{}",
+        d.tail(40)
+    );
+    println!(
+        "chaos: dependencies kafka_recovered_after_s={:.1} consumer_replacements={}",
+        back.elapsed().as_secs_f64(),
+        metric(&d, "log_processor_consumer_replacements_total").await
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
 
     let (produced, malformed) = load.finish();
     step(&format!("load stopped after {produced} records"));
@@ -1184,6 +1205,88 @@ async fn chaos_5_sigterm_with_too_short_deadline() {
     verify_and_report(&s, "short_deadline", rounds, Some(malformed)).await;
     println!(
         "chaos: short_deadline took {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    s.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. A group membership that never recovers by itself
+
+/// The broker restart outlives the session; the `lost_unassign` failpoint then withholds the
+/// unassign librdkafka waits for, so its group handler is stuck for good, as it once was seen
+/// stuck for real. The daemon must notice (LP_GROUP_STALL_TIMEOUT_MS), replace its consumer
+/// and carry on, without a restart and without losing or duplicating anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn chaos_6_stuck_group_membership_is_replaced() {
+    let _rng = Rng::for_scenario("stuck_group");
+    let s = Scenario::new("chaos_stuck", 4).await;
+    let stall = Duration::from_secs(15);
+    let env = with(
+        &chaos_env(&s),
+        &[
+            ("LP_FAILPOINTS", "lost_unassign=1".into()),
+            ("LP_GROUP_STALL_TIMEOUT_MS", stall.as_millis().to_string()),
+        ],
+    );
+    let started = Instant::now();
+    let mut d = Daemon::start(&env);
+    wait_line(&d, "partitions assigned", Duration::from_secs(90)).await;
+    let load = Load::start(&s, 0, 100, None);
+    assert!(
+        wait_progress(&s, 0, Duration::from_secs(60)).await,
+        "no progress before the broker restart; log:\n{}",
+        d.tail(30)
+    );
+
+    infra("down", "kafka");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    infra("up", "kafka");
+    let back = Instant::now();
+    // librdkafka times the session out while the broker is down, or at the latest when it
+    // hears from the coordinator again.
+    wait_line(&d, "step skipped", Duration::from_secs(60)).await;
+    wait_line(
+        &d,
+        "replacing the consumer",
+        stall + Duration::from_secs(60),
+    )
+    .await;
+    let before = stored_total(&s).await;
+    assert!(
+        wait_progress(&s, before, Duration::from_secs(120)).await,
+        "no record stored after the consumer was replaced; log:\n{}",
+        d.tail(40)
+    );
+    let replacements = metric(&d, "log_processor_consumer_replacements_total").await;
+    println!(
+        "chaos: stuck_group recovered_after_s={:.1} consumer_replacements={replacements}",
+        back.elapsed().as_secs_f64()
+    );
+    assert!(
+        replacements >= 1.0,
+        "the replacement is counted in /metrics"
+    );
+
+    let (_, malformed) = load.finish();
+    s.wait_all_stored(Duration::from_secs(300)).await;
+    wait_committed_to_end(&s, Duration::from_secs(120)).await;
+    assert!(
+        alive(&mut d),
+        "the same process did all the work; log:\n{}",
+        d.tail(30)
+    );
+    d.signal("TERM");
+    let code = d.wait(Duration::from_secs(30));
+    assert_eq!(
+        code,
+        0,
+        "clean stop after a replacement; log:\n{}",
+        d.tail(30)
+    );
+    verify_and_report(&s, "stuck_group", 0, Some(malformed)).await;
+    println!(
+        "chaos: stuck_group took {:.0} s",
         started.elapsed().as_secs_f64()
     );
     s.cleanup().await;
