@@ -12,8 +12,9 @@ Phases, all on one pre-loaded topic (well-formed loadgen records, 6 partitions):
   ceilings  kcat consuming the topic to /dev/null; psql \\copy of the same rows into a table
             like log_records; bulk indexing of the same documents (1000 per _bulk, 4 senders).
   batch     LP_BATCH_MAX_RECORDS sweep: steady-state throughput and SIGTERM-to-exit under load.
-  crash     10 SIGKILLs (with restarts) during a run of each, on a second topic; then lost and
-            duplicated records counted from the stores.
+  crash     10 SIGKILLs (with restarts) during a run of each, on a second topic of as many
+            records (--crash-records); then lost and duplicated records counted from the stores.
+--phases picks phases; --merge keeps the others from the existing results file.
 Writes bench/results/latest.json, latest.md and docs/batch-size.png (smoke: latest-smoke.* and
 bench/work/batch-size-smoke.png).
 """
@@ -723,10 +724,12 @@ def main():
     ap.add_argument("--crash-records", type=int)
     ap.add_argument("--batch-records", type=int)
     ap.add_argument("--label")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the phases not run from the existing results file")
     a = ap.parse_args()
     n = a.records or (20_000 if a.smoke else 1_000_000)
     runs = a.runs or (1 if a.smoke else 3)
-    crash_n = a.crash_records or (20_000 if a.smoke else 200_000)
+    crash_n = a.crash_records or n
     batch_k = a.batch_records or (20_000 if a.smoke else 200_000)  # /25 for size 1, /5 for size 10
     phases = a.phases.split(",")
     os.makedirs(WORK, exist_ok=True)
@@ -762,6 +765,19 @@ def main():
     out_dir = os.path.join(ROOT, "bench", "results")
     os.makedirs(out_dir, exist_ok=True)
     suffix = "-smoke" if a.smoke else ""
+
+    if a.merge:
+        with open(os.path.join(out_dir, f"latest{suffix}.json")) as f:
+            old = json.load(f)
+        kept = [p for p in ("e2e", "ceilings", "batch", "crash") if p not in phases]
+        for p in kept:
+            key = {"batch": "batch_sizes"}.get(p, p)
+            res[key] = old[key]
+        res["crash_topic"] = old.get("crash_topic")
+        res["label"] = old["label"]
+        res["notes"].append(f"Phases {', '.join(kept)} are from the run started {old['started']} at commit "
+                            f"{old['git_commit'][:7]}; phases {', '.join(phases)} from the run started "
+                            f"{res['started']} at commit {res['git_commit'][:7]}.")
 
     def save():
         res["summary"] = summarize(res)
