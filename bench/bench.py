@@ -750,7 +750,7 @@ def main():
                             "pg_copy": "PostgreSQL: psql \\copy into a log_records-like table (PK + ts index)",
                             "es_bulk": "OpenSearch: _bulk of the same documents, 1000 per request, 4 senders"},
            "notes": [
-               "Peer: Benthos v4.27.0 (github.com/benthosdev/benthos/v4, the code base Redpanda Connect continues) built from bench/peer; the Go module proxy here refuses the github.com/redpanda-data/connect/v4 sources (403 on the module zip).",
+               "Peer: Benthos v4.27.0 (github.com/benthosdev/benthos/v4, the code base Redpanda Connect continues) built from bench/peer; the Go module proxy here refuses the github.com/redpanda-data/connect/v4 sources (403 on the module zip) and this machine's package list marks that module not to use (licence); github.com/redpanda-data/benthos/v4 is served but is only the engine, without the Kafka, SQL and OpenSearch components.",
                "Peer crash runs use the sarama `kafka` input with a 6 s session timeout instead of kafka_franz (no session timeout setting in this release; 45 s franz-go default would stall each restart); log-processor crash runs use LP_SESSION_TIMEOUT_MS=6000.",
                "End-to-end time runs from process start (includes the group join) until counts in PostgreSQL (count(*)) and OpenSearch (_count, refreshed every 1 s) both reach the record count, polled every 0.5 s.",
                "Batch sweep: steady-state rate between the first stored records and the measured count; then SIGTERM with the rest of the topic still unread (under load). Fewer records for sizes 1 and 10 (see records_measured).",
