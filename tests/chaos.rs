@@ -536,6 +536,10 @@ async fn chaos_1_sigkill_at_random_moments() {
                 was_alive.then_some("random")
             }
             Kill::DuringShutdown => {
+                // A backlog, so that the shutdown has batches to drain when the kill comes.
+                if stored_total(&s).await >= topic_total(&s) {
+                    produce(chunk.max(2000), &mut produced, &mut malformed);
+                }
                 let mut d = Daemon::start(&env);
                 wait_line(&d, "partitions assigned", Duration::from_secs(90)).await;
                 wait_progress(&s, before, Duration::from_secs(20)).await;
@@ -551,9 +555,12 @@ async fn chaos_1_sigkill_at_random_moments() {
                 }
             }
         };
-        if let Some(w) = killed {
-            kills += 1;
-            *windows.entry(w).or_default() += 1;
+        match killed {
+            Some(w) => {
+                kills += 1;
+                *windows.entry(w).or_default() += 1;
+            }
+            None => plan.push(kind), // the moment was missed: the same kind goes next
         }
         println!(
             "chaos: sigkill cycle={cycle} kind={kind:?} killed_in={} stored={} produced={produced} t={:.0}s",
@@ -586,6 +593,7 @@ async fn chaos_1_sigkill_at_random_moments() {
         "after_pg_commit",
         "before_kafka_commit",
         "in_revoke",
+        "during_shutdown",
     ] {
         assert!(
             windows.get(w).copied().unwrap_or(0) > 0,
