@@ -336,6 +336,7 @@ impl fmt::Display for Settings {
         s.database_url = mask_url(&s.database_url);
         s.elasticsearch_url = mask_url(&s.elasticsearch_url);
         s.redact_key = s.redact_key.map(|_| "****".into());
+        s.group_stall_timeout_ms = Some(self.group_stall_timeout().as_millis() as u64);
         write!(f, "{s:#?}")
     }
 }

@@ -468,7 +468,7 @@ fn assert_options(vars: &BTreeMap<String, String>, effective: &str, what: &str) 
         let shown = if value.chars().all(|c| c.is_ascii_digit()) && !value.is_empty() {
             vec![
                 format!("    {field}: {value},"),
-                format!("    {field}: Some({value}),"),
+                format!("    {field}: Some(\n        {value},\n    ),"),
             ]
         } else if value.contains("://") || field == "topics" || field.starts_with("redact") {
             continue; // masked or shown as a list
@@ -482,7 +482,10 @@ fn assert_options(vars: &BTreeMap<String, String>, effective: &str, what: &str) 
             vec![format!("    {field}: {value:?},")]
         };
         assert!(
-            shown.iter().any(|s| effective.lines().any(|l| l == s)),
+            shown
+                .iter()
+                .any(|s| effective.lines().any(|l| l == s)
+                    || effective.contains(&format!("\n{s}\n"))),
             "{what}: {key}={value} not in effect; check-config printed:\n{effective}"
         );
     }
