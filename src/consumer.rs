@@ -197,7 +197,7 @@ fn run(mut consumer: Kafka) -> ConsumerReport {
     let mut next_commit = Instant::now() + commit_interval;
     let mut poll_errors = 0u64;
     while !consumer.context().shutdown.drain.is_cancelled() {
-        let bridge = Arc::clone(consumer.context());
+        let bridge = consumer.context();
         let now = Instant::now();
         let wait = {
             let mut st = bridge.lock();
@@ -261,7 +261,7 @@ fn run(mut consumer: Kafka) -> ConsumerReport {
 /// Its partitions are handled as lost: batches in flight are given up, nothing more is
 /// committed for them, and whoever gets them next starts from the durable watermark.
 fn replace(old: Kafka, group_state: &str, stalled_for: Duration) -> Kafka {
-    let bridge = Arc::clone(old.context());
+    let bridge = old.context();
     tracing::warn!(
         group_state,
         stalled_s = stalled_for.as_secs(),
@@ -271,7 +271,7 @@ fn replace(old: Kafka, group_state: &str, stalled_for: Duration) -> Kafka {
         Ok(new) => new,
         Err(e) => {
             tracing::error!(error = %e, "could not create a replacement consumer; keeping the old one");
-            *bridge.watch() = GroupWatch::new(bridge.settings.group_stall_timeout, Instant::now());
+            bridge.watch().progress(Instant::now()); // try again one stall timeout later
             return old;
         }
     };

@@ -3,7 +3,8 @@
 //! `LP_FAILPOINTS=name=probability,...` makes the daemon, at a named point, log
 //! `failpoint reached name=...` and stop there (sleep) with that probability, so a test can
 //! SIGKILL it inside exactly that window. A few points instead skip a step (`skips`), to
-//! put a dependency in a state that is otherwise rare. Without the feature every call is an
+//! put a dependency in a state that is otherwise rare: `lost_unassign` withholds the unassign
+//! librdkafka waits for after a lost assignment, leaving its group handler stuck. Without the feature every call is an
 //! empty inline function: release binaries carry none of this.
 
 /// The points, in the order a batch meets them.
@@ -13,13 +14,6 @@ pub const POINTS: [&str; 5] = [
     "after_pg_commit",     // batch durable, not yet acknowledged to the consumer
     "before_kafka_commit", // watermark moved, Kafka commit not sent
     "in_revoke",           // partitions being revoked, not yet committed and unassigned
-];
-
-/// Points that skip a step instead of pausing.
-pub const SKIPS: [&str; 1] = [
-    // A lost assignment is not handed back to librdkafka, whose group handler then waits
-    // for good: the stuck membership that the consumer replacement must get out of.
-    "lost_unassign",
 ];
 
 #[cfg(feature = "failpoints")]

@@ -9,6 +9,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::ToBytes;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 #[derive(Args, Clone, Debug)]
@@ -140,6 +141,32 @@ pub fn is_malformed(seq: u64, ratio: f64) -> bool {
     ratio > 0.0 && (mix(seq, 7) % 1_000_000) < (ratio * 1_000_000.0) as u64
 }
 
+/// Record `seq` as produced under `ratio`: its payload and whether it is malformed.
+pub fn payload(seq: u64, ratio: f64) -> (Vec<u8>, bool) {
+    let bad = is_malformed(seq, ratio);
+    (if bad { malformed(seq) } else { record(seq) }, bad)
+}
+
+/// Queues one record, polling while the producer's queue is full.
+pub fn send<K: ToBytes + ?Sized, P: ToBytes + ?Sized>(
+    producer: &BaseProducer,
+    mut rec: BaseRecord<'_, K, P>,
+) -> Result<(), KafkaError> {
+    loop {
+        match producer.send(rec) {
+            Ok(()) => {
+                producer.poll(Duration::ZERO);
+                return Ok(());
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                rec = back;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
 /// Produces the records and waits until every one is acknowledged by the broker.
 pub async fn run(args: LoadgenArgs) -> Result<(), LoadgenError> {
     create_topic(
@@ -168,24 +195,13 @@ fn produce(args: &LoadgenArgs) -> Result<(), LoadgenError> {
     let mut malformed_count = 0u64;
     for i in 0..args.count {
         let seq = args.start_seq + i;
-        let bad = is_malformed(seq, args.malformed_ratio);
+        let (payload, bad) = payload(seq, args.malformed_ratio);
         malformed_count += u64::from(bad);
-        let payload = if bad { malformed(seq) } else { record(seq) };
         let key = format!("k{}", seq % 1000);
-        let mut rec = BaseRecord::<str, [u8]>::to(&args.topic)
-            .payload(&payload)
-            .key(&key);
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    rec = back;
-                    producer.poll(Duration::from_millis(10));
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
-        producer.poll(Duration::ZERO);
+        send(
+            &producer,
+            BaseRecord::to(&args.topic).payload(&payload).key(&key),
+        )?;
         if args.rate > 0 {
             let due = started + Duration::from_secs_f64((i + 1) as f64 / args.rate as f64);
             if let Some(wait) = due.checked_duration_since(Instant::now()) {

@@ -23,8 +23,6 @@ use common::proxy::{Mode, Proxy};
 use common::*;
 use log_processor::failpoint::POINTS;
 use log_processor::loadgen;
-use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 const MALFORMED: f64 = 0.01;
@@ -302,32 +300,12 @@ async fn verify_and_report(
     v
 }
 
+/// Rides out a broker restart: undelivered records wait up to 10 minutes.
 fn producer() -> BaseProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", kafka_brokers())
-        .set("linger.ms", "10")
-        .set("enable.idempotence", "true")
+    producer_config()
         .set("message.timeout.ms", "600000")
-        .set("message.max.bytes", "8388608")
         .create()
         .expect("producer")
-}
-
-fn send(p: &BaseProducer, topic: &str, key: &[u8], payload: &[u8]) {
-    let mut rec = BaseRecord::<[u8], [u8]>::to(topic)
-        .payload(payload)
-        .key(key);
-    loop {
-        match p.send(rec) {
-            Ok(()) => break,
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                rec = back;
-                p.poll(Duration::from_millis(10));
-            }
-            Err((e, _)) => panic!("produce: {e}"),
-        }
-    }
-    p.poll(Duration::ZERO);
 }
 
 /// A producer thread writing generated records (1% malformed) at a steady rate, `per_tick`
@@ -349,14 +327,13 @@ impl Load {
             while !flag.load(Ordering::Relaxed) && seq < end {
                 let tick = Instant::now();
                 for _ in 0..per_tick.min(end - seq) {
-                    let m = loadgen::is_malformed(seq, MALFORMED);
+                    let (payload, m) = loadgen::payload(seq, MALFORMED);
                     bad += u64::from(m);
-                    let payload = if m {
-                        loadgen::malformed(seq)
-                    } else {
-                        loadgen::record(seq)
-                    };
-                    send(&p, &topic, format!("k{seq}").as_bytes(), &payload);
+                    let key = format!("k{seq}");
+                    let rec = BaseRecord::<str, [u8]>::to(&topic)
+                        .payload(&payload)
+                        .key(&key);
+                    loadgen::send(&p, rec).expect("produce");
                     seq += 1;
                 }
                 if let Some(rest) = Duration::from_millis(100).checked_sub(tick.elapsed()) {
@@ -389,6 +366,22 @@ fn infra(verb: &str, service: &str) {
         "chaos: infra {verb} {service} took {:.1} s",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// Stops the broker for 10 s, longer than the chaos session timeout, and starts it again.
+async fn restart_kafka() {
+    infra("down", "kafka");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    infra("up", "kafka");
+}
+
+/// The end of a scenario: its run time, then its topic, tables and index removed.
+async fn finish(s: &Scenario, name: &str, started: Instant) {
+    println!(
+        "chaos: {name} took {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    s.cleanup().await;
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -605,11 +598,7 @@ async fn chaos_1_sigkill_at_random_moments() {
     }
     final_clean_run(&s, &env, "sigkill").await;
     verify_and_report(&s, "sigkill", kills, Some(malformed)).await;
-    println!(
-        "chaos: sigkill took {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
-    s.cleanup().await;
+    finish(&s, "sigkill", started).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -679,11 +668,7 @@ async fn chaos_2_replicas_killed_and_restarted() {
     }
     println!("chaos: replicas sigkill={kills} sigterm={terms} sigterm_exits={exits:?}");
     verify_and_report(&s, "replicas", kills + terms, Some(malformed)).await;
-    println!(
-        "chaos: replicas took {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
-    s.cleanup().await;
+    finish(&s, "replicas", started).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -720,29 +705,30 @@ async fn chaos_3_dependencies_fail_under_load() {
     };
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    step("opensearch down");
-    es.set(Mode::Down);
-    tokio::time::sleep(es_outage).await;
-    assert!(
-        alive(&mut d),
-        "survives the OpenSearch outage; log:\n{}",
-        d.tail(30)
-    );
-    es.set(Mode::Pass);
-    step("opensearch back");
-    tokio::time::sleep(Duration::from_secs(5)).await;
-
-    step("postgresql unreachable");
-    pg.set(Mode::Down);
-    tokio::time::sleep(pg_outage).await;
-    assert!(
-        alive(&mut d),
-        "survives PostgreSQL being unreachable; log:\n{}",
-        d.tail(30)
-    );
-    pg.set(Mode::Pass);
-    step("postgresql reachable");
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    for (proxy, outage, down, back, what) in [
+        (
+            &es,
+            es_outage,
+            "opensearch down",
+            "opensearch back",
+            "the OpenSearch outage",
+        ),
+        (
+            &pg,
+            pg_outage,
+            "postgresql unreachable",
+            "postgresql reachable",
+            "PostgreSQL being unreachable",
+        ),
+    ] {
+        step(down);
+        proxy.set(Mode::Down);
+        tokio::time::sleep(outage).await;
+        assert!(alive(&mut d), "survives {what}; log:\n{}", d.tail(30));
+        proxy.set(Mode::Pass);
+        step(back);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
     if full {
         step("postgresql restart");
         infra("down", "postgres");
@@ -760,9 +746,7 @@ async fn chaos_3_dependencies_fail_under_load() {
     // daemon must get its partitions back by itself: from librdkafka's rejoin, or else from
     // replacing a consumer whose group state stalled (LP_GROUP_STALL_TIMEOUT_MS, 30 s here).
     step("kafka restart");
-    infra("down", "kafka");
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    infra("up", "kafka");
+    restart_kafka().await;
     assert!(
         alive(&mut d),
         "survives the Kafka restart; log:\n{}",
@@ -807,11 +791,7 @@ async fn chaos_3_dependencies_fail_under_load() {
         rss < RSS_BOUND_KIB,
         "peak RSS {rss} KiB above {RSS_BOUND_KIB} KiB"
     );
-    println!(
-        "chaos: dependencies took {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
-    s.cleanup().await;
+    finish(&s, "dependencies", started).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1126,11 +1106,7 @@ async fn chaos_4_hostile_input() {
             .map(|(j, _)| if j < cases.len() / 2 { 2 } else { 1 })
             .sum::<u64>()
     );
-    println!(
-        "chaos: hostile_input took {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
-    s.cleanup().await;
+    finish(&s, "hostile_input", started).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1211,11 +1187,7 @@ async fn chaos_5_sigterm_with_too_short_deadline() {
     );
     final_clean_run(&s, &chaos_env(&s), "short_deadline").await;
     verify_and_report(&s, "short_deadline", rounds, Some(malformed)).await;
-    println!(
-        "chaos: short_deadline took {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
-    s.cleanup().await;
+    finish(&s, "short_deadline", started).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1247,9 +1219,7 @@ async fn chaos_6_stuck_group_membership_is_replaced() {
         d.tail(30)
     );
 
-    infra("down", "kafka");
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    infra("up", "kafka");
+    restart_kafka().await;
     let back = Instant::now();
     // librdkafka times the session out while the broker is down, or at the latest when it
     // hears from the coordinator again.
@@ -1293,9 +1263,5 @@ async fn chaos_6_stuck_group_membership_is_replaced() {
         d.tail(30)
     );
     verify_and_report(&s, "stuck_group", 0, Some(malformed)).await;
-    println!(
-        "chaos: stuck_group took {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
-    s.cleanup().await;
+    finish(&s, "stuck_group", started).await;
 }

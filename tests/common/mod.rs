@@ -60,6 +60,16 @@ pub fn require_all() {
     require("OpenSearch/Elasticsearch", &elasticsearch_url());
 }
 
+/// The tests' producer settings: idempotent, and room for the 5 MiB hostile record.
+pub fn producer_config() -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", kafka_brokers())
+        .set("linger.ms", "10")
+        .set("enable.idempotence", "true")
+        .set("message.max.bytes", "8388608");
+    c
+}
+
 /// `env` with the `overrides` replacing (or adding) variables.
 pub fn with(env: &[(String, String)], overrides: &[(&str, String)]) -> Vec<(String, String)> {
     let mut env: Vec<_> = env
@@ -139,22 +149,11 @@ impl Scenario {
     /// Produces `count` generated records starting at sequence `start` (1% malformed when
     /// `malformed` is set) and waits for the broker to acknowledge them all.
     pub fn produce(&self, start: u64, count: u64, malformed_ratio: f64) -> u64 {
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", kafka_brokers())
-            .set("linger.ms", "10")
-            .set("enable.idempotence", "true")
-            .set("message.max.bytes", "8388608")
-            .create()
-            .expect("producer");
+        let producer: BaseProducer = producer_config().create().expect("producer");
         let mut bad = 0;
         for seq in start..start + count {
-            let m = loadgen::is_malformed(seq, malformed_ratio);
+            let (payload, m) = loadgen::payload(seq, malformed_ratio);
             bad += u64::from(m);
-            let payload = if m {
-                loadgen::malformed(seq)
-            } else {
-                loadgen::record(seq)
-            };
             self.send(&producer, Some(format!("k{seq}").as_bytes()), &payload);
         }
         producer.flush(Duration::from_secs(60)).expect("flush");
@@ -163,11 +162,7 @@ impl Scenario {
 
     /// Produces explicit payloads (hostile input).
     pub fn produce_raw(&self, records: &[(Option<Vec<u8>>, Vec<u8>)]) {
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", kafka_brokers())
-            .set("message.max.bytes", "8388608")
-            .create()
-            .expect("producer");
+        let producer: BaseProducer = producer_config().create().expect("producer");
         for (key, payload) in records {
             self.send(&producer, key.as_deref(), payload);
         }
@@ -179,16 +174,7 @@ impl Scenario {
         if let Some(k) = key {
             rec = rec.key(k);
         }
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    rec = back;
-                    producer.poll(Duration::from_millis(10));
-                }
-            }
-        }
-        producer.poll(Duration::ZERO);
+        loadgen::send(producer, rec).expect("produce");
     }
 
     /// End offsets of every partition.
