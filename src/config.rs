@@ -75,7 +75,8 @@ pub struct Settings {
     /// Bound on connecting to PostgreSQL and on taking a pooled connection.
     #[arg(long, env = "LP_PG_CONNECT_TIMEOUT_MS", default_value_t = 5000)]
     pub pg_connect_timeout_ms: u64,
-    /// Server-side statement timeout for the daemon's statements.
+    /// Server-side statement timeout for the daemon's statements. A batch's whole transaction
+    /// is bounded client side by this plus the connect timeout (then retried on a new connection).
     #[arg(long, env = "LP_PG_STATEMENT_TIMEOUT_MS", default_value_t = 30_000)]
     pub pg_statement_timeout_ms: u64,
 

@@ -6,8 +6,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Transaction};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Connection, Postgres, Transaction};
 
 use super::SinkError;
 use crate::config::mask_url;
@@ -41,6 +41,8 @@ pub struct BatchWrite<'a> {
 pub struct PgSink {
     pool: PgPool,
     schema: String,
+    /// Bound on one use of a connection, client side (see [`PgSink::with_connection`]).
+    attempt_timeout: Duration,
 }
 
 impl PgSink {
@@ -70,6 +72,9 @@ impl PgSink {
         Ok(Self {
             pool,
             schema: settings.schema.clone(),
+            // Each statement is bounded server side; a transaction that outlives one
+            // statement's bound plus a connect is talking to a dead connection.
+            attempt_timeout: settings.statement_timeout + settings.connect_timeout,
         })
     }
 
@@ -101,17 +106,21 @@ impl PgSink {
     ) -> Result<HashMap<TopicPartition, i64>, SinkError> {
         let topics: Vec<&str> = tps.iter().map(|tp| &*tp.topic).collect();
         let parts: Vec<i32> = tps.iter().map(|tp| tp.partition).collect();
-        let rows: Vec<(String, i32, i64)> = sqlx::query_as(
-            "SELECT o.topic, o.kafka_partition, o.next_offset FROM consumer_offsets o \
-             JOIN UNNEST($2::text[], $3::int[]) AS w(topic, kafka_partition) USING (topic, kafka_partition) \
-             WHERE o.group_id = $1",
-        )
-        .bind(group_id)
-        .bind(&topics)
-        .bind(&parts)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(classify)?;
+        let rows: Vec<(String, i32, i64)> = self
+            .with_connection(async |conn: &mut PgConnection| {
+                sqlx::query_as(
+                    "SELECT o.topic, o.kafka_partition, o.next_offset FROM consumer_offsets o \
+                     JOIN UNNEST($2::text[], $3::int[]) AS w(topic, kafka_partition) USING (topic, kafka_partition) \
+                     WHERE o.group_id = $1",
+                )
+                .bind(group_id)
+                .bind(&topics)
+                .bind(&parts)
+                .fetch_all(conn)
+                .await
+                .map_err(classify)
+            })
+            .await?;
         Ok(rows
             .into_iter()
             .map(|(t, p, o)| (TopicPartition::new(t, p), o))
@@ -121,62 +130,87 @@ impl PgSink {
     /// Writes a batch atomically. Replays are absorbed: rows and dead letters already present
     /// are left alone and the stored offset only moves forward.
     pub async fn write_batch(&self, batch: &BatchWrite<'_>) -> Result<(), SinkError> {
-        let result = self.write_set_based(batch).await;
-        match result {
+        self.with_connection(async |conn: &mut PgConnection| match write_set_based(conn, batch).await {
             Err(SinkError::Permanent { message, .. }) => {
                 tracing::warn!(tp = %batch.tp, error = %message, "set-based insert rejected; writing the batch row by row to isolate the bad records");
-                self.write_isolating(batch).await
+                write_isolating(conn, batch).await
             }
             other => other,
-        }
+        })
+        .await
     }
 
-    async fn write_set_based(&self, batch: &BatchWrite<'_>) -> Result<(), SinkError> {
-        let mut tx = self.pool.begin().await.map_err(classify)?;
-        insert_records(&mut tx, batch.tp, batch.records).await?;
-        insert_dead_letters(&mut tx, batch.tp, batch.dead_letters).await?;
-        store_offset(&mut tx, batch).await?;
-        crate::failpoint::hit("in_pg_transaction").await;
-        tx.commit().await.map_err(classify)
-    }
-
-    /// Fallback for a batch PostgreSQL refuses as a whole: each record in its own savepoint,
-    /// refused ones dead-lettered with PostgreSQL's reason, all in one transaction still.
-    async fn write_isolating(&self, batch: &BatchWrite<'_>) -> Result<(), SinkError> {
-        let mut tx = self.pool.begin().await.map_err(classify)?;
-        let mut dead = batch.dead_letters.to_vec();
-        for record in batch.records {
-            sqlx::query("SAVEPOINT one_record")
-                .execute(&mut *tx)
-                .await
-                .map_err(classify)?;
-            match insert_records(&mut tx, batch.tp, std::slice::from_ref(record)).await {
-                Ok(()) => {}
-                Err(SinkError::Permanent { message, .. }) => {
-                    sqlx::query("ROLLBACK TO SAVEPOINT one_record")
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(classify)?;
-                    dead.push(DeadLetter {
-                        offset: record.offset,
-                        key: record.key.clone(),
-                        payload: Some(serde_json::to_vec(&record.entry.fields).unwrap_or_default()),
-                        kafka_timestamp_ms: record.kafka_timestamp_ms,
-                        stage: RejectStage::Store,
-                        reason: message,
-                    });
-                }
-                Err(other) => return Err(other),
+    /// Runs `op` on a pooled connection, bounded client side as well: a connection whose peer
+    /// vanished without a reset (a node lost, a NAT entry expired) would otherwise leave the
+    /// caller waiting for an answer forever. On expiry the connection is detached and
+    /// dropped, not handed back to the pool, whose return check would wait on the same dead
+    /// socket.
+    async fn with_connection<T>(
+        &self,
+        op: impl AsyncFnOnce(&mut PgConnection) -> Result<T, SinkError>,
+    ) -> Result<T, SinkError> {
+        let mut conn = self.pool.acquire().await.map_err(classify)?;
+        match tokio::time::timeout(self.attempt_timeout, op(&mut conn)).await {
+            Ok(result) => result,
+            Err(_) => {
+                drop(conn.detach());
+                Err(SinkError::Transient {
+                    store: STORE,
+                    message: format!(
+                        "no answer within {} ms; connection dropped",
+                        self.attempt_timeout.as_millis()
+                    ),
+                })
             }
         }
-        insert_dead_letters(&mut tx, batch.tp, &dead).await?;
-        store_offset(&mut tx, batch).await?;
-        tx.commit().await.map_err(classify)
     }
 
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+async fn write_set_based(conn: &mut PgConnection, batch: &BatchWrite<'_>) -> Result<(), SinkError> {
+    let mut tx = conn.begin().await.map_err(classify)?;
+    insert_records(&mut tx, batch.tp, batch.records).await?;
+    insert_dead_letters(&mut tx, batch.tp, batch.dead_letters).await?;
+    store_offset(&mut tx, batch).await?;
+    crate::failpoint::hit("in_pg_transaction").await;
+    tx.commit().await.map_err(classify)
+}
+
+/// Fallback for a batch PostgreSQL refuses as a whole: each record in its own savepoint,
+/// refused ones dead-lettered with PostgreSQL's reason, all in one transaction still.
+async fn write_isolating(conn: &mut PgConnection, batch: &BatchWrite<'_>) -> Result<(), SinkError> {
+    let mut tx = conn.begin().await.map_err(classify)?;
+    let mut dead = batch.dead_letters.to_vec();
+    for record in batch.records {
+        sqlx::query("SAVEPOINT one_record")
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        match insert_records(&mut tx, batch.tp, std::slice::from_ref(record)).await {
+            Ok(()) => {}
+            Err(SinkError::Permanent { message, .. }) => {
+                sqlx::query("ROLLBACK TO SAVEPOINT one_record")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                dead.push(DeadLetter {
+                    offset: record.offset,
+                    key: record.key.clone(),
+                    payload: Some(serde_json::to_vec(&record.entry.fields).unwrap_or_default()),
+                    kafka_timestamp_ms: record.kafka_timestamp_ms,
+                    stage: RejectStage::Store,
+                    reason: message,
+                });
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    insert_dead_letters(&mut tx, batch.tp, &dead).await?;
+    store_offset(&mut tx, batch).await?;
+    tx.commit().await.map_err(classify)
 }
 
 async fn insert_records(
