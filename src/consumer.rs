@@ -250,22 +250,23 @@ fn run(mut consumer: Kafka) -> ConsumerReport {
             .watch()
             .stalled(Instant::now())
             .map(|(s, d)| (s.to_owned(), d));
-        if let Some((group_state, stalled_for)) = stalled {
-            consumer = replace(consumer, &group_state, stalled_for);
+        if let Some((why, stalled_for)) = stalled {
+            consumer = replace(consumer, &why, stalled_for);
         }
     }
     close(consumer)
 }
 
-/// Replaces a consumer whose group membership is stuck by a new one that joins afresh.
+/// Replaces a stuck consumer (group membership not steady, or no broker known; see
+/// `group_watch`) by a new one that bootstraps and joins afresh.
 /// Its partitions are handled as lost: batches in flight are given up, nothing more is
 /// committed for them, and whoever gets them next starts from the durable watermark.
-fn replace(old: Kafka, group_state: &str, stalled_for: Duration) -> Kafka {
+fn replace(old: Kafka, why: &str, stalled_for: Duration) -> Kafka {
     let bridge = old.context();
     tracing::warn!(
-        group_state,
+        why,
         stalled_s = stalled_for.as_secs(),
-        "the consumer group has not been steady for too long; replacing the consumer"
+        "the consumer is stuck; replacing the consumer"
     );
     let new = match connect(bridge.successor()) {
         Ok(new) => new,
@@ -781,9 +782,19 @@ impl ClientContext for Bridge {
         if self.retired.load(Relaxed) {
             return;
         }
+        let known = statistics
+            .brokers
+            .values()
+            .filter(|b| b.source == "learned" || b.source == "configured")
+            .count();
+        self.watch().observe_brokers(known, Instant::now());
         if let Some(group) = &statistics.cgrp {
-            self.watch()
-                .observe(&group.state, &group.join_state, Instant::now());
+            let mut watch = self.watch();
+            if let Some(state) = watch.observe(&group.state, &group.join_state, Instant::now()) {
+                // Rare (joins, rebalances, outages) and the first thing to read when a
+                // consumer stops receiving records.
+                tracing::info!(group_state = state, "consumer group state changed");
+            }
         }
         let mut lag = self.metrics.lag.lock().unwrap_or_else(|p| p.into_inner());
         lag.clear();

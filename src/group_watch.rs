@@ -6,8 +6,17 @@
 //! API reports that. The consumer thread feeds this watch the group state from librdkafka's
 //! statistics and replaces the consumer when the group has not been `up`/`steady` for
 //! `stall_after` (see `LP_GROUP_STALL_TIMEOUT_MS`).
+//!
+//! A second trap, sooner: librdkafka 2.10 and later forget every broker when a restarting
+//! broker answers a metadata request with none listed, and never look for one again (its
+//! issue 5301). A client that has known no broker for [`FORGOTTEN_BROKERS_GRACE`] is
+//! replaced without waiting for the group bound.
 
 use std::time::{Duration, Instant};
+
+/// How long a consumer may know no broker at all before it is replaced: three statistics
+/// intervals, since a client re-bootstrapping knows its bootstrap brokers again at once.
+pub const FORGOTTEN_BROKERS_GRACE: Duration = Duration::from_secs(15);
 
 /// How long the group has not been in a steady state. Owned by the consumer thread.
 #[derive(Debug)]
@@ -17,6 +26,8 @@ pub struct GroupWatch {
     unsteady_since: Option<Instant>,
     /// The last state seen, as `state/join_state`, for the log line.
     last: String,
+    /// When the client was first seen knowing no broker; `None` while it knows one.
+    no_broker_since: Option<Instant>,
 }
 
 impl GroupWatch {
@@ -26,17 +37,33 @@ impl GroupWatch {
             stall_after,
             unsteady_since: Some(now),
             last: "init/init".into(),
+            no_broker_since: None,
         }
     }
 
-    /// Records the group handler's state from a statistics report.
-    pub fn observe(&mut self, state: &str, join_state: &str, now: Instant) {
+    /// Records how many brokers (bootstrap or learned) the client knows, from statistics.
+    pub fn observe_brokers(&mut self, known: usize, now: Instant) {
+        if known > 0 {
+            self.no_broker_since = None;
+        } else {
+            self.no_broker_since.get_or_insert(now);
+        }
+    }
+
+    /// Records the group handler's state from a statistics report; returns the new state,
+    /// as `state/join_state`, when it differs from the last one seen.
+    pub fn observe(&mut self, state: &str, join_state: &str, now: Instant) -> Option<&str> {
         if state == "up" && join_state == "steady" {
             self.unsteady_since = None;
         } else if self.unsteady_since.is_none() {
             self.unsteady_since = Some(now);
         }
-        self.last = format!("{state}/{join_state}");
+        let current = format!("{state}/{join_state}");
+        if current == self.last {
+            return None;
+        }
+        self.last = current;
+        Some(&self.last)
     }
 
     /// A rebalance callback ran: the group is moving, so the clock restarts (statistics
@@ -47,9 +74,15 @@ impl GroupWatch {
         }
     }
 
-    /// The last state and how long the group has been out of a steady state, once that
-    /// exceeds the bound.
+    /// Why the consumer counts as stuck (the last group state, or that it knows no broker)
+    /// and for how long, once that exceeds its bound.
     pub fn stalled(&self, now: Instant) -> Option<(&str, Duration)> {
+        if let Some(since) = self.no_broker_since {
+            let for_ = now.saturating_duration_since(since);
+            if for_ >= FORGOTTEN_BROKERS_GRACE.min(self.stall_after) {
+                return Some(("no broker known", for_));
+            }
+        }
         let for_ = now.saturating_duration_since(self.unsteady_since?);
         (for_ >= self.stall_after).then_some((self.last.as_str(), for_))
     }
@@ -113,5 +146,36 @@ mod tests {
         let w = GroupWatch::new(BOUND, t0);
         assert_eq!(w.stalled(t0 + BOUND / 2), None);
         assert_eq!(w.stalled(t0 + BOUND).map(|(s, _)| s), Some("init/init"));
+    }
+
+    #[test]
+    fn only_changes_of_state_are_reported() {
+        let t0 = Instant::now();
+        let mut w = GroupWatch::new(BOUND, t0);
+        assert_eq!(w.observe("up", "steady", t0), Some("up/steady"));
+        assert_eq!(w.observe("up", "steady", t0), None);
+        assert_eq!(
+            w.observe("query-coord", "init", t0),
+            Some("query-coord/init")
+        );
+    }
+
+    #[test]
+    fn a_client_that_knows_no_broker_stalls_after_the_grace() {
+        let t0 = Instant::now();
+        let mut w = GroupWatch::new(BOUND, t0);
+        w.observe("up", "steady", t0);
+        w.observe_brokers(1, t0);
+        w.observe_brokers(0, t0 + Duration::from_secs(1));
+        w.observe_brokers(0, t0 + Duration::from_secs(6));
+        assert_eq!(w.stalled(t0 + FORGOTTEN_BROKERS_GRACE), None);
+        assert_eq!(
+            w.stalled(t0 + Duration::from_secs(1) + FORGOTTEN_BROKERS_GRACE)
+                .map(|(why, _)| why),
+            Some("no broker known"),
+            "well before the group bound"
+        );
+        w.observe_brokers(1, t0 + Duration::from_secs(10));
+        assert_eq!(w.stalled(t0 + BOUND / 2), None, "a broker known again");
     }
 }
