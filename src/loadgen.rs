@@ -10,7 +10,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::ToBytes;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 
 #[derive(Args, Clone, Debug)]
 pub struct LoadgenArgs {
@@ -148,9 +148,9 @@ pub fn payload(seq: u64, ratio: f64) -> (Vec<u8>, bool) {
 }
 
 /// Queues one record, polling while the producer's queue is full.
-pub fn send<K: ToBytes + ?Sized, P: ToBytes + ?Sized>(
-    producer: &BaseProducer,
-    mut rec: BaseRecord<'_, K, P>,
+pub fn send<K: ToBytes + ?Sized, P: ToBytes + ?Sized, C: ProducerContext>(
+    producer: &BaseProducer<C>,
+    mut rec: BaseRecord<'_, K, P, C::DeliveryOpaque>,
 ) -> Result<(), KafkaError> {
     loop {
         match producer.send(rec) {

@@ -160,6 +160,45 @@ impl Scenario {
         bad
     }
 
+    /// How many records in the topic were generated malformed under `ratio`, read from Kafka
+    /// itself (every generated record has the key `k{seq}`), so the count holds whatever a
+    /// producer did or did not manage to deliver.
+    pub fn generated_malformed(&self, ratio: f64) -> u64 {
+        use rdkafka::message::Message;
+        let ends = self.end_offsets();
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", kafka_brokers())
+            .set("enable.partition.eof", "false")
+            // assign() wants a group; this one never joins or commits.
+            .set("group.id", format!("{}-readback", self.group))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        c.assign(&self.partition_list(Some(0))).unwrap();
+        let (mut left, mut bad) = (ends.values().sum::<i64>(), 0);
+        let started = Instant::now();
+        while left > 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(300),
+                "reading the topic back: {left} records short"
+            );
+            let Some(m) = c.poll(Duration::from_secs(1)) else {
+                continue;
+            };
+            let m = m.expect("read the topic back");
+            if m.offset() >= ends[&m.partition()] {
+                continue;
+            }
+            left -= 1;
+            let seq = m
+                .key()
+                .and_then(|k| std::str::from_utf8(k).ok()?.strip_prefix('k')?.parse().ok())
+                .expect("a generated record's key is k<seq>");
+            bad += u64::from(loadgen::is_malformed(seq, ratio));
+        }
+        bad
+    }
+
     /// Produces explicit payloads (hostile input).
     pub fn produce_raw(&self, records: &[(Option<Vec<u8>>, Vec<u8>)]) {
         let producer: BaseProducer = producer_config().create().expect("producer");

@@ -15,6 +15,10 @@ pub enum Mode {
     Delay(Duration),
     /// Drops every open connection and resets new ones: the store looks down.
     Down,
+    /// The peer vanished without a word (a node lost, a NAT entry expired): open connections
+    /// stop carrying anything, for good, and new ones are accepted but never answered.
+    /// Nothing is reset, so only the client's own timeouts can notice.
+    Silent,
 }
 
 pub struct Proxy {
@@ -35,16 +39,21 @@ impl Proxy {
                     continue;
                 };
                 let rx = rx.clone();
-                if *rx.borrow() == Mode::Down {
-                    drop(client);
-                    continue;
-                }
                 let target = target.clone();
-                tokio::spawn(async move {
-                    if let Ok(server) = TcpStream::connect(&target).await {
-                        pipe(client, server, rx).await;
+                let mode = *rx.borrow();
+                match mode {
+                    Mode::Down => drop(client),
+                    Mode::Silent => {
+                        tokio::spawn(swallow(client));
                     }
-                });
+                    _ => {
+                        tokio::spawn(async move {
+                            if let Ok(server) = TcpStream::connect(&target).await {
+                                pipe(client, server, rx).await;
+                            }
+                        });
+                    }
+                }
             }
         });
         Proxy {
@@ -65,51 +74,71 @@ impl Drop for Proxy {
     }
 }
 
-async fn pipe(client: TcpStream, server: TcpStream, mut mode: watch::Receiver<Mode>) {
-    let (mut cr, mut cw) = client.into_split();
-    let (mut sr, mut sw) = server.into_split();
+async fn pipe(mut client: TcpStream, server: TcpStream, mut mode: watch::Receiver<Mode>) {
     let mut m2 = mode.clone();
-    let up = async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match cr.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            let current = *m2.borrow_and_update();
-            if let Mode::Delay(d) = current {
-                tokio::time::sleep(d).await;
+    let silent = {
+        let (mut cr, mut cw) = client.split();
+        let (mut sr, mut sw) = server.into_split();
+        let up = async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match cr.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let current = *m2.borrow_and_update();
+                if let Mode::Delay(d) = current {
+                    tokio::time::sleep(d).await;
+                }
+                if sw.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
             }
-            if sw.write_all(&buf[..n]).await.is_err() {
-                return;
+        };
+        let down = async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match sr.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if cw.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
             }
+        };
+        // Resolves to whether the connection goes silent (true) or is cut (false).
+        let cut = async move {
+            loop {
+                match *mode.borrow_and_update() {
+                    Mode::Down => return false,
+                    Mode::Silent => return true,
+                    _ => {}
+                }
+                if mode.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            _ = async { tokio::join!(up, down) } => false,
+            silent = cut => silent,
         }
     };
-    let down = async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match sr.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            if cw.write_all(&buf[..n]).await.is_err() {
-                return;
-            }
+    // The server side is gone either way (its session ends); a silent client side stays open.
+    if silent {
+        swallow(client).await;
+    }
+}
+
+/// Holds a connection open, reading and discarding whatever arrives, answering nothing, until
+/// the client gives up on it.
+async fn swallow(mut client: TcpStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = client.read(&mut buf).await {
+        if n == 0 {
+            return;
         }
-    };
-    let cut = async move {
-        loop {
-            if *mode.borrow_and_update() == Mode::Down {
-                return;
-            }
-            if mode.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = async { tokio::join!(up, down) } => {}
-        _ = cut => {}
     }
 }
 
