@@ -218,18 +218,19 @@ impl Scenario {
 
     /// End offsets of every partition.
     pub fn end_offsets(&self) -> BTreeMap<i32, i64> {
+        self.try_end_offsets()
+            .unwrap_or_else(|e| panic!("end offsets of {}: {e}", self.topic))
+    }
+
+    /// End offsets, or the error while the broker cannot say (just after a restart).
+    pub fn try_end_offsets(&self) -> Result<BTreeMap<i32, i64>, rdkafka::error::KafkaError> {
         let c: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", kafka_brokers())
-            .create()
-            .unwrap();
+            .create()?;
         (0..self.partitions)
             .map(|p| {
-                (
-                    p,
-                    c.fetch_watermarks(&self.topic, p, Duration::from_secs(10))
-                        .unwrap()
-                        .1,
-                )
+                c.fetch_watermarks(&self.topic, p, Duration::from_secs(10))
+                    .map(|(_, high)| (p, high))
             })
             .collect()
     }
