@@ -782,18 +782,16 @@ impl ClientContext for Bridge {
         if self.retired.load(Relaxed) {
             return;
         }
-        let known = statistics
-            .brokers
-            .values()
-            .filter(|b| b.source == "learned" || b.source == "configured")
-            .count();
-        self.watch().observe_brokers(known, Instant::now());
-        if let Some(group) = &statistics.cgrp {
+        {
             let mut watch = self.watch();
-            if let Some(state) = watch.observe(&group.state, &group.join_state, Instant::now()) {
-                // Rare (joins, rebalances, outages) and the first thing to read when a
-                // consumer stops receiving records.
-                tracing::info!(group_state = state, "consumer group state changed");
+            let now = Instant::now();
+            watch.observe_brokers(crate::group_watch::known_brokers(&statistics), now);
+            if let Some(group) = &statistics.cgrp {
+                if let Some(state) = watch.observe(&group.state, &group.join_state, now) {
+                    // Rare (joins, rebalances, outages) and the first thing to read when a
+                    // consumer stops receiving records.
+                    tracing::info!(group_state = state, "consumer group state changed");
+                }
             }
         }
         let mut lag = self.metrics.lag.lock().unwrap_or_else(|p| p.into_inner());

@@ -14,9 +14,20 @@
 
 use std::time::{Duration, Instant};
 
+use rdkafka::Statistics;
+
 /// How long a consumer may know no broker at all before it is replaced: three statistics
 /// intervals, since a client re-bootstrapping knows its bootstrap brokers again at once.
 pub const FORGOTTEN_BROKERS_GRACE: Duration = Duration::from_secs(15);
+
+/// The brokers a client knows (bootstrap or learned), from its statistics.
+pub fn known_brokers(stats: &Statistics) -> usize {
+    stats
+        .brokers
+        .values()
+        .filter(|b| b.source == "learned" || b.source == "configured")
+        .count()
+}
 
 /// How long the group has not been in a steady state. Owned by the consumer thread.
 #[derive(Debug)]
@@ -41,7 +52,7 @@ impl GroupWatch {
         }
     }
 
-    /// Records how many brokers (bootstrap or learned) the client knows, from statistics.
+    /// Records how many brokers the client knows ([`known_brokers`]).
     pub fn observe_brokers(&mut self, known: usize, now: Instant) {
         if known > 0 {
             self.no_broker_since = None;

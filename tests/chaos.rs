@@ -22,8 +22,7 @@ use std::time::{Duration, Instant};
 use common::proxy::{Mode, Proxy};
 use common::*;
 use log_processor::failpoint::POINTS;
-use log_processor::loadgen;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, Producer};
 
 const MALFORMED: f64 = 0.01;
 /// Bound on the daemon's peak resident memory through the dependency failures.
@@ -360,7 +359,7 @@ async fn verify_and_report(s: &Scenario, name: &str, kills: u64, generated: bool
     if generated {
         assert_eq!(
             v.dead_lettered,
-            s.generated_malformed(MALFORMED),
+            s.generated_malformed(&ends, MALFORMED),
             "{name}: exactly the malformed records are dead-lettered"
         );
     }
@@ -380,17 +379,12 @@ struct Load {
     handle: std::thread::JoinHandle<u64>,
 }
 
-/// Counts the brokers a producer knows, from its statistics.
-#[derive(Default)]
+/// Counts the brokers a producer knows, from its statistics (-1 before the first report).
 struct BrokerCount(std::sync::atomic::AtomicI64);
 
 impl rdkafka::ClientContext for BrokerCount {
     fn stats(&self, stats: rdkafka::Statistics) {
-        let known = stats
-            .brokers
-            .values()
-            .filter(|b| b.source == "learned" || b.source == "configured")
-            .count();
+        let known = log_processor::group_watch::known_brokers(&stats);
         self.0.store(known as i64, Ordering::Relaxed);
     }
 }
@@ -422,12 +416,7 @@ impl Load {
             while !flag.load(Ordering::Relaxed) && seq < end {
                 let tick = Instant::now();
                 for _ in 0..per_tick.min(end - seq) {
-                    let (payload, _) = loadgen::payload(seq, MALFORMED);
-                    let key = format!("k{seq}");
-                    let rec = BaseRecord::<str, [u8]>::to(&topic)
-                        .payload(&payload)
-                        .key(&key);
-                    loadgen::send(&p, rec).expect("produce");
+                    send_generated(&p, &topic, seq, MALFORMED);
                     seq += 1;
                 }
                 if p.context().0.load(Ordering::Relaxed) == 0 {

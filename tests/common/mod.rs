@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use log_processor::loadgen;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -68,6 +68,23 @@ pub fn producer_config() -> ClientConfig {
         .set("enable.idempotence", "true")
         .set("message.max.bytes", "8388608");
     c
+}
+
+/// Queues generated record `seq` (key `k{seq}`) on `producer`; returns whether it is one of
+/// the malformed ones under `ratio`.
+pub fn send_generated<C: ProducerContext<DeliveryOpaque = ()>>(
+    producer: &BaseProducer<C>,
+    topic: &str,
+    seq: u64,
+    ratio: f64,
+) -> bool {
+    let (payload, bad) = loadgen::payload(seq, ratio);
+    let key = format!("k{seq}");
+    let rec = BaseRecord::<str, [u8]>::to(topic)
+        .payload(&payload)
+        .key(&key);
+    loadgen::send(producer, rec).expect("produce");
+    bad
 }
 
 /// `env` with the `overrides` replacing (or adding) variables.
@@ -152,20 +169,17 @@ impl Scenario {
         let producer: BaseProducer = producer_config().create().expect("producer");
         let mut bad = 0;
         for seq in start..start + count {
-            let (payload, m) = loadgen::payload(seq, malformed_ratio);
-            bad += u64::from(m);
-            self.send(&producer, Some(format!("k{seq}").as_bytes()), &payload);
+            bad += u64::from(send_generated(&producer, &self.topic, seq, malformed_ratio));
         }
         producer.flush(Duration::from_secs(60)).expect("flush");
         bad
     }
 
-    /// How many records in the topic were generated malformed under `ratio`, read from Kafka
-    /// itself (every generated record has the key `k{seq}`), so the count holds whatever a
-    /// producer did or did not manage to deliver.
-    pub fn generated_malformed(&self, ratio: f64) -> u64 {
+    /// How many records in the topic below `ends` were generated malformed under `ratio`, read
+    /// from Kafka itself (every generated record has the key `k{seq}`), so the count holds
+    /// whatever a producer did or did not manage to deliver.
+    pub fn generated_malformed(&self, ends: &BTreeMap<i32, i64>, ratio: f64) -> u64 {
         use rdkafka::message::Message;
-        let ends = self.end_offsets();
         let c: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", kafka_brokers())
             .set("enable.partition.eof", "false")

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -75,38 +75,11 @@ impl Drop for Proxy {
 }
 
 async fn pipe(mut client: TcpStream, server: TcpStream, mut mode: watch::Receiver<Mode>) {
-    let mut m2 = mode.clone();
     let silent = {
-        let (mut cr, mut cw) = client.split();
-        let (mut sr, mut sw) = server.into_split();
-        let up = async move {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = match cr.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                let current = *m2.borrow_and_update();
-                if let Mode::Delay(d) = current {
-                    tokio::time::sleep(d).await;
-                }
-                if sw.write_all(&buf[..n]).await.is_err() {
-                    return;
-                }
-            }
-        };
-        let down = async move {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = match sr.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                if cw.write_all(&buf[..n]).await.is_err() {
-                    return;
-                }
-            }
-        };
+        let (cr, cw) = client.split();
+        let (sr, sw) = server.into_split();
+        let up = forward(cr, sw, Some(mode.clone()));
+        let down = forward(sr, cw, None);
         // Resolves to whether the connection goes silent (true) or is cut (false).
         let cut = async move {
             loop {
@@ -131,15 +104,32 @@ async fn pipe(mut client: TcpStream, server: TcpStream, mut mode: watch::Receive
     }
 }
 
-/// Holds a connection open, reading and discarding whatever arrives, answering nothing, until
-/// the client gives up on it.
-async fn swallow(mut client: TcpStream) {
+/// Copies `from` to `to` until either side closes. With `mode`, each chunk first waits out
+/// the current [`Mode::Delay`].
+async fn forward(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    mut mode: Option<watch::Receiver<Mode>>,
+) {
     let mut buf = vec![0u8; 64 * 1024];
-    while let Ok(n) = client.read(&mut buf).await {
-        if n == 0 {
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if let Some(Mode::Delay(d)) = mode.as_mut().map(|m| *m.borrow_and_update()) {
+            tokio::time::sleep(d).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
             return;
         }
     }
+}
+
+/// Holds a connection open, reading and discarding whatever arrives, answering nothing, until
+/// the client gives up on it.
+async fn swallow(client: TcpStream) {
+    forward(client, tokio::io::sink(), None).await;
 }
 
 /// Starts a proxy in front of the host:port of `url` (postgres:// or http://) and returns it with
