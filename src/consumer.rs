@@ -192,9 +192,14 @@ fn connect(bridge: Bridge) -> Result<Kafka, KafkaError> {
     Ok(consumer)
 }
 
+/// How often the periodic commit sends every durable watermark, not only those that moved
+/// (see `State::commit`): the bound on how long a failed asynchronous commit stays unrepaired.
+const FULL_COMMIT_INTERVAL: Duration = Duration::from_secs(10);
+
 fn run(mut consumer: Kafka) -> ConsumerReport {
     let commit_interval = consumer.context().settings.commit_interval;
     let mut next_commit = Instant::now() + commit_interval;
+    let mut next_full_commit = Instant::now() + FULL_COMMIT_INTERVAL;
     let mut poll_errors = 0u64;
     while !consumer.context().shutdown.drain.is_cancelled() {
         let bridge = consumer.context();
@@ -208,7 +213,11 @@ fn run(mut consumer: Kafka) -> ConsumerReport {
             st.dispatch();
             st.apply_pause(&consumer);
             if now >= next_commit {
-                st.commit(&consumer, CommitMode::Async, None, &bridge.metrics);
+                let all = now >= next_full_commit;
+                if all {
+                    next_full_commit = now + FULL_COMMIT_INTERVAL;
+                }
+                st.commit(&consumer, CommitMode::Async, all, None, &bridge.metrics);
                 next_commit = now + commit_interval;
             }
             st.batcher
@@ -351,7 +360,7 @@ fn close(consumer: Kafka) -> ConsumerReport {
         let timeout = shutdown
             .hard_deadline()
             .map(|d| d.saturating_duration_since(Instant::now()));
-        st.commit(&consumer, CommitMode::Sync, timeout, &bridge.metrics);
+        st.commit(&consumer, CommitMode::Sync, true, timeout, &bridge.metrics);
         st.abandoned()
     };
     shutdown.phase("offsets committed");
@@ -478,6 +487,7 @@ impl Bridge {
             st.commit(
                 consumer,
                 CommitMode::Sync,
+                true,
                 Some(Duration::from_secs(5)),
                 &self.metrics,
             );
@@ -675,19 +685,24 @@ impl State {
         }
     }
 
-    /// Commits moved watermarks of owned partitions. `timeout` bounds a synchronous commit.
+    /// Commits the watermarks of owned partitions: those that moved, or with `all` every
+    /// durable one. `timeout` bounds a synchronous commit.
+    ///
+    /// `all` is how a failed asynchronous commit gets repaired: librdkafka reports the result
+    /// of a manual asynchronous commit to nobody (it only logs it), so a watermark whose commit
+    /// failed counts as committed until the next `all` commit sends it again.
     fn commit(
         &mut self,
         consumer: &Kafka,
         mode: CommitMode,
+        all: bool,
         timeout: Option<Duration>,
         metrics: &Metrics,
     ) {
-        // A synchronous commit (revocation, shutdown) sends every durable watermark, so one
-        // that an earlier asynchronous commit failed to store is never left behind.
-        let moved: Vec<_> = match mode {
-            CommitMode::Sync => self.watermarks.durable_all(),
-            CommitMode::Async => self.watermarks.to_commit().into_iter().collect(),
+        let moved: Vec<_> = if all {
+            self.watermarks.durable_all()
+        } else {
+            self.watermarks.to_commit().into_iter().collect()
         }
         .into_iter()
         .filter(|(tp, _)| self.assigned.contains_key(tp))
@@ -706,6 +721,13 @@ impl State {
             return;
         }
         crate::failpoint::hit_blocking("before_kafka_commit");
+        if !all && crate::failpoint::skips("lost_async_commit") {
+            // As if librdkafka had sent it and the broker refused it, unseen by us.
+            for (tp, offset) in moved {
+                self.watermarks.get_mut(&tp).mark_committed(offset);
+            }
+            return;
+        }
         match consumer.commit(&tpl, mode) {
             Ok(()) => {
                 metrics.commits.fetch_add(1, Relaxed);

@@ -4,8 +4,10 @@
 //! `failpoint reached name=...` and stop there (sleep) with that probability, so a test can
 //! SIGKILL it inside exactly that window. A few points instead skip a step (`skips`), to
 //! put a dependency in a state that is otherwise rare: `lost_unassign` withholds the unassign
-//! librdkafka waits for after a lost assignment, leaving its group handler stuck. Without the
-//! feature every call is an empty inline function: release binaries carry none of this.
+//! librdkafka waits for after a lost assignment, leaving its group handler stuck;
+//! `lost_async_commit` drops a periodic commit of moved watermarks as a broker refusal would,
+//! unseen. Without the feature every call is an empty inline function: release binaries carry
+//! none of this.
 
 /// The points, in the order a batch meets them.
 pub const POINTS: [&str; 5] = [

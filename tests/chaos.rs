@@ -1354,3 +1354,36 @@ async fn chaos_6_stuck_group_membership_is_replaced() {
     verify_and_report(&s, "stuck_group", 0, true).await;
     finish(&s, "stuck_group", started).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// 7. Failed asynchronous commits
+
+/// librdkafka reports the result of a manual asynchronous commit to nobody, so one the broker
+/// refused (a generation change in a rebalance, seen with several replicas) looks sent. The
+/// `lost_async_commit` failpoint drops every periodic commit of moved watermarks that way;
+/// Kafka's committed offsets must still reach the end while the daemon runs, through its
+/// periodic commit of every durable watermark, not only at revocation or shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn chaos_7_lost_async_commits_are_repaired() {
+    let started = Instant::now();
+    let s = Scenario::new("chaos_lostcommit", 4).await;
+    s.produce(0, 5_000, MALFORMED);
+    let env = with(
+        &chaos_env(&s),
+        &[("LP_FAILPOINTS", "lost_async_commit=1".into())],
+    );
+    let mut d = Daemon::start(&env);
+    s.wait_all_stored(Duration::from_secs(120)).await;
+    wait_line(&d, "lost_async_commit", Duration::from_secs(30)).await;
+    wait_committed_to_end(&s, Duration::from_secs(30)).await;
+    assert!(
+        alive(&mut d),
+        "committed while running; log:\n{}",
+        d.tail(30)
+    );
+    d.signal("TERM");
+    let code = d.wait(Duration::from_secs(30));
+    assert_eq!(code, 0, "clean stop; log:\n{}", d.tail(30));
+    verify_and_report(&s, "lost_async_commit", 0, true).await;
+    finish(&s, "lost_async_commit", started).await;
+}
