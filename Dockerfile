@@ -5,11 +5,12 @@
 #   docker build -t log-processor:0.1.0 .
 #
 # Builder: Rust 1.95 on Debian bookworm. librdkafka is compiled from source by rdkafka's
-# `cmake-build` feature, which needs cmake (and libcurl headers); zlib is linked from the system.
+# `cmake-build` feature; scripts/system-deps.sh is the one list of the packages that needs
+# (cmake, libcurl headers, zlib, ...), shared with the Makefile and CI.
 FROM rust:1.95-bookworm AS builder
-RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake libcurl4-openssl-dev zlib1g-dev pkg-config \
- && rm -rf /var/lib/apt/lists/*
+COPY scripts/system-deps.sh /tmp/system-deps.sh
+RUN bash /tmp/system-deps.sh --build-only \
+ && rm -rf /var/lib/apt/lists/* /tmp/system-deps.sh
 WORKDIR /build
 
 # Dependency layer: only the manifests and stub targets, so this layer (librdkafka, sqlx, the

@@ -4,22 +4,27 @@ INFRA := tests/infra/infra.sh
 # Integration tests share one Kafka, PostgreSQL and OpenSearch: run them one at a time.
 TEST_FLAGS ?= --test-threads=1
 
-.PHONY: test chaos demo services-up services-down services-status build release bench
+.PHONY: test chaos demo services-up services-down services-status build release bench system-deps
+
+# The build's Debian packages (cmake, libcurl headers, ...): one list, scripts/system-deps.sh.
+# Installs only what is missing, or fails naming the packages to install by hand.
+system-deps:
+	@bash scripts/system-deps.sh
 
 # `failpoints` lets tests/chaos.rs stop the daemon inside chosen windows; release builds lack it.
 # The chaos tests run here at reduced sizes (CHAOS_FULL unset).
-test: services-up
+test: system-deps services-up
 	eval "$$(bash $(INFRA) env)" && cargo test --locked --features failpoints -- $(TEST_FLAGS)
 
 # The full chaos suite (tests/chaos.rs). Prints the seed first; CHAOS_SEED=N replays a run.
 CHAOS_FULL ?= 1
-chaos: services-up
+chaos: system-deps services-up
 	@seed="$${CHAOS_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}"; \
 	echo "chaos: seed=$$seed full=$(CHAOS_FULL) (replay with CHAOS_SEED=$$seed make chaos)"; \
 	eval "$$(bash $(INFRA) env)" && CHAOS_SEED="$$seed" CHAOS_FULL="$(CHAOS_FULL)" \
 	  cargo test --locked --features failpoints --test chaos -- --nocapture $(TEST_FLAGS)
 
-demo: services-up
+demo: system-deps services-up
 	bash scripts/demo.sh
 
 services-up:
@@ -31,12 +36,12 @@ services-down:
 services-status:
 	bash $(INFRA) status
 
-build:
+build: system-deps
 	cargo build --locked
 
-release:
+release: system-deps
 	cargo build --locked --release
 
 # Throughput, CPU, memory, batch size and crash cost against a peer and raw ceilings (bench/).
-bench: services-up
+bench: system-deps services-up
 	bash bench/run.sh
