@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batcher::Limits;
 use crate::config::Settings;
 use crate::consumer::{self, ConsumerSettings, OffsetStore};
+use crate::dead_letter::DeadLetterPolicy;
 use crate::metrics::Metrics;
 use crate::model::TopicPartition;
 use crate::notify;
@@ -94,6 +95,7 @@ fn pg_sink(s: &Settings) -> Result<PgSink, SinkError> {
 
 /// `log-processor migrate`: applies the schema and exits.
 pub async fn migrate(settings: &Settings) -> Result<(), AppError> {
+    settings.validate()?;
     let pg = pg_sink(settings)?;
     pg.migrate().await?;
     pg.close().await;
@@ -137,11 +139,11 @@ pub async fn run(
     })?;
     let startup = async {
         retry(
-            "postgresql migration",
+            "postgresql schema",
             backoff(&settings),
             &shutdown.drain,
             || {},
-            || pg.migrate(),
+            || pg.prepare(settings.migrate),
         )
         .await?;
         retry(
@@ -166,15 +168,26 @@ pub async fn run(
         tracing::info!(elasticsearch = %v, "stores ready");
     }
 
+    let redactor = Redactor::new(
+        settings.redact_drop.clone(),
+        settings.redact_hash.clone(),
+        settings.redact_key.as_deref(),
+    );
+    let dead_letter_key = settings
+        .dead_letter_key
+        .as_deref()
+        .map(crate::dead_letter::parse_key)
+        .transpose()
+        .map_err(|e| crate::config::ConfigError {
+            field: "LP_DEAD_LETTER_KEY (--dead-letter-key)",
+            message: e.to_string(),
+        })?;
     let ctx = Arc::new(WorkerContext {
         group_id: settings.group_id.clone(),
         pg: pg.clone(),
         es,
-        redactor: Redactor::new(
-            settings.redact_drop.clone(),
-            settings.redact_hash.clone(),
-            settings.redact_key.as_deref(),
-        ),
+        dead_letters: DeadLetterPolicy::new(redactor.clone(), dead_letter_key),
+        redactor,
         max_record_bytes: settings.max_record_bytes,
         backoff: backoff(&settings),
         metrics: metrics.clone(),
@@ -192,6 +205,7 @@ pub async fn run(
                 queue: rx,
                 acks: ack_tx.clone(),
                 ctx: ctx.clone(),
+                given_up: HashMap::new(),
             }
             .run(),
         ));

@@ -75,6 +75,11 @@ pub struct Settings {
     /// Bound on connecting to PostgreSQL and on taking a pooled connection.
     #[arg(long, env = "LP_PG_CONNECT_TIMEOUT_MS", default_value_t = 5000)]
     pub pg_connect_timeout_ms: u64,
+    /// What start-up does with the schema: `auto` migrates unless it is already at this
+    /// version (then a role with only SELECT/INSERT/UPDATE on the tables can run the daemon),
+    /// `off` only checks it.
+    #[arg(long, env = "LP_MIGRATE", value_enum, default_value_t = MigrateMode::Auto)]
+    pub migrate: MigrateMode,
     /// Server-side statement timeout for the daemon's statements. A batch's whole transaction
     /// is bounded client side by this plus the connect timeout (then retried on a new connection).
     #[arg(long, env = "LP_PG_STATEMENT_TIMEOUT_MS", default_value_t = 30_000)]
@@ -115,6 +120,11 @@ pub struct Settings {
     /// Key for the redaction hash (secret: never printed).
     #[arg(long, env = "LP_REDACT_KEY", hide_env_values = true)]
     pub redact_key: Option<String>,
+    /// With redaction on, dead letters keep their raw bytes only encrypted (AES-256-GCM) under
+    /// this key, 64 hex digits (secret: never printed). Without it, a dead letter keeps its
+    /// JSON object redacted, and nothing of a payload that is not a JSON object.
+    #[arg(long, env = "LP_DEAD_LETTER_KEY", hide_env_values = true)]
+    pub dead_letter_key: Option<String>,
 
     /// Time from the first SIGTERM/SIGINT to exit, covering drain, commit and group leave.
     #[arg(long, env = "LP_SHUTDOWN_DEADLINE_MS", default_value_t = 25_000)]
@@ -139,6 +149,16 @@ pub struct Settings {
 pub enum LogFormat {
     Human,
     Json,
+}
+
+/// `LP_MIGRATE`: what start-up does with the schema.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MigrateMode {
+    /// Apply the migrations unless the schema already has every table and column this
+    /// version uses (then it is left alone, so a least-privilege role can run the daemon).
+    Auto,
+    /// Only check the schema; refuse to start if it is not at this version.
+    Off,
 }
 
 /// A setting that cannot work, naming the field as the operator spells it.
@@ -299,6 +319,11 @@ impl Settings {
                 ),
             ));
         }
+        if let Some(key) = &self.dead_letter_key {
+            crate::dead_letter::parse_key(key).map_err(|e| {
+                invalid("LP_DEAD_LETTER_KEY (--dead-letter-key)", e.to_string())
+            })?;
+        }
         if !self.redact_hash.is_empty() && self.redact_key.as_deref().unwrap_or("").is_empty() {
             return Err(invalid(
                 "LP_REDACT_KEY (--redact-key)",
@@ -337,6 +362,7 @@ impl fmt::Display for Settings {
         s.database_url = mask_url(&s.database_url);
         s.elasticsearch_url = mask_url(&s.elasticsearch_url);
         s.redact_key = s.redact_key.map(|_| "****".into());
+        s.dead_letter_key = s.dead_letter_key.map(|_| "****".into());
         s.group_stall_timeout_ms = Some(self.group_stall_timeout().as_millis() as u64);
         write!(f, "{s:#?}")
     }

@@ -90,10 +90,17 @@ struct State {
     /// Owned partitions; cancelling a token tells workers to give up that partition's batches.
     assigned: HashMap<TopicPartition, CancellationToken>,
     paused: HashSet<TopicPartition>,
+    /// Owned partitions that must not be read, and why: their offsets went back below what
+    /// PostgreSQL holds (a topic deleted and recreated under the same name). Reading them would
+    /// have `ON CONFLICT DO NOTHING` swallow the new records, so they stay paused until an
+    /// operator clears the stored watermark and the partition is assigned again.
+    held: HashMap<TopicPartition, String>,
     /// One past the last offset read, per partition.
     fetched: HashMap<TopicPartition, i64>,
     /// Set when shutting down: rebalances then no longer wait for in-flight batches.
     closing: bool,
+    /// Where held partitions are reported.
+    metrics: Arc<Metrics>,
     workers_gone: bool,
 }
 
@@ -132,8 +139,10 @@ pub fn spawn(
         pending: HashMap::new(),
         assigned: HashMap::new(),
         paused: HashSet::new(),
+        held: HashMap::new(),
         fetched: HashMap::new(),
         closing: false,
+        metrics: Arc::clone(&metrics),
         workers_gone: false,
     };
     let bridge = Bridge {
@@ -239,7 +248,7 @@ fn run(mut consumer: Kafka) -> ConsumerReport {
                 drop(m);
                 bridge.metrics.consumed.fetch_add(1, Relaxed);
                 let mut st = bridge.lock();
-                if st.assigned.contains_key(&tp) {
+                if st.assigned.contains_key(&tp) && !st.held.contains_key(&tp) {
                     st.fetched.insert(tp.clone(), record.offset + 1);
                     for full in st.batcher.push(&tp, record, Instant::now()) {
                         st.enqueue(tp.clone(), full);
@@ -406,27 +415,33 @@ impl Bridge {
         self.watch().progress(Instant::now());
         let tps = partitions_of(tpl);
         let mut start = TopicPartitionList::new();
-        let mut from_postgres = Vec::new();
+        // Partitions started at a known offset (committed to Kafka even if nothing follows),
+        // and partitions that must not be read.
+        let mut started = Vec::new();
+        let mut held = Vec::new();
         if !tps.is_empty() {
             let stored = self.stored_offsets(&tps);
             let committed = self.committed_offsets(consumer, &tps);
             for tp in &tps {
-                // PostgreSQL's watermark is written with the rows, Kafka's trails it: start from
-                // PostgreSQL's when it is ahead, otherwise from Kafka's committed offset. Given
-                // explicitly, so librdkafka has no offset fetch of its own in flight that a
-                // coordinator outage could leave hanging.
                 let kafka = committed.as_ref().map(|c| c.get(tp).copied());
-                let offset = match (stored.get(tp).copied(), kafka) {
-                    (Some(pg), Some(Some(k))) if pg <= k => Offset::Offset(k),
-                    (Some(pg), _) => {
-                        from_postgres.push((tp.clone(), pg));
+                let offset = match start_offset(stored.get(tp).copied(), kafka) {
+                    Start::Stored(pg) => {
+                        if let Some(end) = end_offset(consumer, tp).filter(|&end| end < pg) {
+                            held.push((tp.clone(), format!(
+                                "topic end offset {end} is below the stored watermark {pg}: was the topic \
+                                 deleted and recreated? Delete this partition's row in consumer_offsets, then restart"
+                            )));
+                        } else {
+                            started.push((tp.clone(), pg));
+                        }
                         Offset::Offset(pg)
                     }
-                    (None, Some(Some(k))) => Offset::Offset(k),
-                    // Nothing stored or committed: auto.offset.reset (earliest) applies.
-                    (None, Some(None)) => Offset::Beginning,
-                    // Kafka's committed offsets unknown: let librdkafka fetch them.
-                    (None, None) => Offset::Invalid,
+                    Start::Committed(k) => {
+                        started.push((tp.clone(), k));
+                        Offset::Offset(k)
+                    }
+                    Start::Beginning => Offset::Beginning,
+                    Start::AskKafka => Offset::Invalid,
                 };
                 let _ = start.add_partition_offset(&tp.topic, tp.partition, offset);
             }
@@ -443,12 +458,17 @@ impl Bridge {
         for tp in &tps {
             st.assigned.insert(tp.clone(), CancellationToken::new());
         }
-        // Kafka's committed offset trails PostgreSQL's here: commit it up even if nothing follows.
-        for (tp, pg) in from_postgres {
-            st.watermarks.get_mut(&tp).start_at(pg);
+        for (tp, offset) in started {
+            st.watermarks.get_mut(&tp).start_at(offset);
+        }
+        for (tp, reason) in held {
+            tracing::error!(partition = %tp, "{reason}");
+            st.hold(tp, reason);
         }
         if st.closing {
             pause(consumer, &tps);
+        } else {
+            st.apply_pause(consumer);
         }
         drop(st);
         self.metrics.set_joined();
@@ -579,6 +599,9 @@ impl State {
                 tracing::info!(partition = %tp, from, to, "given up with batches unfinished; the next owner re-reads them");
             }
             self.paused.remove(tp);
+            if self.held.remove(tp).is_some() {
+                self.metrics.clear_stalled(tp);
+            }
             self.fetched.remove(tp);
         }
     }
@@ -590,14 +613,36 @@ impl State {
         };
         let first = records[0].offset;
         let next_offset = records[records.len() - 1].offset + 1;
-        self.watermarks.get_mut(&tp).dispatched(first, next_offset);
+        let progress = self.watermarks.get_mut(&tp);
+        let start = progress.next_expected();
+        if let Some(start) = start.filter(|&s| first < s) {
+            // The partition's offsets went back (librdkafka reset a position that no longer
+            // exists to the earliest): the topic was recreated.
+            let reason = format!(
+                "offsets went back from {start} to {first}: was the topic deleted and recreated? \
+                 Delete this partition's row in consumer_offsets, then restart"
+            );
+            tracing::error!(partition = %tp, "{reason}");
+            self.hold(tp, reason);
+            return;
+        }
+        progress.dispatched(first, next_offset);
         let batch = Batch {
             tp: tp.clone(),
             records,
             next_offset,
+            start,
             revoked: token.child_token(),
         };
         self.pending.entry(tp).or_default().push_back(batch);
+    }
+
+    /// Stops reading `tp` for good (for this assignment): see `State::held`.
+    fn hold(&mut self, tp: TopicPartition, reason: String) {
+        self.batcher.discard(&tp);
+        self.pending.remove(&tp);
+        self.metrics.set_stalled(&tp, &reason);
+        self.held.insert(tp, reason);
     }
 
     /// Moves queued batches into the workers' bounded channels while they have room.
@@ -627,6 +672,7 @@ impl State {
         let want: HashSet<TopicPartition> = self
             .pending
             .keys()
+            .chain(self.held.keys())
             .filter(|tp| self.assigned.contains_key(*tp))
             .cloned()
             .collect();
@@ -757,6 +803,43 @@ impl State {
     }
 }
 
+/// Where an assigned partition starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// PostgreSQL's watermark: written with the rows, so it is the truth. Kafka's committed
+    /// offset only trails it; one ahead of it (PostgreSQL restored from a backup) would skip
+    /// records PostgreSQL lacks.
+    Stored(i64),
+    /// No watermark stored (a new schema): Kafka's committed offset.
+    Committed(i64),
+    /// Nothing stored or committed: `auto.offset.reset` (earliest).
+    Beginning,
+    /// Nothing stored and Kafka's committed offsets unknown: librdkafka fetches them.
+    AskKafka,
+}
+
+/// The start policy. `committed` is `None` when Kafka's committed offsets could not be read,
+/// `Some(None)` when the group has none for the partition.
+pub fn start_offset(stored: Option<i64>, committed: Option<Option<i64>>) -> Start {
+    match (stored, committed) {
+        (Some(pg), _) => Start::Stored(pg),
+        (None, Some(Some(k))) => Start::Committed(k),
+        (None, Some(None)) => Start::Beginning,
+        (None, None) => Start::AskKafka,
+    }
+}
+
+/// The partition's end offset (high watermark), if the broker answers within 5 s.
+fn end_offset(consumer: &Kafka, tp: &TopicPartition) -> Option<i64> {
+    match consumer.fetch_watermarks(&tp.topic, tp.partition, Duration::from_secs(5)) {
+        Ok((_, high)) => Some(high),
+        Err(e) => {
+            tracing::warn!(partition = %tp, error = %e, "could not read the end offset");
+            None
+        }
+    }
+}
+
 /// The partitions of an rdkafka list as plain values: nothing borrowed from librdkafka is kept.
 fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
     tpl.elements()
@@ -869,6 +952,17 @@ impl ConsumerContext for Bridge {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn postgres_watermark_wins_whenever_stored() {
+        assert_eq!(start_offset(Some(10), Some(Some(5))), Start::Stored(10));
+        // Kafka ahead of PostgreSQL (PostgreSQL restored): re-read from PostgreSQL's.
+        assert_eq!(start_offset(Some(10), Some(Some(50))), Start::Stored(10));
+        assert_eq!(start_offset(Some(10), None), Start::Stored(10));
+        assert_eq!(start_offset(None, Some(Some(7))), Start::Committed(7));
+        assert_eq!(start_offset(None, Some(None)), Start::Beginning);
+        assert_eq!(start_offset(None, None), Start::AskKafka);
+    }
 
     #[test]
     fn routing_is_stable_and_spreads_partitions() {

@@ -3,10 +3,17 @@
 //! Malformed (dead-lettered with the reason, never dropped, never altered):
 //! empty payload; larger than the configured maximum; invalid UTF-8; NUL bytes (PostgreSQL text
 //! and jsonb cannot hold them); invalid JSON or nesting deeper than 128 levels; JSON that is not
-//! an object; a `timestamp`/`@timestamp` that does not parse or falls outside 1900..2200.
-//! A record without a timestamp takes Kafka's record timestamp (or the time it was read).
+//! an object; a `timestamp`/`@timestamp` that does not parse or falls outside 1900..2200; no
+//! timestamp at all, neither in the record nor from Kafka.
+//!
+//! Deterministic: the same record always decodes to the same entry (no wall clock). Numbers
+//! keep their exact text (serde_json's `arbitrary_precision`). Timestamps: an RFC 3339 string,
+//! a leap second (`23:59:60.5`) read as the second before it (`23:59:59.5`), as Unix time does;
+//! or a number of seconds since the epoch when its magnitude is below 10^11 (before the year
+//! 5138), otherwise of milliseconds, fractions allowed. A record without a timestamp takes
+//! Kafka's record timestamp.
 
-use chrono::{DateTime, Datelike, TimeZone, Utc};
+use chrono::{DateTime, Datelike, TimeZone, Timelike, Utc};
 use serde_json::{Map, Value};
 
 use crate::model::{LogEntry, RawRecord};
@@ -47,7 +54,7 @@ pub fn decode(raw: &RawRecord, max_bytes: usize, redactor: &Redactor) -> Result<
         None => raw
             .kafka_timestamp_ms
             .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
-            .unwrap_or_else(Utc::now),
+            .ok_or("no timestamp: neither timestamp nor @timestamp, and none from Kafka")?,
     };
     Ok(LogEntry {
         timestamp,
@@ -89,12 +96,10 @@ fn take_timestamp(object: &mut Map<String, Value>) -> Result<Option<DateTime<Utc
     };
     let parsed = match &object[name] {
         Value::String(s) => DateTime::parse_from_rfc3339(s)
-            .map(|t| t.with_timezone(&Utc))
+            .map(|t| without_leap_second(t.with_timezone(&Utc)))
             .map_err(|e| format!("unparseable {name} {s:?}: {e}"))?,
-        Value::Number(n) => n
-            .as_i64()
-            .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
-            .ok_or_else(|| format!("unparseable {name} {n}: expected epoch milliseconds"))?,
+        Value::Number(n) => from_epoch_number(&n.to_string())
+            .ok_or_else(|| format!("unparseable {name} {n}: expected epoch seconds or milliseconds"))?,
         other => {
             return Err(format!(
                 "unparseable {name}: {} is not a timestamp",
@@ -109,6 +114,38 @@ fn take_timestamp(object: &mut Map<String, Value>) -> Result<Option<DateTime<Utc
     }
     object.remove(name);
     Ok(Some(parsed))
+}
+
+/// Below this magnitude an epoch number counts seconds, from it milliseconds.
+const SECONDS_BELOW: f64 = 1e11;
+
+/// An epoch number (as its JSON text) in seconds or milliseconds, see the module docs.
+/// Integers are exact; fractions are rounded to the microsecond, what both stores keep.
+fn from_epoch_number(text: &str) -> Option<DateTime<Utc>> {
+    if let Ok(n) = text.parse::<i64>() {
+        return if (n as f64).abs() < SECONDS_BELOW {
+            Utc.timestamp_opt(n, 0).single()
+        } else {
+            Utc.timestamp_millis_opt(n).single()
+        };
+    }
+    let value: f64 = text.parse().ok().filter(|v: &f64| v.is_finite())?;
+    let micros_per_unit = if value.abs() < SECONDS_BELOW { 1e6 } else { 1e3 };
+    let micros = (value * micros_per_unit).round();
+    // Years 1900..2199 are checked by the caller; this only keeps the cast in range.
+    if micros.abs() > 9.2e18 {
+        return None;
+    }
+    Utc.timestamp_micros(micros as i64).single()
+}
+
+/// chrono keeps a leap second as a nanosecond count of a billion or more; neither store takes
+/// it, so it becomes the same fraction of the second before.
+fn without_leap_second(t: DateTime<Utc>) -> DateTime<Utc> {
+    match t.nanosecond() {
+        n if n >= 1_000_000_000 => t.with_nanosecond(n - 1_000_000_000).unwrap_or(t),
+        _ => t,
+    }
 }
 
 /// The path of the first key or string holding a NUL character, if any.
@@ -179,11 +216,55 @@ mod tests {
     }
 
     #[test]
-    fn missing_timestamp_uses_kafka_time() {
+    fn missing_timestamp_uses_kafka_time_and_never_the_clock() {
         let e = dec(br#"{"message":"x"}"#).unwrap();
         assert_eq!(e.timestamp.timestamp_millis(), 1_700_000_000_000);
-        let e = dec(br#"{"@timestamp":1700000000001}"#).unwrap();
-        assert_eq!(e.timestamp.timestamp_millis(), 1_700_000_000_001);
+        let none = RawRecord {
+            kafka_timestamp_ms: None,
+            ..raw(br#"{"message":"x"}"#)
+        };
+        let err = decode(&none, 1024, &Redactor::default()).unwrap_err();
+        assert!(err.starts_with("no timestamp"), "{err}");
+    }
+
+    #[test]
+    fn epoch_numbers_are_seconds_below_1e11_and_milliseconds_above() {
+        let ms = |p: &[u8]| dec(p).unwrap().timestamp.timestamp_millis();
+        assert_eq!(ms(br#"{"@timestamp":1700000000001}"#), 1_700_000_000_001);
+        assert_eq!(ms(br#"{"timestamp":1764151200}"#), 1_764_151_200_000);
+        assert_eq!(ms(br#"{"timestamp":1764151200.25}"#), 1_764_151_200_250);
+        let us = dec(br#"{"timestamp":1764151200123.5}"#).unwrap().timestamp.timestamp_micros();
+        assert_eq!(us, 1_764_151_200_123_500);
+        assert!(dec(br#"{"timestamp":1e400}"#).is_err());
+    }
+
+    #[test]
+    fn a_leap_second_becomes_the_second_before() {
+        let e = dec(br#"{"timestamp":"2016-12-31T23:59:60.5Z"}"#).unwrap();
+        assert_eq!(e.timestamp.to_rfc3339(), "2016-12-31T23:59:59.500+00:00");
+    }
+
+    #[test]
+    fn numbers_keep_their_exact_value() {
+        let e = dec(br#"{"big":123456789012345678901234567890,"f":0.1000000000000000055511151231257827}"#).unwrap();
+        let text = serde_json::to_string(&e.fields).unwrap();
+        assert_eq!(
+            text,
+            r#"{"big":123456789012345678901234567890,"f":0.1000000000000000055511151231257827}"#
+        );
+    }
+
+    #[test]
+    fn decoding_is_deterministic() {
+        let p = br#"{"message":"m","n":1}"#;
+        let none = RawRecord {
+            kafka_timestamp_ms: Some(5),
+            ..raw(p)
+        };
+        let a = decode(&none, 1024, &Redactor::default()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let b = decode(&none, 1024, &Redactor::default()).unwrap();
+        assert_eq!(a, b);
     }
 
     #[test]

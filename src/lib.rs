@@ -5,6 +5,7 @@ pub mod app;
 pub mod batcher;
 pub mod config;
 pub mod consumer;
+pub mod dead_letter;
 pub mod decode;
 pub mod failpoint;
 pub mod group_watch;

@@ -75,6 +75,10 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Migrate(s) if s.validate().is_err() => {
+            eprintln!("log-processor: {}", s.validate().unwrap_err());
+            ExitCode::from(2)
+        }
         Command::Migrate(s) => report(
             runtime()
                 .and_then(|rt| rt.block_on(async { app::migrate(&s).await.context("migrate") })),

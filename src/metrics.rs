@@ -78,6 +78,10 @@ pub struct Metrics {
     pub shutdown_ms: AtomicU64,
     /// Consumer lag per partition, from librdkafka's statistics.
     pub lag: Mutex<BTreeMap<TopicPartition, i64>>,
+    /// Partitions held where they are, with the reason: a store refusing work that is not any
+    /// record's fault (set by workers), or a topic whose offsets went back (set by the
+    /// consumer). Cleared when the partition moves again.
+    stalled: Mutex<BTreeMap<TopicPartition, String>>,
     ready: AtomicBool,
     notified_ready: AtomicBool,
 }
@@ -98,6 +102,28 @@ impl Metrics {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Relaxed)
+    }
+
+    /// Marks `tp` held for `reason`; logs the reason once per change.
+    pub fn set_stalled(&self, tp: &TopicPartition, reason: &str) {
+        let mut stalled = self.stalled.lock().unwrap_or_else(|p| p.into_inner());
+        if stalled.get(tp).map(String::as_str) != Some(reason) {
+            tracing::warn!(partition = %tp, reason, "partition held: nothing after this batch is stored until the store accepts it");
+            stalled.insert(tp.clone(), reason.to_owned());
+        }
+    }
+
+    /// `tp` moves again.
+    pub fn clear_stalled(&self, tp: &TopicPartition) {
+        let mut stalled = self.stalled.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(reason) = stalled.remove(tp) {
+            tracing::info!(partition = %tp, was = %reason, "partition released");
+        }
+    }
+
+    /// The held partitions and why.
+    pub fn stalled(&self) -> BTreeMap<TopicPartition, String> {
+        self.stalled.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn render(&self) -> String {
@@ -199,6 +225,19 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
+            "# HELP log_processor_partition_stalled 1 while a partition is held, with the reason\n# TYPE log_processor_partition_stalled gauge"
+        );
+        for (tp, reason) in self.stalled() {
+            let _ = writeln!(
+                out,
+                "log_processor_partition_stalled{{topic=\"{}\",partition=\"{}\",reason=\"{}\"}} 1",
+                tp.topic,
+                tp.partition,
+                label_value(&reason)
+            );
+        }
+        let _ = writeln!(
+            out,
             "# HELP log_processor_ready 1 when joined and not shutting down\n# TYPE log_processor_ready gauge"
         );
         let _ = writeln!(out, "log_processor_ready {}", u8::from(self.is_ready()));
@@ -213,6 +252,20 @@ impl Metrics {
         );
         out
     }
+}
+
+/// A Prometheus label value: escaped, on one line, at most 200 characters.
+fn label_value(s: &str) -> String {
+    let mut out = String::with_capacity(s.len().min(220));
+    for c in s.chars().take(200) {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -239,5 +292,13 @@ mod tests {
         );
         assert!(text.contains("log_processor_consumer_lag{topic=\"t\",partition=\"2\"} 9\n"));
         assert!(text.contains("log_processor_ready 0\n"));
+
+        m.set_stalled(&TopicPartition::new("t", 1), "postgresql: permission \"denied\"\nx");
+        let text = m.render();
+        assert!(text.contains(
+            "log_processor_partition_stalled{topic=\"t\",partition=\"1\",reason=\"postgresql: permission \\\"denied\\\"\\nx\"} 1\n"
+        ), "{text}");
+        m.clear_stalled(&TopicPartition::new("t", 1));
+        assert!(!m.render().contains("log_processor_partition_stalled{"));
     }
 }

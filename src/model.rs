@@ -57,6 +57,11 @@ pub struct Batch {
     pub records: Vec<RawRecord>,
     /// One past the last record's offset.
     pub next_offset: i64,
+    /// Where the partition's watermark stands before this batch: the previous batch's
+    /// `next_offset`, or the offset the partition was started at. `None` for the first batch
+    /// of a partition started by `auto.offset.reset`. PostgreSQL moves its stored watermark to
+    /// `next_offset` only from a value in `[start, next_offset]` (see `sink::postgres`).
+    pub start: Option<i64>,
     /// Cancelled when this consumer loses the partition: the worker must give the batch up
     /// (without committing anything) instead of writing it.
     pub revoked: CancellationToken,
@@ -93,9 +98,9 @@ pub struct StoredRecord {
 pub enum RejectStage {
     /// The bytes are not a log record we can store (see `decode`).
     Decode,
-    /// Elasticsearch refused the document for good (a 4xx other than 429).
+    /// Elasticsearch refused the document itself (a mapping or parse error for it).
     Index,
-    /// PostgreSQL refused the row for good (data or constraint error).
+    /// PostgreSQL refused the record's own row with a data exception (SQLSTATE class 22).
     Store,
 }
 
@@ -109,28 +114,41 @@ impl RejectStage {
     }
 }
 
-/// A record that cannot be stored as a log entry. Kept with its raw bytes so nothing is lost.
+/// How a dead letter's `payload` holds the record's bytes (see `dead_letter`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PayloadEncoding {
+    /// The raw Kafka bytes.
+    Raw,
+    /// The JSON object after redaction (redaction configured, no dead-letter key).
+    RedactedJson,
+    /// AES-256-GCM of the raw bytes under `LP_DEAD_LETTER_KEY`.
+    Aes256Gcm,
+    /// Not stored: redaction is configured, the payload is not a JSON object and no key is set.
+    Withheld,
+}
+
+impl PayloadEncoding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PayloadEncoding::Raw => "raw",
+            PayloadEncoding::RedactedJson => "redacted-json",
+            PayloadEncoding::Aes256Gcm => "aes-256-gcm",
+            PayloadEncoding::Withheld => "withheld",
+        }
+    }
+}
+
+/// A record that cannot be stored as a log entry, kept with its bytes (built by
+/// `dead_letter::DeadLetterPolicy`, which decides how the bytes are kept).
 #[derive(Clone, Debug)]
 pub struct DeadLetter {
     pub offset: i64,
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
+    pub encoding: PayloadEncoding,
     pub kafka_timestamp_ms: Option<i64>,
     pub stage: RejectStage,
     pub reason: String,
-}
-
-impl DeadLetter {
-    pub fn new(raw: &RawRecord, stage: RejectStage, reason: impl Into<String>) -> Self {
-        Self {
-            offset: raw.offset,
-            key: raw.key.clone(),
-            payload: raw.payload.clone(),
-            kafka_timestamp_ms: raw.kafka_timestamp_ms,
-            stage,
-            reason: reason.into(),
-        }
-    }
 }
 
 /// What a worker tells the consumer about a batch it took.

@@ -27,6 +27,11 @@ impl Redactor {
         }
     }
 
+    /// True when no field is redacted.
+    pub fn is_empty(&self) -> bool {
+        self.drop.is_empty() && self.hash.is_empty()
+    }
+
     pub fn apply(&self, object: &mut Map<String, Value>) {
         for name in &self.drop {
             object.remove(name);

@@ -55,6 +55,12 @@ impl PartitionProgress {
         }
     }
 
+    /// Where the next batch must start for the partition's offsets to stay contiguous: the end
+    /// of the last registered batch, or the durable watermark; `None` before anything is known.
+    pub fn next_expected(&self) -> Option<i64> {
+        self.ranges.back().map(|r| r.next).or(self.durable)
+    }
+
     /// Marks `[first, next)` durable and advances the watermark over the done prefix.
     pub fn completed(&mut self, first: i64, next: i64) {
         if let Some(r) = self

@@ -1,9 +1,18 @@
 //! A worker: takes batches from its queue and makes each one durable in both stores.
 //!
 //! Per batch: decode (bad records become dead letters), index into Elasticsearch (idempotent
-//! ids; refused documents become dead letters), then one PostgreSQL transaction with rows, dead
-//! letters and the partition's next offset. Only then is the batch acknowledged to the consumer.
+//! ids; documents refused for their own content become dead letters), then one PostgreSQL
+//! transaction with rows, dead letters and the partition's next offset. Only then is the batch
+//! acknowledged to the consumer.
+//!
+//! Any refusal that is not a record's own fault (privileges, a missing table, a constraint on
+//! the bookkeeping tables, a read-only index, a timeout) holds the batch, and with it the
+//! partition: retried with backoff until the store accepts, or until the partition is revoked
+//! or shutdown aborts. A batch is never given up for a store error, and once a batch of a
+//! partition is given up, the later batches of that assignment are given up too, so nothing
+//! after a hole becomes durable.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -11,15 +20,16 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::Receiver;
 use tracing::Instrument;
 
+use crate::dead_letter::DeadLetterPolicy;
 use crate::decode::decode;
 use crate::metrics::Metrics;
-use crate::model::{Ack, Batch, DeadLetter, RejectStage, StoredRecord};
+use crate::model::{Ack, Batch, RawRecord, RejectStage, StoredRecord, TopicPartition};
 use crate::redact::Redactor;
 use crate::shutdown::Shutdown;
 use crate::sink::SinkError;
 use crate::sink::elastic::ElasticSink;
 use crate::sink::postgres::{BatchWrite, PgSink};
-use crate::sink::retry::{Backoff, retry};
+use crate::sink::retry::Backoff;
 
 /// What every worker shares.
 pub struct WorkerContext {
@@ -27,6 +37,8 @@ pub struct WorkerContext {
     pub pg: PgSink,
     pub es: ElasticSink,
     pub redactor: Redactor,
+    /// How dead letters keep their bytes (redaction honoured).
+    pub dead_letters: DeadLetterPolicy,
     pub max_record_bytes: usize,
     pub backoff: Backoff,
     pub metrics: Arc<Metrics>,
@@ -42,6 +54,10 @@ pub struct Worker {
     /// learns that every worker is done.
     pub acks: std::sync::mpsc::Sender<Ack>,
     pub ctx: Arc<WorkerContext>,
+    /// Per partition, the offsets `[first, next)` of the last batch this worker gave up: a
+    /// later batch of the same run (one starting at or after `next`) is given up too. A batch
+    /// starting below it is the partition read again by a new assignment.
+    pub given_up: HashMap<TopicPartition, (i64, i64)>,
 }
 
 enum Outcome {
@@ -63,8 +79,14 @@ impl Worker {
                 };
                 let (first, next) = (batch.first_offset(), batch.next_offset);
                 let started = Instant::now();
+                let after_hole = self
+                    .given_up
+                    .get(&batch.tp)
+                    .is_some_and(|&(_, hole_end)| batch.start.is_some_and(|s| s >= hole_end));
                 let outcome = if batch.revoked.is_cancelled() {
                     Outcome::GivenUp("partition revoked")
+                } else if after_hole {
+                    Outcome::GivenUp("an earlier batch of this partition was given up")
                 } else if shutdown.abort_at().is_some_and(|at| started + estimate > at) {
                     Outcome::GivenUp("cannot finish before the shutdown deadline")
                 } else {
@@ -77,9 +99,14 @@ impl Worker {
                         let took = started.elapsed();
                         estimate = took.max(estimate.mul_f64(0.9));
                         self.ctx.metrics.batch_latency.observe(took);
+                        self.given_up.remove(&batch.tp);
                     }
-                    Outcome::GivenUp(why) => tracing::info!(partition = %batch.tp, first, next, why, "batch given up, offsets not committed"),
+                    Outcome::GivenUp(why) => {
+                        tracing::info!(partition = %batch.tp, first, next, why, "batch given up, offsets not committed");
+                        self.given_up.insert(batch.tp.clone(), (first, next));
+                    }
                 }
+                self.ctx.metrics.clear_stalled(&batch.tp);
                 // The consumer may be gone already during shutdown; nothing to do then.
                 let _ = self.acks.send(Ack { tp: batch.tp.clone(), first_offset: first, next_offset: next, durable });
             }
@@ -95,17 +122,14 @@ impl Worker {
         tokio::select! {
             result = self.write(batch) => match result {
                 Ok(()) => Outcome::Durable,
-                Err(SinkError::Cancelled) => Outcome::GivenUp("partition revoked"),
-                Err(e) => {
-                    tracing::error!(error = %e, "batch failed permanently; offsets not committed");
-                    Outcome::GivenUp("permanent store error")
-                }
+                Err(_cancelled) => Outcome::GivenUp("partition revoked"),
             },
             _ = batch.revoked.cancelled() => Outcome::GivenUp("partition revoked"),
             _ = self.ctx.shutdown.abort.cancelled() => Outcome::GivenUp("shutdown deadline or second signal"),
         }
     }
 
+    /// Makes the batch durable; returns only when it is, or with `Cancelled`.
     async fn write(&self, batch: &Batch) -> Result<(), SinkError> {
         let ctx = &*self.ctx;
         let cancel = &batch.revoked;
@@ -119,60 +143,84 @@ impl Worker {
                     kafka_timestamp_ms: raw.kafka_timestamp_ms,
                     entry,
                 }),
-                Err(reason) => dead.push(DeadLetter::new(raw, RejectStage::Decode, reason)),
+                Err(reason) => dead.push(ctx.dead_letters.make(raw, RejectStage::Decode, reason)),
             }
         }
 
         let t = Instant::now();
         let rejected = ctx
             .es
-            .index(&batch.tp, &records, cancel, || {
+            .index(&batch.tp, &records, cancel, |why| {
                 ctx.metrics.retries_es.fetch_add(1, Relaxed);
+                ctx.metrics.set_stalled(&batch.tp, &format!("elasticsearch: {why}"));
             })
             .await?;
         ctx.metrics.es_latency.observe(t.elapsed());
         crate::failpoint::hit("after_es_bulk").await;
         if !rejected.is_empty() {
-            let by_offset: std::collections::HashMap<i64, &str> = rejected
-                .iter()
-                .map(|r| (records[r.index].offset, r.reason.as_str()))
-                .collect();
-            for raw in &batch.records {
-                if let Some(reason) = by_offset.get(&raw.offset) {
-                    dead.push(DeadLetter::new(raw, RejectStage::Index, *reason));
-                }
+            let mut refused = std::collections::HashSet::new();
+            for r in rejected {
+                let offset = records[r.index].offset;
+                refused.insert(offset);
+                dead.push(ctx.dead_letters.make(raw_at(batch, offset), RejectStage::Index, r.reason));
             }
-            records.retain(|r| !by_offset.contains_key(&r.offset));
+            records.retain(|r| !refused.contains(&r.offset));
         }
 
         let t = Instant::now();
+        let make_dead = |offset: i64, reason: String| {
+            ctx.dead_letters.make(raw_at(batch, offset), RejectStage::Store, reason)
+        };
         let write = BatchWrite {
             group_id: &ctx.group_id,
             tp: &batch.tp,
             records: &records,
             dead_letters: &dead,
+            start: batch.start,
+            first_offset: batch.first_offset(),
             next_offset: batch.next_offset,
+            dead_letter: &make_dead,
         };
-        retry(
-            "postgresql batch",
-            ctx.backoff,
-            cancel,
-            || {
-                ctx.metrics.retries_pg.fetch_add(1, Relaxed);
-            },
-            || ctx.pg.write_batch(&write),
-        )
-        .await?;
+        let mut attempt = 0;
+        let written = loop {
+            match ctx.pg.write_batch(&write).await {
+                Ok(written) => break written,
+                Err(SinkError::Cancelled) => return Err(SinkError::Cancelled),
+                Err(e) => {
+                    attempt += 1;
+                    ctx.metrics.retries_pg.fetch_add(1, Relaxed);
+                    ctx.metrics.set_stalled(&batch.tp, &e.to_string());
+                    let delay = ctx.backoff.delay(attempt);
+                    tracing::warn!(attempt, delay_ms = delay.as_millis() as u64, error = %e, "postgresql batch failed, retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = cancel.cancelled() => return Err(SinkError::Cancelled),
+                    }
+                }
+            }
+        };
         ctx.metrics.pg_latency.observe(t.elapsed());
         crate::failpoint::hit("after_pg_commit").await;
-        ctx.metrics.stored.fetch_add(records.len() as u64, Relaxed);
+        let refused = written.store_dead_letters.len();
+        ctx.metrics
+            .stored
+            .fetch_add((records.len() - refused) as u64, Relaxed);
         ctx.metrics
             .dead_lettered
-            .fetch_add(dead.len() as u64, Relaxed);
+            .fetch_add((dead.len() + refused) as u64, Relaxed);
         ctx.metrics.batches.fetch_add(1, Relaxed);
-        if !dead.is_empty() {
-            tracing::debug!(dead_letters = dead.len(), "batch had dead letters");
+        if written.already_durable {
+            tracing::debug!("batch was already durable (a replay)");
         }
         Ok(())
     }
+}
+
+/// The raw record at `offset` (batches are in offset order).
+fn raw_at(batch: &Batch, offset: i64) -> &RawRecord {
+    let i = batch
+        .records
+        .binary_search_by_key(&offset, |r| r.offset)
+        .expect("an offset taken from this batch");
+    &batch.records[i]
 }

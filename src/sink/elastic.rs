@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::SinkError;
-use super::retry::{Backoff, ItemAction, classify_status};
+use super::retry::{Backoff, ItemAction, classify_item, request_ok};
 use crate::config::mask_url;
 use crate::model::{StoredRecord, TopicPartition, document_id};
 
@@ -118,15 +118,16 @@ impl ElasticSink {
                 Some(body.to_string().into_bytes()),
             )
             .await?;
-        match classify_status(status) {
-            ItemAction::Done => Ok(()),
-            ItemAction::Retry => Err(SinkError::Transient {
+        let message = format!("template: HTTP {status}: {}", truncate(&text, 500));
+        match status {
+            _ if request_ok(status) => Ok(()),
+            429 | 500..=599 => Err(SinkError::Transient {
                 store: STORE,
-                message: format!("template: HTTP {status}: {text}"),
+                message,
             }),
-            ItemAction::Reject => Err(SinkError::Permanent {
+            _ => Err(SinkError::Permanent {
                 store: STORE,
-                message: format!("template: HTTP {status}: {text}"),
+                message,
             }),
         }
     }
@@ -149,51 +150,67 @@ impl ElasticSink {
         }
     }
 
-    /// Indexes the records with deterministic ids. Items that fail with 429/5xx, and whole
-    /// requests that fail, are retried (only those items) until they succeed or `cancel` fires;
-    /// items refused with another 4xx are returned as rejections for the dead-letter table.
+    /// Indexes the records with deterministic ids. Only a refusal of a document itself (see
+    /// `retry::classify_item`) is returned, as a rejection for the dead-letter table; every
+    /// other failure, of an item or of the whole request, is retried (only those items) until
+    /// the store accepts or `cancel` fires, `on_retry` reporting the reason each time. A
+    /// request refused as too large (413) is split.
     pub async fn index(
         &self,
         tp: &TopicPartition,
         records: &[StoredRecord],
         cancel: &CancellationToken,
-        mut on_retry: impl FnMut(),
+        mut on_retry: impl FnMut(&str),
     ) -> Result<Vec<Rejection>, SinkError> {
         let lines: Vec<Vec<u8>> = records.iter().map(|r| self.bulk_lines(tp, r)).collect();
         let mut pending: Vec<usize> = (0..records.len()).collect();
         let mut rejected = Vec::new();
+        let mut max_bytes = self.settings.bulk_max_bytes;
         let mut attempt = 0;
         while !pending.is_empty() {
             let mut again = Vec::new();
-            for chunk in chunks(&pending, &lines, self.settings.bulk_max_bytes) {
+            let mut why = String::new();
+            for chunk in chunks(&pending, &lines, max_bytes) {
                 let body: Vec<u8> = chunk
                     .iter()
                     .flat_map(|&i| lines[i].iter().copied())
                     .collect();
+                let size = body.len();
                 let outcome = tokio::select! {
                     r = self.bulk(body) => r,
                     _ = cancel.cancelled() => return Err(SinkError::Cancelled),
                 };
                 match outcome {
-                    Ok(items) if items.len() == chunk.len() => {
-                        for (&i, (status, reason)) in chunk.iter().zip(items) {
-                            match classify_status(status) {
+                    Ok(Bulk::Items(items)) if items.len() == chunk.len() => {
+                        for (&i, item) in chunk.iter().zip(items) {
+                            match classify_item(item.status, item.error_type.as_deref()) {
                                 ItemAction::Done => {}
-                                ItemAction::Retry => again.push(i),
-                                ItemAction::Reject => rejected.push(Rejection { index: i, reason }),
+                                ItemAction::Retry => {
+                                    why = format!("HTTP {} {}", item.status, item.reason);
+                                    again.push(i);
+                                }
+                                ItemAction::Reject => rejected.push(Rejection {
+                                    index: i,
+                                    reason: item.reason,
+                                }),
                             }
                         }
                     }
-                    Ok(items) => {
-                        tracing::warn!(
-                            sent = chunk.len(),
-                            answered = items.len(),
-                            "bulk response item count mismatch, retrying the chunk"
+                    Ok(Bulk::Items(items)) => {
+                        why = format!(
+                            "bulk response has {} items for {} sent",
+                            items.len(),
+                            chunk.len()
                         );
                         again.extend_from_slice(&chunk);
                     }
+                    Ok(Bulk::TooLarge) => {
+                        max_bytes = (size / 2).max(1);
+                        why = format!("request of {size} bytes too large (413); splitting");
+                        again.extend_from_slice(&chunk);
+                    }
                     Err(e) => {
-                        tracing::warn!(attempt, error = %e, "bulk request failed");
+                        why = e.to_string();
                         again.extend_from_slice(&chunk);
                     }
                 }
@@ -201,12 +218,13 @@ impl ElasticSink {
             pending = again;
             if !pending.is_empty() {
                 attempt += 1;
-                on_retry();
+                on_retry(&why);
                 let delay = self.settings.backoff.delay(attempt);
                 tracing::warn!(
                     attempt,
                     items = pending.len(),
                     delay_ms = delay.as_millis() as u64,
+                    reason = %why,
                     "retrying bulk items"
                 );
                 tokio::select! {
@@ -231,10 +249,13 @@ impl ElasticSink {
         out
     }
 
-    /// One `_bulk` call: per-item (status, reason), or the error of the whole request.
-    async fn bulk(&self, body: Vec<u8>) -> Result<Vec<(u16, String)>, SinkError> {
+    /// One `_bulk` call: per-item results, or the error of the whole request.
+    async fn bulk(&self, body: Vec<u8>) -> Result<Bulk, SinkError> {
         let (status, text) = self.request(Method::Post, "/_bulk", Some(body)).await?;
-        if classify_status(status) != ItemAction::Done {
+        if status == 413 {
+            return Ok(Bulk::TooLarge);
+        }
+        if !request_ok(status) {
             // The whole request failed; even a 4xx here says nothing about single documents.
             return Err(SinkError::Transient {
                 store: STORE,
@@ -246,22 +267,28 @@ impl ElasticSink {
             message: format!("_bulk: unreadable response: {e}"),
         })?;
         let items = v["items"].as_array().map(Vec::as_slice).unwrap_or_default();
-        Ok(items
-            .iter()
-            .map(|item| {
-                let result = item
-                    .as_object()
-                    .and_then(|o| o.values().next())
-                    .unwrap_or(&Value::Null);
-                let status = result["status"].as_u64().unwrap_or(500) as u16;
-                let e = &result["error"];
-                let reason = match (e["type"].as_str(), e["reason"].as_str()) {
-                    (Some(t), Some(r)) => format!("{t}: {r}"),
-                    _ => e.to_string(),
-                };
-                (status, truncate(&reason, 2000))
-            })
-            .collect())
+        Ok(Bulk::Items(
+            items
+                .iter()
+                .map(|item| {
+                    let result = item
+                        .as_object()
+                        .and_then(|o| o.values().next())
+                        .unwrap_or(&Value::Null);
+                    let e = &result["error"];
+                    let error_type = e["type"].as_str().map(str::to_owned);
+                    let reason = match (e["type"].as_str(), e["reason"].as_str()) {
+                        (Some(t), Some(r)) => format!("{t}: {r}"),
+                        _ => e.to_string(),
+                    };
+                    Item {
+                        status: result["status"].as_u64().unwrap_or(500) as u16,
+                        error_type,
+                        reason: truncate(&reason, 2000),
+                    }
+                })
+                .collect(),
+        ))
     }
 
     async fn request(
@@ -299,6 +326,20 @@ impl ElasticSink {
         })?;
         Ok((status, text))
     }
+}
+
+/// The answer to one `_bulk` request.
+enum Bulk {
+    Items(Vec<Item>),
+    /// 413: the body exceeds the store's `http.max_content_length`.
+    TooLarge,
+}
+
+/// One bulk item's result.
+struct Item {
+    status: u16,
+    error_type: Option<String>,
+    reason: String,
 }
 
 /// The document for a record. PostgreSQL holds the same fields. Borrowed, so serialising a

@@ -10,8 +10,8 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Transaction};
 
 use super::SinkError;
-use crate::config::mask_url;
-use crate::model::{DeadLetter, RejectStage, StoredRecord, TopicPartition};
+use crate::config::{MigrateMode, mask_url};
+use crate::model::{DeadLetter, StoredRecord, TopicPartition};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -33,7 +33,23 @@ pub struct BatchWrite<'a> {
     pub tp: &'a TopicPartition,
     pub records: &'a [StoredRecord],
     pub dead_letters: &'a [DeadLetter],
+    /// Where the partition's watermark stands before this batch (`Batch::start`); `None`:
+    /// the first record's offset.
+    pub start: Option<i64>,
+    pub first_offset: i64,
     pub next_offset: i64,
+    /// The dead letter of a record whose own row PostgreSQL refuses (offset, reason): built by
+    /// the caller, which holds the raw bytes and the redaction policy.
+    pub dead_letter: &'a (dyn Fn(i64, String) -> DeadLetter + Sync),
+}
+
+/// What a committed batch transaction did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Records PostgreSQL refused with a data exception, dead-lettered at stage `store`.
+    pub store_dead_letters: Vec<i64>,
+    /// The stored watermark was already at or past this batch: a replay, nothing moved.
+    pub already_durable: bool,
 }
 
 /// The PostgreSQL store. Cloning shares the pool.
@@ -59,7 +75,7 @@ impl PgSink {
             })?
             .application_name("log-processor")
             .options([
-                ("search_path", settings.schema.as_str()),
+                ("search_path", quoted(&settings.schema).as_str()),
                 (
                     "statement_timeout",
                     &settings.statement_timeout.as_millis().to_string(),
@@ -78,14 +94,57 @@ impl PgSink {
         })
     }
 
-    /// Creates the schema if needed and applies the embedded migrations (sqlx serialises
-    /// concurrent migrators with an advisory lock).
+    /// Start-up: leaves a schema that is already at this version alone; otherwise migrates
+    /// (`Auto`) or refuses (`Off`).
+    pub async fn prepare(&self, mode: MigrateMode) -> Result<(), SinkError> {
+        if self.schema_ready().await? {
+            return Ok(());
+        }
+        match mode {
+            MigrateMode::Auto => self.migrate().await,
+            MigrateMode::Off => Err(permanent(format!(
+                "schema \"{}\" lacks tables or columns this version uses, and LP_MIGRATE=off: \
+                 run `log-processor migrate` as the schema's owner first",
+                self.schema
+            ))),
+        }
+    }
+
+    /// True when every table and column the daemon uses is there and readable. Needs only
+    /// SELECT on the tables, not the migration history.
+    async fn schema_ready(&self) -> Result<bool, SinkError> {
+        const PROBES: [&str; 3] = [
+            "SELECT topic, kafka_partition, kafka_offset, ts, level, service, message, fields, kafka_key, kafka_ts FROM log_records LIMIT 0",
+            "SELECT topic, kafka_partition, kafka_offset, kafka_key, payload, payload_encoding, kafka_ts, stage, reason FROM dead_letters LIMIT 0",
+            "SELECT group_id, topic, kafka_partition, next_offset FROM consumer_offsets LIMIT 0",
+        ];
+        for probe in PROBES {
+            if let Err(e) = sqlx::query(probe).execute(&self.pool).await {
+                // Undefined table, column or schema: not migrated (yet).
+                return match code(&e).as_deref() {
+                    Some("42P01" | "42703" | "3F000") => Ok(false),
+                    _ => Err(classify(e)),
+                };
+            }
+        }
+        Ok(true)
+    }
+
+    /// Creates the schema if it is missing and applies the embedded migrations (sqlx
+    /// serialises concurrent migrators with an advisory lock).
     pub async fn migrate(&self) -> Result<(), SinkError> {
-        // The schema name is validated at start-up (letters, digits, underscores).
-        let create = format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", self.schema);
-        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(create.as_str()))
-            .execute(&self.pool)
-            .await
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+                .bind(&self.schema)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(classify)?;
+        // Only a missing schema needs CREATE on the database.
+        let create = format!("CREATE SCHEMA IF NOT EXISTS {}", quoted(&self.schema));
+        if !exists
+            && let Err(e) = sqlx::query(sqlx::AssertSqlSafe(create.as_str()))
+                .execute(&self.pool)
+                .await
         {
             // Two replicas creating the same schema at once: one loses the race, which is fine.
             if !matches!(code(&e).as_deref(), Some("23505" | "42P06")) {
@@ -127,15 +186,17 @@ impl PgSink {
             .collect())
     }
 
-    /// Writes a batch atomically. Replays are absorbed: rows and dead letters already present
-    /// are left alone and the stored offset only moves forward.
-    pub async fn write_batch(&self, batch: &BatchWrite<'_>) -> Result<(), SinkError> {
-        self.with_connection(async |conn: &mut PgConnection| match write_set_based(conn, batch).await {
-            Err(SinkError::Permanent { message, .. }) => {
-                tracing::warn!(tp = %batch.tp, error = %message, "set-based insert rejected; writing the batch row by row to isolate the bad records");
-                write_isolating(conn, batch).await
+    /// Writes a batch atomically: rows, dead letters and the partition's next offset. Replays
+    /// are absorbed: rows and dead letters already present are left alone. A record whose own
+    /// row PostgreSQL refuses with a data exception is found by bisection and dead-lettered;
+    /// any other refusal is returned, with nothing written.
+    pub async fn write_batch(&self, batch: &BatchWrite<'_>) -> Result<Written, SinkError> {
+        self.with_connection(async |conn: &mut PgConnection| match write_tx(conn, batch, false).await {
+            Err(Refusal::RecordData(message)) => {
+                tracing::warn!(tp = %batch.tp, error = %message, "a row was refused with a data exception; bisecting the batch to find it");
+                write_tx(conn, batch, true).await.map_err(Refusal::into_sink_error)
             }
-            other => other,
+            other => other.map_err(Refusal::into_sink_error),
         })
         .await
     }
@@ -170,54 +231,105 @@ impl PgSink {
     }
 }
 
-async fn write_set_based(conn: &mut PgConnection, batch: &BatchWrite<'_>) -> Result<(), SinkError> {
-    let mut tx = conn.begin().await.map_err(classify)?;
-    insert_records(&mut tx, batch.tp, batch.records).await?;
-    insert_dead_letters(&mut tx, batch.tp, batch.dead_letters).await?;
-    store_offset(&mut tx, batch).await?;
-    crate::failpoint::hit("in_pg_transaction").await;
-    tx.commit().await.map_err(classify)
+/// Why a batch transaction did not commit.
+enum Refusal {
+    /// A data exception (SQLSTATE class 22) from inserting rows: some record's own fault.
+    RecordData(String),
+    /// Anything else: the store's or the batch's fault, never a record's.
+    Store(SinkError),
 }
 
-/// Fallback for a batch PostgreSQL refuses as a whole: each record in its own savepoint,
-/// refused ones dead-lettered with PostgreSQL's reason, all in one transaction still.
-async fn write_isolating(conn: &mut PgConnection, batch: &BatchWrite<'_>) -> Result<(), SinkError> {
-    let mut tx = conn.begin().await.map_err(classify)?;
-    let mut dead = batch.dead_letters.to_vec();
-    for record in batch.records {
-        sqlx::query("SAVEPOINT one_record")
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        match insert_records(&mut tx, batch.tp, std::slice::from_ref(record)).await {
-            Ok(()) => {}
-            Err(SinkError::Permanent { message, .. }) => {
-                sqlx::query("ROLLBACK TO SAVEPOINT one_record")
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(classify)?;
-                dead.push(DeadLetter {
-                    offset: record.offset,
-                    key: record.key.clone(),
-                    payload: Some(serde_json::to_vec(&record.entry.fields).unwrap_or_default()),
-                    kafka_timestamp_ms: record.kafka_timestamp_ms,
-                    stage: RejectStage::Store,
-                    reason: message,
-                });
-            }
-            Err(other) => return Err(other),
+impl Refusal {
+    fn into_sink_error(self) -> SinkError {
+        match self {
+            Refusal::RecordData(message) => permanent(message),
+            Refusal::Store(e) => e,
         }
     }
-    insert_dead_letters(&mut tx, batch.tp, &dead).await?;
-    store_offset(&mut tx, batch).await?;
-    tx.commit().await.map_err(classify)
+}
+
+impl From<sqlx::Error> for Refusal {
+    fn from(e: sqlx::Error) -> Self {
+        Refusal::Store(classify(e))
+    }
+}
+
+/// Inserting rows: only a data exception can be a record's fault.
+fn row_refusal(e: sqlx::Error) -> Refusal {
+    match code(&e) {
+        Some(c) if c.starts_with("22") => Refusal::RecordData(e.to_string()),
+        _ => Refusal::Store(classify(e)),
+    }
+}
+
+/// One attempt at the batch's transaction; `isolate` bisects the rows under savepoints.
+async fn write_tx(
+    conn: &mut PgConnection,
+    batch: &BatchWrite<'_>,
+    isolate: bool,
+) -> Result<Written, Refusal> {
+    let mut tx = conn.begin().await?;
+    let mut refused = Vec::new();
+    if isolate {
+        insert_bisecting(&mut tx, batch, &mut refused).await?;
+    } else {
+        insert_records(&mut tx, batch.tp, batch.records)
+            .await
+            .map_err(row_refusal)?;
+    }
+    insert_dead_letters(&mut tx, batch.tp, batch.dead_letters).await?;
+    insert_dead_letters(&mut tx, batch.tp, &refused).await?;
+    let already_durable = store_offset(&mut tx, batch).await?;
+    crate::failpoint::hit("in_pg_transaction").await;
+    tx.commit().await?;
+    Ok(Written {
+        store_dead_letters: refused.iter().map(|d| d.offset).collect(),
+        already_durable,
+    })
+}
+
+/// Inserts the batch's rows, finding the ones PostgreSQL refuses with a data exception by
+/// bisection under savepoints: about 2 log2(n) statements per refused row, instead of one per
+/// row. Refused rows become dead letters in `refused`; any other refusal ends the attempt.
+async fn insert_bisecting(
+    tx: &mut Transaction<'_, Postgres>,
+    batch: &BatchWrite<'_>,
+    refused: &mut Vec<DeadLetter>,
+) -> Result<(), Refusal> {
+    let records = batch.records;
+    let mut ranges = vec![(0, records.len())];
+    while let Some((lo, hi)) = ranges.pop() {
+        if lo == hi {
+            continue;
+        }
+        sqlx::raw_sql("SAVEPOINT bisect").execute(&mut **tx).await?;
+        match insert_records(tx, batch.tp, &records[lo..hi]).await.map_err(row_refusal) {
+            Ok(()) => {
+                sqlx::raw_sql("RELEASE SAVEPOINT bisect").execute(&mut **tx).await?;
+            }
+            Err(Refusal::RecordData(message)) => {
+                sqlx::raw_sql("ROLLBACK TO SAVEPOINT bisect; RELEASE SAVEPOINT bisect")
+                    .execute(&mut **tx)
+                    .await?;
+                if hi - lo == 1 {
+                    refused.push((batch.dead_letter)(records[lo].offset, message));
+                } else {
+                    let mid = lo + (hi - lo) / 2;
+                    ranges.push((mid, hi));
+                    ranges.push((lo, mid));
+                }
+            }
+            Err(store) => return Err(store),
+        }
+    }
+    Ok(())
 }
 
 async fn insert_records(
     tx: &mut Transaction<'_, Postgres>,
     tp: &TopicPartition,
     records: &[StoredRecord],
-) -> Result<(), SinkError> {
+) -> Result<(), sqlx::Error> {
     if records.is_empty() {
         return Ok(());
     }
@@ -253,8 +365,7 @@ async fn insert_records(
     .bind(&keys)
     .bind(&kafka_ts)
     .execute(&mut **tx)
-    .await
-    .map_err(classify)?;
+    .await?;
     Ok(())
 }
 
@@ -262,7 +373,7 @@ async fn insert_dead_letters(
     tx: &mut Transaction<'_, Postgres>,
     tp: &TopicPartition,
     dead: &[DeadLetter],
-) -> Result<(), SinkError> {
+) -> Result<(), sqlx::Error> {
     if dead.is_empty() {
         return Ok(());
     }
@@ -275,10 +386,11 @@ async fn insert_dead_letters(
         .collect();
     let stages: Vec<&str> = dead.iter().map(|d| d.stage.as_str()).collect();
     let reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
+    let encodings: Vec<&str> = dead.iter().map(|d| d.encoding.as_str()).collect();
     sqlx::query(
-        "INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, kafka_key, payload, kafka_ts, stage, reason) \
-         SELECT $1, $2, o, k, p, kt, s, r \
-         FROM UNNEST($3::bigint[], $4::bytea[], $5::bytea[], $6::timestamptz[], $7::text[], $8::text[]) AS u(o, k, p, kt, s, r) \
+        "INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, kafka_key, payload, kafka_ts, stage, reason, payload_encoding) \
+         SELECT $1, $2, o, k, p, kt, s, r, e \
+         FROM UNNEST($3::bigint[], $4::bytea[], $5::bytea[], $6::timestamptz[], $7::text[], $8::text[], $9::text[]) AS u(o, k, p, kt, s, r, e) \
          ON CONFLICT DO NOTHING",
     )
     .bind(&*tp.topic)
@@ -289,29 +401,57 @@ async fn insert_dead_letters(
     .bind(&kafka_ts)
     .bind(&stages)
     .bind(&reasons)
+    .bind(&encodings)
     .execute(&mut **tx)
-    .await
-    .map_err(classify)?;
+    .await?;
     Ok(())
 }
 
+/// Moves the stored watermark to the batch's `next_offset`, but only from a value inside the
+/// batch, `[start, next_offset)`: a compare-and-set, so the watermark can never jump over
+/// offsets below `start` that no transaction made durable. Returns true when the watermark
+/// was already at or past `next_offset` (a replay). A watermark below `start` is refused: the
+/// batch waits (the partition is held) rather than bury the hole.
 async fn store_offset(
     tx: &mut Transaction<'_, Postgres>,
     batch: &BatchWrite<'_>,
-) -> Result<(), SinkError> {
-    sqlx::query(
-        "INSERT INTO consumer_offsets (group_id, topic, kafka_partition, next_offset) VALUES ($1, $2, $3, $4) \
+) -> Result<bool, Refusal> {
+    let start = batch.start.unwrap_or(batch.first_offset);
+    let moved: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO consumer_offsets (group_id, topic, kafka_partition, next_offset) VALUES ($1, $2, $3, $5) \
          ON CONFLICT (group_id, topic, kafka_partition) DO UPDATE \
-         SET next_offset = GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()",
+         SET next_offset = EXCLUDED.next_offset, updated_at = now() \
+         WHERE consumer_offsets.next_offset >= $4 AND consumer_offsets.next_offset < EXCLUDED.next_offset \
+         RETURNING next_offset",
     )
     .bind(batch.group_id)
     .bind(&*batch.tp.topic)
     .bind(batch.tp.partition)
+    .bind(start)
     .bind(batch.next_offset)
-    .execute(&mut **tx)
-    .await
-    .map_err(classify)?;
-    Ok(())
+    .fetch_optional(&mut **tx)
+    .await?;
+    if moved.is_some() {
+        return Ok(false);
+    }
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT next_offset FROM consumer_offsets WHERE group_id = $1 AND topic = $2 AND kafka_partition = $3",
+    )
+    .bind(batch.group_id)
+    .bind(&*batch.tp.topic)
+    .bind(batch.tp.partition)
+    .fetch_one(&mut **tx)
+    .await?;
+    if stored >= batch.next_offset {
+        return Ok(true);
+    }
+    Err(Refusal::Store(SinkError::Transient {
+        store: STORE,
+        message: format!(
+            "stored watermark {stored} of {} is below this batch's start {start}: offsets [{stored}, {start}) are not durable",
+            batch.tp
+        ),
+    }))
 }
 
 fn kafka_time(ms: Option<i64>) -> Option<DateTime<Utc>> {
@@ -348,6 +488,12 @@ fn classify(e: sqlx::Error) -> SinkError {
             message,
         },
     }
+}
+
+/// A schema name as an SQL identifier (validated at start-up: letters, digits, underscores),
+/// quoted so that mixed case is kept.
+fn quoted(schema: &str) -> String {
+    format!("\"{schema}\"")
 }
 
 /// Removes a URL (and so its password) from an error text that might echo it.

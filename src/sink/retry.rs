@@ -8,25 +8,43 @@ use tokio_util::sync::CancellationToken;
 
 use super::SinkError;
 
-/// What to do with one Elasticsearch bulk item (or a whole response) given its HTTP status.
+/// What to do with one Elasticsearch bulk item given its HTTP status and error type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ItemAction {
     Done,
-    /// 429 and 5xx: the cluster is busy or broken, the document is fine.
+    /// The store cannot take it now, for a reason not about this document (busy, blocked,
+    /// read-only, missing privileges or index): retried, holding the partition.
     Retry,
-    /// Any other 4xx: the document itself is refused (mapping conflict, too many fields...).
+    /// The document itself is refused (mapping conflict, unparseable value, too many fields):
+    /// a dead letter.
     Reject,
 }
 
-/// Classification of a bulk item status. A 409 from `create` means the document already exists:
-/// done.
-pub fn classify_status(status: u16) -> ItemAction {
+/// Error types that say the document itself cannot be indexed. Every other refusal, such as
+/// `cluster_block_exception` (a read-only or flood-stage index, 403 or 429),
+/// `security_exception`, `index_not_found_exception` or `invalid_index_name_exception`, is
+/// about the store or its configuration.
+const DOCUMENT_FAULTS: [&str; 6] = [
+    "mapper_parsing_exception",
+    "document_parsing_exception",
+    "strict_dynamic_mapping_exception",
+    "illegal_argument_exception",
+    "x_content_parse_exception",
+    "parse_exception",
+];
+
+/// Classification of a bulk item. A 409 from `create` means the document already exists: done.
+pub fn classify_item(status: u16, error_type: Option<&str>) -> ItemAction {
     match status {
         200..=299 | 409 => ItemAction::Done,
-        429 | 500..=599 => ItemAction::Retry,
-        400..=499 => ItemAction::Reject,
+        400 if error_type.is_some_and(|t| DOCUMENT_FAULTS.contains(&t)) => ItemAction::Reject,
         _ => ItemAction::Retry,
     }
+}
+
+/// Classification of a whole request's status (template, bulk): success or try again.
+pub fn request_ok(status: u16) -> bool {
+    (200..=299).contains(&status)
 }
 
 /// Capped exponential backoff.
@@ -90,13 +108,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retry_rules() {
-        assert_eq!(classify_status(201), ItemAction::Done);
-        assert_eq!(classify_status(409), ItemAction::Done);
-        assert_eq!(classify_status(429), ItemAction::Retry);
-        assert_eq!(classify_status(503), ItemAction::Retry);
-        assert_eq!(classify_status(400), ItemAction::Reject);
-        assert_eq!(classify_status(413), ItemAction::Reject);
+    fn only_a_document_fault_rejects_an_item() {
+        use ItemAction::*;
+        let cases = [
+            (201, None, Done),
+            (200, None, Done),
+            (409, Some("version_conflict_engine_exception"), Done),
+            (400, Some("mapper_parsing_exception"), Reject),
+            (400, Some("document_parsing_exception"), Reject),
+            (400, Some("illegal_argument_exception"), Reject),
+            (400, Some("strict_dynamic_mapping_exception"), Reject),
+            // The store's or the configuration's fault: held and retried.
+            (403, Some("cluster_block_exception"), Retry),
+            (429, Some("cluster_block_exception"), Retry),
+            (403, Some("security_exception"), Retry),
+            (404, Some("index_not_found_exception"), Retry),
+            (400, Some("invalid_index_name_exception"), Retry),
+            (400, Some("index_closed_exception"), Retry),
+            (400, None, Retry),
+            (413, None, Retry),
+            (429, Some("es_rejected_execution_exception"), Retry),
+            (503, Some("unavailable_shards_exception"), Retry),
+            (500, None, Retry),
+        ];
+        for (status, ty, expect) in cases {
+            assert_eq!(classify_item(status, ty), expect, "{status} {ty:?}");
+        }
     }
 
     #[test]
