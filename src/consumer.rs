@@ -614,8 +614,8 @@ impl State {
         let first = records[0].offset;
         let next_offset = records[records.len() - 1].offset + 1;
         let progress = self.watermarks.get_mut(&tp);
-        let start = progress.next_expected();
-        if let Some(start) = start.filter(|&s| first < s) {
+        let start = progress.position();
+        if let Some(start) = progress.next_expected().filter(|&s| first < s) {
             // The partition's offsets went back (librdkafka reset a position that no longer
             // exists to the earliest): the topic was recreated.
             let reason = format!(

@@ -57,14 +57,22 @@ pub struct Batch {
     pub records: Vec<RawRecord>,
     /// One past the last record's offset.
     pub next_offset: i64,
-    /// Where the partition's watermark stands before this batch: the previous batch's
-    /// `next_offset`, or the offset the partition was started at. `None` for the first batch
-    /// of a partition started by `auto.offset.reset`. PostgreSQL moves its stored watermark to
-    /// `next_offset` only from a value in `[start, next_offset]` (see `sink::postgres`).
-    pub start: Option<i64>,
+    /// Where the partition stands before this batch. PostgreSQL moves its stored watermark to
+    /// `next_offset` only from there (see `sink::postgres::advance`).
+    pub start: Position,
     /// Cancelled when this consumer loses the partition: the worker must give the batch up
     /// (without committing anything) instead of writing it.
     pub revoked: CancellationToken,
+}
+
+/// Where a partition stands before a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Position {
+    /// The first batch since the partition was assigned, started at this offset (PostgreSQL's
+    /// watermark or Kafka's committed offset; `None`: by `auto.offset.reset`).
+    Assigned(Option<i64>),
+    /// Right after the previous batch of the same assignment, which ended here.
+    After(i64),
 }
 
 impl Batch {

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use crate::model::TopicPartition;
+use crate::model::{Position, TopicPartition};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Range {
@@ -24,6 +24,8 @@ pub struct PartitionProgress {
     ranges: VecDeque<Range>,
     /// The last watermark committed to Kafka.
     committed: Option<i64>,
+    /// Whether a batch was registered since the partition was assigned.
+    any_dispatched: bool,
 }
 
 impl PartitionProgress {
@@ -45,6 +47,7 @@ impl PartitionProgress {
             next,
             done: false,
         });
+        self.any_dispatched = true;
     }
 
     /// Starts a newly assigned partition at `offset`, known durable (PostgreSQL's watermark),
@@ -59,6 +62,14 @@ impl PartitionProgress {
     /// of the last registered batch, or the durable watermark; `None` before anything is known.
     pub fn next_expected(&self) -> Option<i64> {
         self.ranges.back().map(|r| r.next).or(self.durable)
+    }
+
+    /// Where the partition stands before the next batch (see `model::Position`).
+    pub fn position(&self) -> Position {
+        match self.next_expected() {
+            Some(end) if self.any_dispatched => Position::After(end),
+            start => Position::Assigned(start),
+        }
     }
 
     /// Marks `[first, next)` durable and advances the watermark over the done prefix.

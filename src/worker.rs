@@ -23,7 +23,7 @@ use tracing::Instrument;
 use crate::dead_letter::DeadLetterPolicy;
 use crate::decode::decode;
 use crate::metrics::Metrics;
-use crate::model::{Ack, Batch, RawRecord, RejectStage, StoredRecord, TopicPartition};
+use crate::model::{Ack, Batch, Position, RawRecord, RejectStage, StoredRecord, TopicPartition};
 use crate::redact::Redactor;
 use crate::shutdown::Shutdown;
 use crate::sink::SinkError;
@@ -82,7 +82,7 @@ impl Worker {
                 let after_hole = self
                     .given_up
                     .get(&batch.tp)
-                    .is_some_and(|&(_, hole_end)| batch.start.is_some_and(|s| s >= hole_end));
+                    .is_some_and(|&(_, hole_end)| matches!(batch.start, Position::After(s) if s >= hole_end));
                 let outcome = if batch.revoked.is_cancelled() {
                     Outcome::GivenUp("partition revoked")
                 } else if after_hole {

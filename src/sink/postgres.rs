@@ -11,7 +11,7 @@ use sqlx::{Connection, Postgres, Transaction};
 
 use super::SinkError;
 use crate::config::{MigrateMode, mask_url};
-use crate::model::{DeadLetter, StoredRecord, TopicPartition};
+use crate::model::{DeadLetter, Position, StoredRecord, TopicPartition};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -33,9 +33,8 @@ pub struct BatchWrite<'a> {
     pub tp: &'a TopicPartition,
     pub records: &'a [StoredRecord],
     pub dead_letters: &'a [DeadLetter],
-    /// Where the partition's watermark stands before this batch (`Batch::start`); `None`:
-    /// the first record's offset.
-    pub start: Option<i64>,
+    /// Where the partition stands before this batch (`Batch::start`).
+    pub start: Position,
     pub first_offset: i64,
     pub next_offset: i64,
     /// The dead letter of a record whose own row PostgreSQL refuses (offset, reason): built by
@@ -407,51 +406,81 @@ async fn insert_dead_letters(
     Ok(())
 }
 
-/// Moves the stored watermark to the batch's `next_offset`, but only from a value inside the
-/// batch, `[start, next_offset)`: a compare-and-set, so the watermark can never jump over
-/// offsets below `start` that no transaction made durable. Returns true when the watermark
-/// was already at or past `next_offset` (a replay). A watermark below `start` is refused: the
-/// batch waits (the partition is held) rather than bury the hole.
+/// What the batch's transaction does with the stored watermark.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Advance {
+    /// No watermark stored yet and the batch is the first of its assignment: store `next`.
+    Insert,
+    /// The stored watermark lies inside `[start, next)`: move it to `next`.
+    Update,
+    /// Already at or past `next`: a replay of durable records, nothing moves.
+    Replay,
+    /// Offsets below the batch's start are not durable: refuse (the batch is held).
+    Hole(String),
+}
+
+/// The compare-and-set rule for the stored watermark. `stored` is the row's value (locked),
+/// `first`/`next` the batch's offsets. The watermark only ever moves from where this batch
+/// starts, so it can never jump over a batch that is not durable.
+pub fn advance(stored: Option<i64>, start: Position, first: i64, next: i64) -> Advance {
+    let from = match start {
+        Position::Assigned(Some(s)) | Position::After(s) => s,
+        Position::Assigned(None) => first,
+    };
+    match stored {
+        Some(s) if s >= next => Advance::Replay,
+        Some(s) if s >= from => Advance::Update,
+        Some(s) => Advance::Hole(format!(
+            "stored watermark {s} is below this batch's start {from}: offsets [{s}, {from}) are not durable"
+        )),
+        None => match start {
+            Position::Assigned(_) => Advance::Insert,
+            Position::After(s) => Advance::Hole(format!(
+                "no stored watermark, but this batch follows one ending at {s} that is not durable"
+            )),
+        },
+    }
+}
+
+/// Applies [`advance`] under a row lock. Returns true for a replay.
 async fn store_offset(
     tx: &mut Transaction<'_, Postgres>,
     batch: &BatchWrite<'_>,
 ) -> Result<bool, Refusal> {
-    let start = batch.start.unwrap_or(batch.first_offset);
-    let moved: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO consumer_offsets (group_id, topic, kafka_partition, next_offset) VALUES ($1, $2, $3, $5) \
-         ON CONFLICT (group_id, topic, kafka_partition) DO UPDATE \
-         SET next_offset = EXCLUDED.next_offset, updated_at = now() \
-         WHERE consumer_offsets.next_offset >= $4 AND consumer_offsets.next_offset < EXCLUDED.next_offset \
-         RETURNING next_offset",
+    let stored: Option<i64> = sqlx::query_scalar(
+        "SELECT next_offset FROM consumer_offsets \
+         WHERE group_id = $1 AND topic = $2 AND kafka_partition = $3 FOR UPDATE",
     )
     .bind(batch.group_id)
     .bind(&*batch.tp.topic)
     .bind(batch.tp.partition)
-    .bind(start)
-    .bind(batch.next_offset)
     .fetch_optional(&mut **tx)
     .await?;
-    if moved.is_some() {
-        return Ok(false);
-    }
-    let stored: i64 = sqlx::query_scalar(
-        "SELECT next_offset FROM consumer_offsets WHERE group_id = $1 AND topic = $2 AND kafka_partition = $3",
-    )
-    .bind(batch.group_id)
-    .bind(&*batch.tp.topic)
-    .bind(batch.tp.partition)
-    .fetch_one(&mut **tx)
-    .await?;
-    if stored >= batch.next_offset {
-        return Ok(true);
-    }
-    Err(Refusal::Store(SinkError::Transient {
-        store: STORE,
-        message: format!(
-            "stored watermark {stored} of {} is below this batch's start {start}: offsets [{stored}, {start}) are not durable",
-            batch.tp
-        ),
-    }))
+    let sql = match advance(stored, batch.start, batch.first_offset, batch.next_offset) {
+        Advance::Replay => return Ok(true),
+        Advance::Hole(why) => {
+            return Err(Refusal::Store(SinkError::Transient {
+                store: STORE,
+                message: format!("{}: {why}", batch.tp),
+            }));
+        }
+        // A concurrent first insert makes this one fail with a unique violation: retried.
+        Advance::Insert => {
+            "INSERT INTO consumer_offsets (group_id, topic, kafka_partition, next_offset) VALUES ($1, $2, $3, $4)"
+        }
+        Advance::Update => {
+            "UPDATE consumer_offsets SET next_offset = $4, updated_at = now() \
+             WHERE group_id = $1 AND topic = $2 AND kafka_partition = $3"
+        }
+    };
+    sqlx::query(sql)
+        .bind(batch.group_id)
+        .bind(&*batch.tp.topic)
+        .bind(batch.tp.partition)
+        .bind(batch.next_offset)
+        .execute(&mut **tx)
+        .await?;
+    Ok(false)
 }
 
 fn kafka_time(ms: Option<i64>) -> Option<DateTime<Utc>> {
@@ -487,6 +516,26 @@ fn classify(e: sqlx::Error) -> SinkError {
             store: STORE,
             message,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Position::*;
+
+    #[test]
+    fn the_watermark_moves_only_from_inside_the_batch() {
+        assert_eq!(advance(None, Assigned(None), 0, 10), Advance::Insert);
+        assert_eq!(advance(None, Assigned(Some(50)), 50, 60), Advance::Insert);
+        assert!(matches!(advance(None, After(10), 10, 20), Advance::Hole(_)));
+        assert_eq!(advance(Some(10), After(10), 10, 20), Advance::Update);
+        assert_eq!(advance(Some(12), After(10), 12, 20), Advance::Update);
+        assert_eq!(advance(Some(10), Assigned(None), 10, 20), Advance::Update);
+        assert_eq!(advance(Some(20), After(10), 10, 20), Advance::Replay);
+        assert_eq!(advance(Some(25), Assigned(Some(0)), 0, 20), Advance::Replay);
+        assert!(matches!(advance(Some(10), After(20), 20, 30), Advance::Hole(_)));
+        assert!(matches!(advance(Some(10), Assigned(None), 20, 30), Advance::Hole(_)));
     }
 }
 

@@ -1,0 +1,371 @@
+//! The PostgreSQL sink against the real server: what it does when PostgreSQL refuses work.
+//! A refusal that is not a record's own fault writes nothing and leaves the watermark where it
+//! is; a record's own data exception dead-letters exactly that record, with its raw bytes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use log_processor::config::MigrateMode;
+use log_processor::dead_letter::DeadLetterPolicy;
+use log_processor::model::{
+    DeadLetter, LogEntry, Position, RawRecord, RejectStage, StoredRecord, TopicPartition,
+};
+use log_processor::sink::SinkError;
+use log_processor::sink::postgres::{BatchWrite, PgSettings, PgSink, Written};
+use serde_json::{Map, Value};
+use sqlx::PgPool;
+
+const GROUP: &str = "g";
+
+struct Fixture {
+    schema: String,
+    owner: PgPool,
+    sink: PgSink,
+    tp: TopicPartition,
+}
+
+fn settings(url: &str, schema: &str) -> PgSettings {
+    PgSettings {
+        url: url.to_string(),
+        schema: schema.to_string(),
+        pool_size: 2,
+        connect_timeout: Duration::from_secs(5),
+        statement_timeout: Duration::from_secs(10),
+    }
+}
+
+async fn fixture(name: &str) -> Fixture {
+    require("PostgreSQL", &database_url());
+    let schema = unique(name).to_lowercase();
+    let sink = PgSink::new(&settings(&database_url(), &schema)).unwrap();
+    sink.prepare(MigrateMode::Auto).await.expect("migrate");
+    let owner = PgPool::connect(&database_url()).await.unwrap();
+    Fixture {
+        schema,
+        owner,
+        sink,
+        tp: TopicPartition::new("t", 0),
+    }
+}
+
+/// Raw records `first..next` whose payload is a small JSON object; `bad` offsets carry a
+/// number PostgreSQL's jsonb cannot hold (a data exception, SQLSTATE 22003).
+fn raws(first: i64, next: i64, bad: &[i64]) -> Vec<RawRecord> {
+    (first..next)
+        .map(|o| {
+            let payload = if bad.contains(&o) {
+                format!(r#"{{"message":"m{o}","n":1e200000}}"#)
+            } else {
+                format!(r#"{{"message":"m{o}","n":{o}}}"#)
+            };
+            RawRecord {
+                offset: o,
+                key: Some(format!("k{o}").into_bytes()),
+                payload: Some(payload.into_bytes()),
+                kafka_timestamp_ms: Some(1_764_000_000_000 + o),
+            }
+        })
+        .collect()
+}
+
+fn stored(raw: &RawRecord) -> StoredRecord {
+    let mut fields: Map<String, Value> = serde_json::from_slice(raw.payload.as_ref().unwrap()).unwrap();
+    let message = fields.remove("message").and_then(|m| m.as_str().map(String::from));
+    StoredRecord {
+        offset: raw.offset,
+        key: raw.key.clone(),
+        kafka_timestamp_ms: raw.kafka_timestamp_ms,
+        entry: LogEntry {
+            timestamp: chrono::DateTime::from_timestamp_millis(raw.kafka_timestamp_ms.unwrap()).unwrap(),
+            level: None,
+            service: None,
+            message,
+            fields,
+        },
+    }
+}
+
+impl Fixture {
+    async fn write(
+        &self,
+        start: Position,
+        raws: &[RawRecord],
+        dead: &[DeadLetter],
+    ) -> Result<Written, SinkError> {
+        let policy = DeadLetterPolicy::default();
+        let records: Vec<StoredRecord> = raws
+            .iter()
+            .filter(|r| !dead.iter().any(|d| d.offset == r.offset))
+            .map(stored)
+            .collect();
+        let make = |offset: i64, reason: String| {
+            let raw = raws.iter().find(|r| r.offset == offset).unwrap();
+            policy.make(raw, RejectStage::Store, reason)
+        };
+        self.sink
+            .write_batch(&BatchWrite {
+                group_id: GROUP,
+                tp: &self.tp,
+                records: &records,
+                dead_letters: dead,
+                start,
+                first_offset: raws[0].offset,
+                next_offset: raws.last().unwrap().offset + 1,
+                dead_letter: &make,
+            })
+            .await
+    }
+
+    async fn scalar(&self, sql: &str) -> i64 {
+        let sql = sql.replace("{s}", &self.schema);
+        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&self.owner)
+            .await
+            .unwrap()
+    }
+
+    async fn exec(&self, sql: &str) {
+        let sql = sql.replace("{s}", &self.schema);
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&self.owner)
+            .await
+            .unwrap();
+    }
+
+    async fn watermark(&self) -> i64 {
+        self.scalar("SELECT coalesce(max(next_offset), -1) FROM {s}.consumer_offsets")
+            .await
+    }
+
+    async fn rows(&self) -> i64 {
+        self.scalar("SELECT count(*) FROM {s}.log_records").await
+    }
+}
+
+#[tokio::test]
+async fn the_watermark_never_jumps_a_batch_that_is_not_durable() {
+    let f = fixture("sink_cas").await;
+    f.write(Position::Assigned(Some(0)), &raws(0, 10, &[]), &[]).await.unwrap();
+    assert_eq!(f.watermark().await, 10);
+
+    // Batch [10, 20) never written: [20, 30) must not move the watermark, nor store its rows.
+    let err = f.write(Position::After(20), &raws(20, 30, &[]), &[]).await.unwrap_err();
+    assert!(err.to_string().contains("not durable"), "{err}");
+    assert!(!matches!(err, SinkError::Cancelled));
+    assert_eq!((f.watermark().await, f.rows().await), (10, 10));
+
+    f.write(Position::After(10), &raws(10, 20, &[]), &[]).await.unwrap();
+    let w = f.write(Position::After(20), &raws(20, 30, &[]), &[]).await.unwrap();
+    assert!(!w.already_durable);
+    assert_eq!((f.watermark().await, f.rows().await), (30, 30));
+
+    // A replay of a durable batch changes nothing and says so.
+    let w = f.write(Position::Assigned(Some(0)), &raws(0, 10, &[]), &[]).await.unwrap();
+    assert!(w.already_durable);
+    assert_eq!((f.watermark().await, f.rows().await), (30, 30));
+}
+
+#[tokio::test]
+async fn bisection_dead_letters_exactly_the_refused_rows_with_their_raw_bytes() {
+    let f = fixture("sink_bisect").await;
+    let batch = raws(0, 200, &[37, 38, 150]);
+    let w = f.write(Position::Assigned(Some(0)), &batch, &[]).await.unwrap();
+    assert_eq!(w.store_dead_letters.iter().copied().collect::<std::collections::BTreeSet<_>>(), [37, 38, 150].into());
+    assert_eq!((f.watermark().await, f.rows().await), (200, 197));
+    let dead: Vec<(i64, Vec<u8>, String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT kafka_offset, payload, stage, payload_encoding FROM {}.dead_letters ORDER BY kafka_offset",
+        f.schema
+    )))
+    .fetch_all(&f.owner)
+    .await
+    .unwrap();
+    assert_eq!(dead.len(), 3);
+    for (offset, payload, stage, encoding) in dead {
+        let raw = &batch[offset as usize];
+        assert_eq!(Some(payload), raw.payload.clone(), "offset {offset}: the raw bytes");
+        assert_eq!((stage.as_str(), encoding.as_str()), ("store", "raw"));
+    }
+}
+
+#[tokio::test]
+async fn a_refusal_by_the_bookkeeping_tables_writes_nothing_and_dead_letters_nothing() {
+    let f = fixture("sink_dl_check").await;
+    f.exec("ALTER TABLE {s}.dead_letters ADD CONSTRAINT refuse_all CHECK (false) NOT VALID")
+        .await;
+    let batch = raws(0, 10, &[]);
+    let dead = vec![DeadLetterPolicy::default().make(&batch[4], RejectStage::Decode, "bad")];
+    let err = f.write(Position::Assigned(Some(0)), &batch, &dead).await.unwrap_err();
+    assert!(err.to_string().contains("refuse_all"), "{err}");
+    assert_eq!((f.watermark().await, f.rows().await), (-1, 0), "nothing of the batch is stored");
+
+    f.exec("ALTER TABLE {s}.dead_letters DROP CONSTRAINT refuse_all").await;
+    f.write(Position::Assigned(Some(0)), &batch, &dead).await.unwrap();
+    assert_eq!((f.watermark().await, f.rows().await), (10, 9));
+    assert_eq!(f.scalar("SELECT count(*) FROM {s}.dead_letters").await, 1);
+}
+
+#[tokio::test]
+async fn permission_denied_is_not_a_record_fault() {
+    let f = fixture("sink_priv").await;
+    let role = format!("r_{}", f.schema);
+    f.exec(&format!(
+        "CREATE ROLE {role} LOGIN PASSWORD 'pw'; GRANT USAGE ON SCHEMA {{s}} TO {role}; \
+         GRANT SELECT, UPDATE ON ALL TABLES IN SCHEMA {{s}} TO {role}; \
+         GRANT INSERT ON {{s}}.dead_letters, {{s}}.consumer_offsets TO {role}"
+    ))
+    .await;
+    let url = database_url().replacen("logproc:logproc@", &format!("{role}:pw@"), 1);
+    let sink = PgSink::new(&settings(&url, &f.schema)).unwrap();
+    sink.prepare(MigrateMode::Off).await.expect("the schema is in place: nothing to create");
+    let as_role = Fixture { sink, ..f };
+    let err = as_role.write(Position::Assigned(Some(0)), &raws(0, 10, &[]), &[]).await.unwrap_err();
+    assert!(err.to_string().contains("permission denied"), "{err}");
+    assert_eq!(as_role.scalar("SELECT count(*) FROM {s}.dead_letters").await, 0);
+    assert_eq!(as_role.watermark().await, -1);
+
+    as_role
+        .exec(&format!("GRANT INSERT ON {{s}}.log_records TO {role}"))
+        .await;
+    as_role.write(Position::Assigned(Some(0)), &raws(0, 10, &[]), &[]).await.unwrap();
+    assert_eq!((as_role.watermark().await, as_role.rows().await), (10, 10));
+}
+
+#[tokio::test]
+async fn a_least_privilege_role_starts_on_a_migrated_schema_and_is_told_what_is_missing() {
+    let f = fixture("sink_least").await;
+    let role = format!("r_{}", f.schema);
+    f.exec(&format!(
+        "CREATE ROLE {role} LOGIN PASSWORD 'pw'; GRANT USAGE ON SCHEMA {{s}} TO {role}; \
+         GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA {{s}} TO {role}"
+    ))
+    .await;
+    let url = database_url().replacen("logproc:logproc@", &format!("{role}:pw@"), 1);
+    for mode in [MigrateMode::Auto, MigrateMode::Off] {
+        let sink = PgSink::new(&settings(&url, &f.schema)).unwrap();
+        sink.prepare(mode).await.unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+    }
+    // A schema that is not there: `off` refuses, naming the setting.
+    let sink = PgSink::new(&settings(&url, &format!("{}_missing", f.schema))).unwrap();
+    let err = sink.prepare(MigrateMode::Off).await.unwrap_err();
+    assert!(err.to_string().contains("LP_MIGRATE=off"), "{err}");
+}
+
+#[tokio::test]
+async fn a_mixed_case_schema_is_used_as_written() {
+    require("PostgreSQL", &database_url());
+    let schema = format!("Mixed_{}", unique("sink_case"));
+    let sink = PgSink::new(&settings(&database_url(), &schema)).unwrap();
+    sink.prepare(MigrateMode::Auto).await.expect("migrate a mixed-case schema");
+    sink.prepare(MigrateMode::Off).await.expect("and find it again");
+    let owner = PgPool::connect(&database_url()).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname = $1")
+        .bind(&schema)
+        .fetch_one(&owner)
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "schema {schema} kept its case");
+}
+
+/// Whatever order batches of a partition are written, lost or replayed in (a consumer moving
+/// on past a batch that never reached PostgreSQL, a zombie's late write, a new owner starting at
+/// the stored watermark), the rows PostgreSQL holds for the partition are exactly the offsets
+/// below its stored watermark: the watermark never passes an offset that is not durable.
+#[test]
+fn no_sequence_of_writes_losses_and_revocations_lets_the_watermark_pass_a_hole() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Write(i64),
+        Lose(i64),
+        WriteOldestLost,
+        Revoke,
+    }
+    let step = prop_oneof![
+        3 => (1i64..6).prop_map(Step::Write),
+        2 => (1i64..6).prop_map(Step::Lose),
+        2 => Just(Step::WriteOldestLost),
+        1 => Just(Step::Revoke),
+    ];
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let f = rt.block_on(fixture("sink_prop"));
+    let partition = std::sync::atomic::AtomicI32::new(0);
+    let mut runner = TestRunner::new(Config {
+        cases: 24,
+        ..Config::default()
+    });
+    runner
+        .run(&proptest::collection::vec(step, 1..14), |steps| {
+            let tp = TopicPartition::new("t", partition.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+            let f = Fixture {
+                tp: tp.clone(),
+                schema: f.schema.clone(),
+                owner: f.owner.clone(),
+                sink: f.sink.clone(),
+            };
+            rt.block_on(async {
+                let mut pos = 0i64;
+                let mut at = Position::Assigned(None);
+                let mut lost: std::collections::VecDeque<(Position, i64, i64)> = Default::default();
+                for step in steps {
+                    match step {
+                        Step::Write(n) => {
+                            let _ = f.write(at, &raws(pos, pos + n, &[]), &[]).await;
+                            pos += n;
+                            at = Position::After(pos);
+                        }
+                        Step::Lose(n) => {
+                            lost.push_back((at, pos, pos + n));
+                            pos += n;
+                            at = Position::After(pos);
+                        }
+                        Step::WriteOldestLost => {
+                            if let Some((start, first, next)) = lost.pop_front() {
+                                let _ = f.write(start, &raws(first, next, &[]), &[]).await;
+                            }
+                        }
+                        Step::Revoke => {
+                            // The next owner starts at the stored watermark.
+                            let w = f.partition_watermark().await;
+                            pos = w.max(0);
+                            at = Position::Assigned((w >= 0).then_some(w));
+                        }
+                    }
+                    let w = f.partition_watermark().await;
+                    let offsets = f.partition_offsets().await;
+                    let expect: Vec<i64> = (0..w.max(0)).collect();
+                    prop_assert_eq!(&offsets, &expect, "rows of {} against watermark {}", tp, w);
+                }
+                Ok(())
+            })
+        })
+        .unwrap();
+}
+
+impl Fixture {
+    async fn partition_watermark(&self) -> i64 {
+        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
+            "SELECT coalesce(max(next_offset), -1) FROM {}.consumer_offsets WHERE kafka_partition = $1",
+            self.schema
+        )))
+        .bind(self.tp.partition)
+        .fetch_one(&self.owner)
+        .await
+        .unwrap()
+    }
+
+    async fn partition_offsets(&self) -> Vec<i64> {
+        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
+            "SELECT kafka_offset FROM {}.log_records WHERE kafka_partition = $1 ORDER BY 1",
+            self.schema
+        )))
+        .bind(self.tp.partition)
+        .fetch_all(&self.owner)
+        .await
+        .unwrap()
+    }
+}
