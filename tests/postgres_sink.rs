@@ -206,6 +206,19 @@ async fn a_refusal_by_the_bookkeeping_tables_writes_nothing_and_dead_letters_not
     assert_eq!(f.scalar("SELECT count(*) FROM {s}.dead_letters").await, 1);
 }
 
+/// The documented choice for an ambiguous case: a constraint an operator adds to `log_records`
+/// is the store's rule, not a record's fault, so the batch is held, not dead-lettered.
+#[tokio::test]
+async fn a_check_constraint_on_log_records_holds_the_batch() {
+    let f = fixture("sink_lr_check").await;
+    f.exec("ALTER TABLE {s}.log_records ADD CONSTRAINT no_m3 CHECK (message <> 'm3') NOT VALID")
+        .await;
+    let err = f.write(Position::Assigned(Some(0)), &raws(0, 10, &[]), &[]).await.unwrap_err();
+    assert!(err.to_string().contains("no_m3"), "{err}");
+    assert_eq!(f.scalar("SELECT count(*) FROM {s}.dead_letters").await, 0);
+    assert_eq!((f.watermark().await, f.rows().await), (-1, 0));
+}
+
 #[tokio::test]
 async fn permission_denied_is_not_a_record_fault() {
     let f = fixture("sink_priv").await;

@@ -4,7 +4,9 @@ pub mod elastic;
 pub mod postgres;
 pub mod retry;
 
-/// A store operation that did not succeed.
+/// A store operation that did not succeed. Neither kind is ever a record's fault: those come
+/// back as dead letters, not errors. A worker holds and retries a batch whatever the kind (see
+/// `worker`); only start-up treats `Permanent` as fatal (a bad URL, a schema it may not create).
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     /// Worth retrying: the store is unreachable, overloaded or restarting.
@@ -13,7 +15,8 @@ pub enum SinkError {
         store: &'static str,
         message: String,
     },
-    /// Retrying the same request cannot help (bad data, schema problem).
+    /// Retrying the same request is unlikely to help without an operator (privileges, schema,
+    /// configuration).
     #[error("{store} rejected the request: {message}")]
     Permanent {
         store: &'static str,

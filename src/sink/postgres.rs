@@ -500,8 +500,10 @@ fn permanent(message: String) -> SinkError {
     }
 }
 
-/// Data and schema errors (SQLSTATE classes 22, 23, 42, 54) cannot be cured by retrying;
-/// everything else (connection loss, server restart, timeouts, lock and resource trouble) can.
+/// Data, constraint, schema and privilege errors (SQLSTATE classes 22, 23, 42, 54) need an
+/// operator; everything else (connection loss, server restart, timeouts, lock and resource
+/// trouble) may pass by itself. Which statement failed decides whether it was a record's fault
+/// (`row_refusal`), not this.
 fn classify(e: sqlx::Error) -> SinkError {
     let message = e.to_string();
     match code(&e) {
