@@ -320,9 +320,8 @@ impl Settings {
             ));
         }
         if let Some(key) = &self.dead_letter_key {
-            crate::dead_letter::parse_key(key).map_err(|e| {
-                invalid("LP_DEAD_LETTER_KEY (--dead-letter-key)", e.to_string())
-            })?;
+            crate::dead_letter::parse_key(key)
+                .map_err(|e| invalid("LP_DEAD_LETTER_KEY (--dead-letter-key)", e.to_string()))?;
         }
         if !self.redact_hash.is_empty() && self.redact_key.as_deref().unwrap_or("").is_empty() {
             return Err(invalid(
@@ -386,6 +385,20 @@ fn valid_index_pattern(pattern: &str) -> bool {
 }
 
 /// Replaces the password of `scheme://user:password@host/...` with `****`.
+/// An error text with the password of every URL in it masked (client errors may echo the URL).
+pub fn scrub_urls(text: &str) -> String {
+    text.split(' ')
+        .map(|w| {
+            if w.contains("://") {
+                mask_url(w)
+            } else {
+                w.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 pub fn mask_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return url.to_string();
@@ -457,6 +470,18 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         parse(&[]).validate().unwrap();
+    }
+
+    #[test]
+    fn scrub_masks_every_url_in_a_text() {
+        assert_eq!(
+            scrub_urls("error sending to http://u:pw@h:9200/_bulk: refused"),
+            "error sending to http://u:****@h:9200/_bulk: refused"
+        );
+        assert_eq!(
+            scrub_urls("bad URL postgres://a:secret@db/x and more"),
+            "bad URL postgres://a:****@db/x and more"
+        );
     }
 
     #[test]

@@ -49,7 +49,12 @@ impl DeadLetterPolicy {
     }
 
     /// The dead letter of `raw`, rejected at `stage` for `reason`.
-    pub fn make(&self, raw: &RawRecord, stage: RejectStage, reason: impl Into<String>) -> DeadLetter {
+    pub fn make(
+        &self,
+        raw: &RawRecord,
+        stage: RejectStage,
+        reason: impl Into<String>,
+    ) -> DeadLetter {
         let (payload, encoding) = self.protect(raw.payload.as_deref());
         DeadLetter {
             offset: raw.offset,
@@ -136,7 +141,11 @@ mod tests {
         assert_eq!(d.encoding, PayloadEncoding::RedactedJson);
 
         // Not a JSON object: nothing can be redacted, so nothing is kept.
-        let d = p.make(&raw(b"{\"password\":\"hunter2\""), RejectStage::Decode, "bad");
+        let d = p.make(
+            &raw(b"{\"password\":\"hunter2\""),
+            RejectStage::Decode,
+            "bad",
+        );
         assert_eq!((d.payload, d.encoding), (None, PayloadEncoding::Withheld));
     }
 

@@ -98,8 +98,9 @@ fn take_timestamp(object: &mut Map<String, Value>) -> Result<Option<DateTime<Utc
         Value::String(s) => DateTime::parse_from_rfc3339(s)
             .map(|t| without_leap_second(t.with_timezone(&Utc)))
             .map_err(|e| format!("unparseable {name} {s:?}: {e}"))?,
-        Value::Number(n) => from_epoch_number(&n.to_string())
-            .ok_or_else(|| format!("unparseable {name} {n}: expected epoch seconds or milliseconds"))?,
+        Value::Number(n) => from_epoch_number(&n.to_string()).ok_or_else(|| {
+            format!("unparseable {name} {n}: expected epoch seconds or milliseconds")
+        })?,
         other => {
             return Err(format!(
                 "unparseable {name}: {} is not a timestamp",
@@ -130,7 +131,11 @@ fn from_epoch_number(text: &str) -> Option<DateTime<Utc>> {
         };
     }
     let value: f64 = text.parse().ok().filter(|v: &f64| v.is_finite())?;
-    let micros_per_unit = if value.abs() < SECONDS_BELOW { 1e6 } else { 1e3 };
+    let micros_per_unit = if value.abs() < SECONDS_BELOW {
+        1e6
+    } else {
+        1e3
+    };
     let micros = (value * micros_per_unit).round();
     // Years 1900..2199 are checked by the caller; this only keeps the cast in range.
     if micros.abs() > 9.2e18 {
@@ -233,7 +238,10 @@ mod tests {
         assert_eq!(ms(br#"{"@timestamp":1700000000001}"#), 1_700_000_000_001);
         assert_eq!(ms(br#"{"timestamp":1764151200}"#), 1_764_151_200_000);
         assert_eq!(ms(br#"{"timestamp":1764151200.25}"#), 1_764_151_200_250);
-        let us = dec(br#"{"timestamp":1764151200123.5}"#).unwrap().timestamp.timestamp_micros();
+        let us = dec(br#"{"timestamp":1764151200123.5}"#)
+            .unwrap()
+            .timestamp
+            .timestamp_micros();
         assert_eq!(us, 1_764_151_200_123_500);
         assert!(dec(br#"{"timestamp":1e400}"#).is_err());
     }
@@ -246,7 +254,10 @@ mod tests {
 
     #[test]
     fn numbers_keep_their_exact_value() {
-        let e = dec(br#"{"big":123456789012345678901234567890,"f":0.1000000000000000055511151231257827}"#).unwrap();
+        let e = dec(
+            br#"{"big":123456789012345678901234567890,"f":0.1000000000000000055511151231257827}"#,
+        )
+        .unwrap();
         let text = serde_json::to_string(&e.fields).unwrap();
         assert_eq!(
             text,

@@ -123,7 +123,10 @@ impl Metrics {
 
     /// The held partitions and why.
     pub fn stalled(&self) -> BTreeMap<TopicPartition, String> {
-        self.stalled.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.stalled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn render(&self) -> String {
@@ -293,7 +296,10 @@ mod tests {
         assert!(text.contains("log_processor_consumer_lag{topic=\"t\",partition=\"2\"} 9\n"));
         assert!(text.contains("log_processor_ready 0\n"));
 
-        m.set_stalled(&TopicPartition::new("t", 1), "postgresql: permission \"denied\"\nx");
+        m.set_stalled(
+            &TopicPartition::new("t", 1),
+            "postgresql: permission \"denied\"\nx",
+        );
         let text = m.render();
         assert!(text.contains(
             "log_processor_partition_stalled{topic=\"t\",partition=\"1\",reason=\"postgresql: permission \\\"denied\\\"\\nx\"} 1\n"

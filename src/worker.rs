@@ -152,7 +152,8 @@ impl Worker {
             .es
             .index(&batch.tp, &records, cancel, |why| {
                 ctx.metrics.retries_es.fetch_add(1, Relaxed);
-                ctx.metrics.set_stalled(&batch.tp, &format!("elasticsearch: {why}"));
+                ctx.metrics
+                    .set_stalled(&batch.tp, &format!("elasticsearch: {why}"));
             })
             .await?;
         ctx.metrics.es_latency.observe(t.elapsed());
@@ -162,14 +163,19 @@ impl Worker {
             for r in rejected {
                 let offset = records[r.index].offset;
                 refused.insert(offset);
-                dead.push(ctx.dead_letters.make(raw_at(batch, offset), RejectStage::Index, r.reason));
+                dead.push(ctx.dead_letters.make(
+                    raw_at(batch, offset),
+                    RejectStage::Index,
+                    r.reason,
+                ));
             }
             records.retain(|r| !refused.contains(&r.offset));
         }
 
         let t = Instant::now();
         let make_dead = |offset: i64, reason: String| {
-            ctx.dead_letters.make(raw_at(batch, offset), RejectStage::Store, reason)
+            ctx.dead_letters
+                .make(raw_at(batch, offset), RejectStage::Store, reason)
         };
         let write = BatchWrite {
             group_id: &ctx.group_id,

@@ -1133,7 +1133,13 @@ fn dockerfile_runs_the_daemon_as_pid_1_non_root_with_sigterm() {
             copied.insert(src.to_string());
         }
     }
-    for needed in ["Cargo.toml", "Cargo.lock", "src", "migrations", "scripts/system-deps.sh"] {
+    for needed in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "src",
+        "migrations",
+        "scripts/system-deps.sh",
+    ] {
         assert!(
             copied.contains(needed),
             "the build needs {needed} (migrations are embedded)"

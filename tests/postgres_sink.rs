@@ -71,14 +71,18 @@ fn raws(first: i64, next: i64, bad: &[i64]) -> Vec<RawRecord> {
 }
 
 fn stored(raw: &RawRecord) -> StoredRecord {
-    let mut fields: Map<String, Value> = serde_json::from_slice(raw.payload.as_ref().unwrap()).unwrap();
-    let message = fields.remove("message").and_then(|m| m.as_str().map(String::from));
+    let mut fields: Map<String, Value> =
+        serde_json::from_slice(raw.payload.as_ref().unwrap()).unwrap();
+    let message = fields
+        .remove("message")
+        .and_then(|m| m.as_str().map(String::from));
     StoredRecord {
         offset: raw.offset,
         key: raw.key.clone(),
         kafka_timestamp_ms: raw.kafka_timestamp_ms,
         entry: LogEntry {
-            timestamp: chrono::DateTime::from_timestamp_millis(raw.kafka_timestamp_ms.unwrap()).unwrap(),
+            timestamp: chrono::DateTime::from_timestamp_millis(raw.kafka_timestamp_ms.unwrap())
+                .unwrap(),
             level: None,
             service: None,
             message,
@@ -147,22 +151,35 @@ impl Fixture {
 #[tokio::test]
 async fn the_watermark_never_jumps_a_batch_that_is_not_durable() {
     let f = fixture("sink_cas").await;
-    f.write(Position::Assigned(Some(0)), &raws(0, 10, &[]), &[]).await.unwrap();
+    f.write(Position::Assigned(Some(0)), &raws(0, 10, &[]), &[])
+        .await
+        .unwrap();
     assert_eq!(f.watermark().await, 10);
 
     // Batch [10, 20) never written: [20, 30) must not move the watermark, nor store its rows.
-    let err = f.write(Position::After(20), &raws(20, 30, &[]), &[]).await.unwrap_err();
+    let err = f
+        .write(Position::After(20), &raws(20, 30, &[]), &[])
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("not durable"), "{err}");
     assert!(!matches!(err, SinkError::Cancelled));
     assert_eq!((f.watermark().await, f.rows().await), (10, 10));
 
-    f.write(Position::After(10), &raws(10, 20, &[]), &[]).await.unwrap();
-    let w = f.write(Position::After(20), &raws(20, 30, &[]), &[]).await.unwrap();
+    f.write(Position::After(10), &raws(10, 20, &[]), &[])
+        .await
+        .unwrap();
+    let w = f
+        .write(Position::After(20), &raws(20, 30, &[]), &[])
+        .await
+        .unwrap();
     assert!(!w.already_durable);
     assert_eq!((f.watermark().await, f.rows().await), (30, 30));
 
     // A replay of a durable batch changes nothing and says so.
-    let w = f.write(Position::Assigned(Some(0)), &raws(0, 10, &[]), &[]).await.unwrap();
+    let w = f
+        .write(Position::Assigned(Some(0)), &raws(0, 10, &[]), &[])
+        .await
+        .unwrap();
     assert!(w.already_durable);
     assert_eq!((f.watermark().await, f.rows().await), (30, 30));
 }
@@ -171,8 +188,17 @@ async fn the_watermark_never_jumps_a_batch_that_is_not_durable() {
 async fn bisection_dead_letters_exactly_the_refused_rows_with_their_raw_bytes() {
     let f = fixture("sink_bisect").await;
     let batch = raws(0, 200, &[37, 38, 150]);
-    let w = f.write(Position::Assigned(Some(0)), &batch, &[]).await.unwrap();
-    assert_eq!(w.store_dead_letters.iter().copied().collect::<std::collections::BTreeSet<_>>(), [37, 38, 150].into());
+    let w = f
+        .write(Position::Assigned(Some(0)), &batch, &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        w.store_dead_letters
+            .iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>(),
+        [37, 38, 150].into()
+    );
     assert_eq!((f.watermark().await, f.rows().await), (200, 197));
     let dead: Vec<(i64, Vec<u8>, String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT kafka_offset, payload, stage, payload_encoding FROM {}.dead_letters ORDER BY kafka_offset",
@@ -184,7 +210,11 @@ async fn bisection_dead_letters_exactly_the_refused_rows_with_their_raw_bytes() 
     assert_eq!(dead.len(), 3);
     for (offset, payload, stage, encoding) in dead {
         let raw = &batch[offset as usize];
-        assert_eq!(Some(payload), raw.payload.clone(), "offset {offset}: the raw bytes");
+        assert_eq!(
+            Some(payload),
+            raw.payload.clone(),
+            "offset {offset}: the raw bytes"
+        );
         assert_eq!((stage.as_str(), encoding.as_str()), ("store", "raw"));
     }
 }
@@ -196,12 +226,22 @@ async fn a_refusal_by_the_bookkeeping_tables_writes_nothing_and_dead_letters_not
         .await;
     let batch = raws(0, 10, &[]);
     let dead = vec![DeadLetterPolicy::default().make(&batch[4], RejectStage::Decode, "bad")];
-    let err = f.write(Position::Assigned(Some(0)), &batch, &dead).await.unwrap_err();
+    let err = f
+        .write(Position::Assigned(Some(0)), &batch, &dead)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("refuse_all"), "{err}");
-    assert_eq!((f.watermark().await, f.rows().await), (-1, 0), "nothing of the batch is stored");
+    assert_eq!(
+        (f.watermark().await, f.rows().await),
+        (-1, 0),
+        "nothing of the batch is stored"
+    );
 
-    f.exec("ALTER TABLE {s}.dead_letters DROP CONSTRAINT refuse_all").await;
-    f.write(Position::Assigned(Some(0)), &batch, &dead).await.unwrap();
+    f.exec("ALTER TABLE {s}.dead_letters DROP CONSTRAINT refuse_all")
+        .await;
+    f.write(Position::Assigned(Some(0)), &batch, &dead)
+        .await
+        .unwrap();
     assert_eq!((f.watermark().await, f.rows().await), (10, 9));
     assert_eq!(f.scalar("SELECT count(*) FROM {s}.dead_letters").await, 1);
 }
@@ -213,7 +253,10 @@ async fn a_check_constraint_on_log_records_holds_the_batch() {
     let f = fixture("sink_lr_check").await;
     f.exec("ALTER TABLE {s}.log_records ADD CONSTRAINT no_m3 CHECK (message <> 'm3') NOT VALID")
         .await;
-    let err = f.write(Position::Assigned(Some(0)), &raws(0, 10, &[]), &[]).await.unwrap_err();
+    let err = f
+        .write(Position::Assigned(Some(0)), &raws(0, 10, &[]), &[])
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("no_m3"), "{err}");
     assert_eq!(f.scalar("SELECT count(*) FROM {s}.dead_letters").await, 0);
     assert_eq!((f.watermark().await, f.rows().await), (-1, 0));
@@ -231,17 +274,30 @@ async fn permission_denied_is_not_a_record_fault() {
     .await;
     let url = database_url().replacen("logproc:logproc@", &format!("{role}:pw@"), 1);
     let sink = PgSink::new(&settings(&url, &f.schema)).unwrap();
-    sink.prepare(MigrateMode::Off).await.expect("the schema is in place: nothing to create");
+    sink.prepare(MigrateMode::Off)
+        .await
+        .expect("the schema is in place: nothing to create");
     let as_role = Fixture { sink, ..f };
-    let err = as_role.write(Position::Assigned(Some(0)), &raws(0, 10, &[]), &[]).await.unwrap_err();
+    let err = as_role
+        .write(Position::Assigned(Some(0)), &raws(0, 10, &[]), &[])
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("permission denied"), "{err}");
-    assert_eq!(as_role.scalar("SELECT count(*) FROM {s}.dead_letters").await, 0);
+    assert_eq!(
+        as_role
+            .scalar("SELECT count(*) FROM {s}.dead_letters")
+            .await,
+        0
+    );
     assert_eq!(as_role.watermark().await, -1);
 
     as_role
         .exec(&format!("GRANT INSERT ON {{s}}.log_records TO {role}"))
         .await;
-    as_role.write(Position::Assigned(Some(0)), &raws(0, 10, &[]), &[]).await.unwrap();
+    as_role
+        .write(Position::Assigned(Some(0)), &raws(0, 10, &[]), &[])
+        .await
+        .unwrap();
     assert_eq!((as_role.watermark().await, as_role.rows().await), (10, 10));
 }
 
@@ -257,7 +313,9 @@ async fn a_least_privilege_role_starts_on_a_migrated_schema_and_is_told_what_is_
     let url = database_url().replacen("logproc:logproc@", &format!("{role}:pw@"), 1);
     for mode in [MigrateMode::Auto, MigrateMode::Off] {
         let sink = PgSink::new(&settings(&url, &f.schema)).unwrap();
-        sink.prepare(mode).await.unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+        sink.prepare(mode)
+            .await
+            .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
     }
     // A schema that is not there: `off` refuses, naming the setting.
     let sink = PgSink::new(&settings(&url, &format!("{}_missing", f.schema))).unwrap();
@@ -270,8 +328,12 @@ async fn a_mixed_case_schema_is_used_as_written() {
     require("PostgreSQL", &database_url());
     let schema = format!("Mixed_{}", unique("sink_case"));
     let sink = PgSink::new(&settings(&database_url(), &schema)).unwrap();
-    sink.prepare(MigrateMode::Auto).await.expect("migrate a mixed-case schema");
-    sink.prepare(MigrateMode::Off).await.expect("and find it again");
+    sink.prepare(MigrateMode::Auto)
+        .await
+        .expect("migrate a mixed-case schema");
+    sink.prepare(MigrateMode::Off)
+        .await
+        .expect("and find it again");
     let owner = PgPool::connect(&database_url()).await.unwrap();
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname = $1")
         .bind(&schema)
@@ -313,7 +375,10 @@ fn no_sequence_of_writes_losses_and_revocations_lets_the_watermark_pass_a_hole()
     });
     runner
         .run(&proptest::collection::vec(step, 1..14), |steps| {
-            let tp = TopicPartition::new("t", partition.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+            let tp = TopicPartition::new(
+                "t",
+                partition.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+            );
             let f = Fixture {
                 tp: tp.clone(),
                 schema: f.schema.clone(),

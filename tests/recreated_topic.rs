@@ -49,7 +49,11 @@ async fn a_recreated_topic_is_held_not_swallowed() {
     }
     assert!(recreated, "topic {} not recreated empty", s.topic);
     s.produce(10_000, 500, 0.0);
-    assert_eq!(s.end_offsets().get(&0), Some(&500), "the fault: end offset below 3,000");
+    assert_eq!(
+        s.end_offsets().get(&0),
+        Some(&500),
+        "the fault: end offset below 3,000"
+    );
 
     let mut d = Daemon::start(&s.env());
     d.wait_for_line("recreated", Duration::from_secs(60));
@@ -59,7 +63,10 @@ async fn a_recreated_topic_is_held_not_swallowed() {
         .lines()
         .find(|l| l.starts_with("log_processor_partition_stalled{") && l.contains(&s.topic))
         .unwrap_or_else(|| panic!("no stalled partition in /metrics:\n{metrics}"));
-    assert!(held.contains("partition=\"0\"") && held.ends_with(" 1"), "{held}");
+    assert!(
+        held.contains("partition=\"0\"") && held.ends_with(" 1"),
+        "{held}"
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         s.pg_counts().await,

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::SinkError;
 use super::retry::{Backoff, ItemAction, classify_item, request_ok};
-use crate::config::mask_url;
+use crate::config::{mask_url, scrub_urls};
 use crate::model::{StoredRecord, TopicPartition, document_id};
 
 const STORE: &str = "elasticsearch";
@@ -317,12 +317,12 @@ impl ElasticSink {
             .await
             .map_err(|e| SinkError::Transient {
                 store: STORE,
-                message: scrub(e.to_string()),
+                message: scrub_urls(&e.to_string()),
             })?;
         let status = response.status_code().as_u16();
         let text = response.text().await.map_err(|e| SinkError::Transient {
             store: STORE,
-            message: scrub(e.to_string()),
+            message: scrub_urls(&e.to_string()),
         })?;
         Ok((status, text))
     }
@@ -412,20 +412,6 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}...", &s[..end])
 }
 
-/// Error texts from the HTTP client may echo the URL; strip any credentials from them.
-fn scrub(text: String) -> String {
-    text.split(' ')
-        .map(|w| {
-            if w.contains("://") {
-                mask_url(w)
-            } else {
-                w.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -443,13 +429,5 @@ mod tests {
             let size: usize = chunk.iter().map(|&i| lines[i].len()).sum();
             assert!(size <= 100);
         }
-    }
-
-    #[test]
-    fn scrub_masks_urls() {
-        assert_eq!(
-            scrub("error sending to http://u:pw@h:9200/_bulk: refused".into()),
-            "error sending to http://u:****@h:9200/_bulk: refused"
-        );
     }
 }

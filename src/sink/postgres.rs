@@ -10,7 +10,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Transaction};
 
 use super::SinkError;
-use crate::config::{MigrateMode, mask_url};
+use crate::config::{MigrateMode, mask_url, scrub_urls};
 use crate::model::{DeadLetter, Position, StoredRecord, TopicPartition};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -69,7 +69,7 @@ impl PgSink {
                 permanent(format!(
                     "bad URL {}: {}",
                     mask_url(&settings.url),
-                    scrub(&e.to_string(), &settings.url)
+                    scrub_urls(&e.to_string())
                 ))
             })?
             .application_name("log-processor")
@@ -302,9 +302,14 @@ async fn insert_bisecting(
             continue;
         }
         sqlx::raw_sql("SAVEPOINT bisect").execute(&mut **tx).await?;
-        match insert_records(tx, batch.tp, &records[lo..hi]).await.map_err(row_refusal) {
+        match insert_records(tx, batch.tp, &records[lo..hi])
+            .await
+            .map_err(row_refusal)
+        {
             Ok(()) => {
-                sqlx::raw_sql("RELEASE SAVEPOINT bisect").execute(&mut **tx).await?;
+                sqlx::raw_sql("RELEASE SAVEPOINT bisect")
+                    .execute(&mut **tx)
+                    .await?;
             }
             Err(Refusal::RecordData(message)) => {
                 sqlx::raw_sql("ROLLBACK TO SAVEPOINT bisect; RELEASE SAVEPOINT bisect")
@@ -536,8 +541,14 @@ mod tests {
         assert_eq!(advance(Some(10), Assigned(None), 10, 20), Advance::Update);
         assert_eq!(advance(Some(20), After(10), 10, 20), Advance::Replay);
         assert_eq!(advance(Some(25), Assigned(Some(0)), 0, 20), Advance::Replay);
-        assert!(matches!(advance(Some(10), After(20), 20, 30), Advance::Hole(_)));
-        assert!(matches!(advance(Some(10), Assigned(None), 20, 30), Advance::Hole(_)));
+        assert!(matches!(
+            advance(Some(10), After(20), 20, 30),
+            Advance::Hole(_)
+        ));
+        assert!(matches!(
+            advance(Some(10), Assigned(None), 20, 30),
+            Advance::Hole(_)
+        ));
     }
 }
 
@@ -545,13 +556,4 @@ mod tests {
 /// quoted so that mixed case is kept.
 fn quoted(schema: &str) -> String {
     format!("\"{schema}\"")
-}
-
-/// Removes a URL (and so its password) from an error text that might echo it.
-fn scrub(text: &str, url: &str) -> String {
-    if url.is_empty() {
-        text.to_string()
-    } else {
-        text.replace(url, &mask_url(url))
-    }
 }

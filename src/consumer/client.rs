@@ -1,0 +1,226 @@
+//! The rdkafka client: creating and subscribing a consumer, its context (log routing,
+//! statistics, rebalance callbacks turned into typed events), and replacing a stuck one.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::types::RDKafkaRespErr;
+
+use crate::group_watch::GroupWatch;
+use crate::metrics::Metrics;
+use crate::model::TopicPartition;
+use crate::shutdown::Shutdown;
+
+use super::rebalance::Rebalance;
+use super::state::partitions_of;
+use super::{ConsumerSettings, Kafka, OffsetStore, State};
+
+/// The rdkafka context: rebalance callbacks and log routing.
+pub(super) struct Bridge {
+    /// Shared with the replacement when a stalled consumer is replaced (see `replace`).
+    pub(super) state: Arc<Mutex<State>>,
+    /// Set when this consumer was replaced: its callbacks then leave `state` alone and only
+    /// let librdkafka finish closing it.
+    pub(super) retired: AtomicBool,
+    /// Group state from librdkafka's statistics; read by the poll loop.
+    pub(super) watch: Mutex<GroupWatch>,
+    pub(super) settings: ConsumerSettings,
+    pub(super) offsets: Arc<dyn OffsetStore>,
+    pub(super) runtime: tokio::runtime::Handle,
+    pub(super) shutdown: Shutdown,
+    pub(super) metrics: Arc<Metrics>,
+}
+
+/// Creates an rdkafka consumer around `bridge` and subscribes it.
+pub(super) fn connect(bridge: Bridge) -> Result<Kafka, KafkaError> {
+    let settings = bridge.settings.clone();
+    let consumer: Kafka = ClientConfig::new()
+        .set("bootstrap.servers", &settings.brokers)
+        .set("group.id", &settings.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set(
+            "session.timeout.ms",
+            settings.session_timeout_ms.to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            (settings.session_timeout_ms / 3).max(100).to_string(),
+        )
+        .set(
+            "max.poll.interval.ms",
+            settings.max_poll_interval_ms.to_string(),
+        )
+        .set(
+            "queued.max.messages.kbytes",
+            settings.queue_kbytes.to_string(),
+        )
+        .set("fetch.max.bytes", "52428800")
+        .set("statistics.interval.ms", "5000")
+        .set("client.id", "log-processor")
+        .set_log_level(RDKafkaLogLevel::Warning)
+        .create_with_context(bridge)?;
+    let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    Ok(consumer)
+}
+
+/// Replaces a stuck consumer (group membership not steady, or no broker known; see
+/// `group_watch`) by a new one that bootstraps and joins afresh.
+/// Its partitions are handled as lost: batches in flight are given up, nothing more is
+/// committed for them, and whoever gets them next starts from the durable watermark.
+pub(super) fn replace(old: Kafka, why: &str, stalled_for: Duration) -> Kafka {
+    let bridge = old.context();
+    tracing::warn!(
+        why,
+        stalled_s = stalled_for.as_secs(),
+        "the consumer is stuck; replacing the consumer"
+    );
+    let new = match connect(bridge.successor()) {
+        Ok(new) => new,
+        Err(e) => {
+            tracing::error!(error = %e, "could not create a replacement consumer; keeping the old one");
+            bridge.watch().progress(Instant::now()); // try again one stall timeout later
+            return old;
+        }
+    };
+    bridge.retired.store(true, Relaxed);
+    {
+        let mut st = bridge.lock();
+        let owned: Vec<_> = st.assigned.keys().cloned().collect();
+        st.forget(&owned);
+    }
+    bridge.metrics.consumer_replacements.fetch_add(1, Relaxed);
+    // Closing waits for the group handler, which is what is stuck: close it on the side and
+    // leave that thread behind if it never finishes.
+    let closer = std::thread::Builder::new()
+        .name("kafka-retired".into())
+        .spawn(move || drop(old));
+    if let Err(e) = closer {
+        tracing::error!(error = %e, "could not start a thread to close the replaced consumer");
+    }
+    new
+}
+
+impl Bridge {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(super) fn watch(&self) -> std::sync::MutexGuard<'_, GroupWatch> {
+        self.watch.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A context for a replacement consumer: same state and collaborators, fresh watch.
+    pub(super) fn successor(&self) -> Bridge {
+        Bridge {
+            state: Arc::clone(&self.state),
+            retired: AtomicBool::new(false),
+            watch: Mutex::new(GroupWatch::new(
+                self.settings.group_stall_timeout,
+                Instant::now(),
+            )),
+            settings: self.settings.clone(),
+            offsets: Arc::clone(&self.offsets),
+            runtime: self.runtime.clone(),
+            shutdown: self.shutdown.clone(),
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+}
+
+impl ClientContext for Bridge {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", fac, "{message}")
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{message}"),
+            _ => tracing::debug!(target: "librdkafka", fac, "{message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(target: "librdkafka", error = %error, "{reason}");
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        if self.retired.load(Relaxed) {
+            return;
+        }
+        {
+            let mut watch = self.watch();
+            let now = Instant::now();
+            watch.observe_brokers(crate::group_watch::known_brokers(&statistics), now);
+            if let Some(group) = &statistics.cgrp {
+                if let Some(state) = watch.observe(&group.state, &group.join_state, now) {
+                    // Rare (joins, rebalances, outages) and the first thing to read when a
+                    // consumer stops receiving records.
+                    tracing::info!(group_state = state, "consumer group state changed");
+                }
+            }
+        }
+        let mut lag = self.metrics.lag.lock().unwrap_or_else(|p| p.into_inner());
+        lag.clear();
+        for (topic, t) in &statistics.topics {
+            for (&partition, p) in &t.partitions {
+                if partition >= 0 && p.consumer_lag >= 0 {
+                    lag.insert(
+                        TopicPartition::new(topic.as_str(), partition),
+                        p.consumer_lag,
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for Bridge {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        if self.retired.load(Relaxed) {
+            // Being closed after a replacement: the state belongs to the successor.
+            if let Err(e) = consumer.unassign() {
+                tracing::debug!(error = %e, "unassign of a replaced consumer failed");
+            }
+            return;
+        }
+        let event = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Rebalance::Assign {
+                partitions: partitions_of(tpl),
+            },
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke {
+                partitions: partitions_of(tpl),
+                lost: consumer.assignment_lost(),
+            },
+            other => {
+                tracing::error!(error = ?other, "rebalance error; giving up the assignment");
+                let owned = self.lock().assigned.keys().cloned().collect();
+                Rebalance::Revoke {
+                    partitions: owned,
+                    lost: true,
+                }
+            }
+        };
+        self.handle(consumer, event);
+    }
+}

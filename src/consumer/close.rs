@@ -1,0 +1,78 @@
+//! The consumer's part of the shutdown sequence; see docs/ARCHITECTURE.md.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{CommitMode, Consumer};
+
+use super::state::pause;
+use super::{ConsumerReport, Kafka};
+
+/// The consumer's part of the shutdown sequence; see docs/ARCHITECTURE.md.
+pub(super) fn close(consumer: Kafka) -> ConsumerReport {
+    let bridge = consumer.context();
+    let shutdown = bridge.shutdown.clone();
+    {
+        let mut st = bridge.lock();
+        st.closing = true;
+        let all: Vec<_> = st.assigned.keys().cloned().collect();
+        pause(&consumer, &all);
+        // What was read is handed out as final batches; workers decide, against the deadline,
+        // whether each can still finish. Nothing new is fetched.
+        for tp in st.batcher.partitions() {
+            if let Some(records) = st.batcher.take(&tp) {
+                st.enqueue(tp, records);
+            }
+        }
+    }
+    shutdown.phase("fetching stopped");
+
+    // Feed the final batches, close the queues, and wait for the last worker to exit.
+    let mut abort_seen: Option<Instant> = None;
+    loop {
+        {
+            let mut st = bridge.lock();
+            st.drain_acks(&bridge.metrics);
+            if shutdown.abort.is_cancelled() {
+                st.pending.clear();
+            }
+            st.dispatch();
+            if st.pending.is_empty() {
+                st.workers.clear(); // closes the queues: workers exit once they are empty
+            }
+            if st.workers_gone {
+                break;
+            }
+        }
+        if shutdown.abort.is_cancelled() {
+            let seen = *abort_seen.get_or_insert_with(Instant::now);
+            if seen.elapsed() > Duration::from_secs(1) {
+                tracing::warn!(
+                    "workers did not stop within 1 s of the abort; committing the durable watermark anyway"
+                );
+                break;
+            }
+        }
+        // Keep serving the group (heartbeats, rebalances) while waiting; partitions are paused
+        // and anything still prefetched is not consumed.
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(20)) {
+            drop(m);
+        }
+    }
+
+    let report = {
+        let mut st = bridge.lock();
+        let timeout = shutdown
+            .hard_deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        st.commit(&consumer, CommitMode::Sync, true, timeout, &bridge.metrics);
+        st.abandoned()
+    };
+    shutdown.phase("offsets committed");
+    for (tp, from, to) in &report.abandoned {
+        tracing::warn!(partition = %tp, from, to, "abandoned offsets [from, to): not committed, a restart reads them again");
+    }
+    consumer.unsubscribe();
+    drop(consumer); // closes the consumer: leaves the group so partitions move at once
+    shutdown.phase("group left");
+    report
+}

@@ -1,0 +1,200 @@
+//! The Kafka side: one thread owns the rdkafka consumer, cuts records into per-partition
+//! batches, hands them to workers through bounded channels, and commits watermarks.
+//!
+//! Everything that touches the consumer (polling, rebalance callbacks, pause/resume, commits)
+//! runs on this one thread, so a commit can never race a revocation: offsets are only ever
+//! committed for partitions this consumer owns at that moment. The thread never runs on the
+//! async runtime, so its blocking calls cannot stall a worker.
+
+mod client;
+mod close;
+mod commit;
+mod rebalance;
+mod state;
+
+pub use rebalance::{Start, start_offset};
+pub use state::route;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use tokio::sync::mpsc::Sender;
+
+use crate::batcher::{Batcher, Limits};
+use crate::group_watch::GroupWatch;
+use crate::metrics::Metrics;
+use crate::model::{Ack, Batch, RawRecord, TopicPartition};
+use crate::shutdown::Shutdown;
+use crate::watermark::Watermarks;
+
+/// Where a partition should start: the durable next offsets kept next to the data.
+pub trait OffsetStore: Send + Sync + 'static {
+    fn load<'a>(
+        &'a self,
+        tps: &'a [TopicPartition],
+    ) -> Pin<Box<dyn Future<Output = Result<HashMap<TopicPartition, i64>, String>> + Send + 'a>>;
+}
+
+/// Settings of the Kafka consumer.
+#[derive(Clone, Debug)]
+pub struct ConsumerSettings {
+    pub brokers: String,
+    pub group_id: String,
+    pub topics: Vec<String>,
+    pub session_timeout_ms: u64,
+    pub max_poll_interval_ms: u64,
+    pub queue_kbytes: u64,
+    pub limits: Limits,
+    pub commit_interval: Duration,
+    pub revoke_drain_timeout: Duration,
+    /// How long the group may stay out of a steady state before the consumer is replaced.
+    pub group_stall_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error("kafka consumer: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("could not start the consumer thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// What the consumer thread reports when it ends.
+#[derive(Debug, Default)]
+pub struct ConsumerReport {
+    /// Partitions whose fetched records were not all made durable: `(partition, from, to)`,
+    /// the offsets a restart will read again.
+    pub abandoned: Vec<(TopicPartition, i64, i64)>,
+}
+
+use client::{Bridge, connect, replace};
+use close::close;
+use state::State;
+
+type Kafka = BaseConsumer<Bridge>;
+
+/// Creates the consumer and starts its thread.
+pub fn spawn(
+    settings: ConsumerSettings,
+    offsets: Arc<dyn OffsetStore>,
+    workers: Vec<Sender<Batch>>,
+    acks: Receiver<Ack>,
+    shutdown: Shutdown,
+    metrics: Arc<Metrics>,
+) -> Result<std::thread::JoinHandle<ConsumerReport>, ConsumerError> {
+    let state = State {
+        batcher: Batcher::new(settings.limits),
+        watermarks: Watermarks::default(),
+        workers,
+        acks,
+        pending: HashMap::new(),
+        assigned: HashMap::new(),
+        paused: HashSet::new(),
+        held: HashMap::new(),
+        fetched: HashMap::new(),
+        closing: false,
+        metrics: Arc::clone(&metrics),
+        workers_gone: false,
+    };
+    let bridge = Bridge {
+        state: Arc::new(Mutex::new(state)),
+        retired: AtomicBool::new(false),
+        watch: Mutex::new(GroupWatch::new(
+            settings.group_stall_timeout,
+            Instant::now(),
+        )),
+        settings,
+        offsets,
+        runtime: tokio::runtime::Handle::current(),
+        shutdown,
+        metrics,
+    };
+    let consumer = connect(bridge)?;
+    std::thread::Builder::new()
+        .name("kafka-consumer".into())
+        .spawn(move || run(consumer))
+        .map_err(ConsumerError::Thread)
+}
+
+/// How often the periodic commit sends every durable watermark, not only those that moved
+/// (see `State::commit`): the bound on how long a failed asynchronous commit stays unrepaired.
+const FULL_COMMIT_INTERVAL: Duration = Duration::from_secs(10);
+
+fn run(mut consumer: Kafka) -> ConsumerReport {
+    let commit_interval = consumer.context().settings.commit_interval;
+    let mut next_commit = Instant::now() + commit_interval;
+    let mut next_full_commit = Instant::now() + FULL_COMMIT_INTERVAL;
+    let mut poll_errors = 0u64;
+    while !consumer.context().shutdown.drain.is_cancelled() {
+        let bridge = consumer.context();
+        let now = Instant::now();
+        let wait = {
+            let mut st = bridge.lock();
+            st.drain_acks(&bridge.metrics);
+            for (tp, records) in st.batcher.expired(now) {
+                st.enqueue(tp, records);
+            }
+            st.dispatch();
+            st.apply_pause(&consumer);
+            if now >= next_commit {
+                let all = now >= next_full_commit;
+                if all {
+                    next_full_commit = now + FULL_COMMIT_INTERVAL;
+                }
+                st.commit(&consumer, CommitMode::Async, all, None, &bridge.metrics);
+                next_commit = now + commit_interval;
+            }
+            st.batcher
+                .next_expiry()
+                .map_or(Duration::from_millis(50), |t| {
+                    t.saturating_duration_since(now)
+                })
+                .min(Duration::from_millis(50))
+        };
+        match consumer.poll(wait) {
+            Some(Ok(m)) => {
+                let tp = TopicPartition::new(m.topic(), m.partition());
+                let record = RawRecord {
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().map(<[u8]>::to_vec),
+                    kafka_timestamp_ms: m.timestamp().to_millis(),
+                };
+                drop(m);
+                bridge.metrics.consumed.fetch_add(1, Relaxed);
+                let mut st = bridge.lock();
+                if st.assigned.contains_key(&tp) && !st.held.contains_key(&tp) {
+                    st.fetched.insert(tp.clone(), record.offset + 1);
+                    for full in st.batcher.push(&tp, record, Instant::now()) {
+                        st.enqueue(tp.clone(), full);
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                poll_errors += 1;
+                // Broker outages produce a stream of these; one line in a hundred is enough.
+                if poll_errors % 100 == 1 {
+                    tracing::warn!(error = %e, count = poll_errors, "kafka poll error");
+                }
+            }
+            None => {}
+        }
+        let stalled = bridge
+            .watch()
+            .stalled(Instant::now())
+            .map(|(s, d)| (s.to_owned(), d));
+        if let Some((why, stalled_for)) = stalled {
+            consumer = replace(consumer, &why, stalled_for);
+        }
+    }
+    close(consumer)
+}

@@ -1,0 +1,252 @@
+//! Rebalances: where an assigned partition starts, and what a revocation waits for.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{CommitMode, Consumer, RebalanceProtocol};
+use rdkafka::topic_partition_list::Offset;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::TopicPartition;
+
+use super::Kafka;
+use super::client::Bridge;
+use super::state::{pause, tpl_at, tpl_of};
+
+impl Bridge {
+    /// Handles a rebalance on the consumer thread, inside librdkafka's callback (which must
+    /// assign or unassign before it returns).
+    pub(super) fn handle(&self, consumer: &Kafka, event: Rebalance) {
+        self.metrics.rebalances.fetch_add(1, Relaxed);
+        self.watch().progress(Instant::now());
+        match event {
+            Rebalance::Assign { partitions } => self.on_assign(consumer, &partitions),
+            Rebalance::Revoke { partitions, lost } => self.on_revoke(consumer, &partitions, lost),
+        }
+    }
+
+    fn on_assign(&self, consumer: &Kafka, tps: &[TopicPartition]) {
+        let mut start = Vec::with_capacity(tps.len());
+        // Partitions started at a known offset (committed to Kafka even if nothing follows),
+        // and partitions that must not be read.
+        let mut started = Vec::new();
+        let mut held = Vec::new();
+        if !tps.is_empty() {
+            let stored = self.stored_offsets(&tps);
+            let committed = self.committed_offsets(consumer, &tps);
+            for tp in tps {
+                let kafka = committed.as_ref().map(|c| c.get(tp).copied());
+                let offset = match start_offset(stored.get(tp).copied(), kafka) {
+                    Start::Stored(pg) => {
+                        if let Some(end) = end_offset(consumer, tp).filter(|&end| end < pg) {
+                            held.push((tp.clone(), format!(
+                                "topic end offset {end} is below the stored watermark {pg}: was the topic \
+                                 deleted and recreated? Delete this partition's row in consumer_offsets, then restart"
+                            )));
+                        } else {
+                            started.push((tp.clone(), pg));
+                        }
+                        Offset::Offset(pg)
+                    }
+                    Start::Committed(k) => {
+                        started.push((tp.clone(), k));
+                        Offset::Offset(k)
+                    }
+                    Start::Beginning => Offset::Beginning,
+                    Start::AskKafka => Offset::Invalid,
+                };
+                start.push((tp, offset));
+            }
+            tracing::info!(partitions = ?tps.iter().map(ToString::to_string).collect::<Vec<_>>(), postgres = ?stored.values().collect::<Vec<_>>(), "partitions assigned");
+        }
+        let start = tpl_at(start);
+        let result = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_assign(&start),
+            _ => consumer.assign(&start),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "assign failed");
+        }
+        let mut st = self.lock();
+        for tp in tps {
+            st.assigned.insert(tp.clone(), CancellationToken::new());
+        }
+        for (tp, offset) in started {
+            st.watermarks.get_mut(&tp).start_at(offset);
+        }
+        for (tp, reason) in held {
+            tracing::error!(partition = %tp, "{reason}");
+            st.hold(tp, reason);
+        }
+        if st.closing {
+            pause(consumer, &tps);
+        } else {
+            st.apply_pause(consumer);
+        }
+        drop(st);
+        self.metrics.set_joined();
+    }
+
+    fn on_revoke(&self, consumer: &Kafka, tps: &[TopicPartition], lost: bool) {
+        crate::failpoint::hit_blocking("in_revoke");
+        let mut st = self.lock();
+        st.discard(&tps);
+        if !lost && !st.closing {
+            // Let in-flight batches of these partitions finish, within a bound below the
+            // session timeout (and before the shutdown abort, if one is coming).
+            let mut until = Instant::now() + self.settings.revoke_drain_timeout;
+            if let Some(at) = self.shutdown.abort_at() {
+                until = until.min(at);
+            }
+            while tps
+                .iter()
+                .any(|tp| st.watermarks.get(tp).is_some_and(|p| p.in_flight() > 0))
+                && Instant::now() < until
+            {
+                st.wait_ack(Duration::from_millis(20), &self.metrics);
+            }
+        }
+        for tp in tps {
+            if let Some(token) = st.assigned.get(tp) {
+                token.cancel(); // whatever is still queued or running for it is given up
+            }
+        }
+        if !lost {
+            // Still owned during the callback: the last moment these partitions may be committed.
+            st.commit(
+                consumer,
+                CommitMode::Sync,
+                true,
+                Some(Duration::from_secs(5)),
+                &self.metrics,
+            );
+        }
+        st.forget(&tps);
+        drop(st);
+        if lost && crate::failpoint::skips("lost_unassign") {
+            return;
+        }
+        let result = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_unassign(&tpl_of(tps)),
+            _ => consumer.unassign(),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "unassign failed");
+        }
+        tracing::info!(partitions = ?tps.iter().map(ToString::to_string).collect::<Vec<_>>(), lost, "partitions revoked");
+    }
+
+    /// PostgreSQL's stored next offsets; on failure the partitions start from Kafka's
+    /// committed offsets, which is safe (replays are idempotent), only slower.
+    pub(super) fn stored_offsets(&self, tps: &[TopicPartition]) -> HashMap<TopicPartition, i64> {
+        // The timer must be created inside the runtime: this thread is not one of its workers.
+        let load =
+            async { tokio::time::timeout(Duration::from_secs(5), self.offsets.load(tps)).await };
+        match self.runtime.block_on(load) {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not read stored offsets; starting from Kafka's committed offsets");
+                HashMap::new()
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "reading stored offsets timed out; starting from Kafka's committed offsets"
+                );
+                HashMap::new()
+            }
+        }
+    }
+
+    /// Kafka's committed offsets; `None` when they could not be read.
+    pub(super) fn committed_offsets(
+        &self,
+        consumer: &Kafka,
+        tps: &[TopicPartition],
+    ) -> Option<HashMap<TopicPartition, i64>> {
+        match consumer.committed_offsets(tpl_of(tps), Duration::from_secs(5)) {
+            Ok(list) => Some(
+                list.elements()
+                    .iter()
+                    .filter_map(|e| match e.offset() {
+                        Offset::Offset(o) => {
+                            Some((TopicPartition::new(e.topic(), e.partition()), o))
+                        }
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read committed offsets");
+                None
+            }
+        }
+    }
+}
+
+/// Where an assigned partition starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// PostgreSQL's watermark: written with the rows, so it is the truth. Kafka's committed
+    /// offset only trails it; one ahead of it (PostgreSQL restored from a backup) would skip
+    /// records PostgreSQL lacks.
+    Stored(i64),
+    /// No watermark stored (a new schema): Kafka's committed offset.
+    Committed(i64),
+    /// Nothing stored or committed: `auto.offset.reset` (earliest).
+    Beginning,
+    /// Nothing stored and Kafka's committed offsets unknown: librdkafka fetches them.
+    AskKafka,
+}
+
+/// The start policy. `committed` is `None` when Kafka's committed offsets could not be read,
+/// `Some(None)` when the group has none for the partition.
+pub fn start_offset(stored: Option<i64>, committed: Option<Option<i64>>) -> Start {
+    match (stored, committed) {
+        (Some(pg), _) => Start::Stored(pg),
+        (None, Some(Some(k))) => Start::Committed(k),
+        (None, Some(None)) => Start::Beginning,
+        (None, None) => Start::AskKafka,
+    }
+}
+
+/// The partition's end offset (high watermark), if the broker answers within 5 s.
+pub(super) fn end_offset(consumer: &Kafka, tp: &TopicPartition) -> Option<i64> {
+    match consumer.fetch_watermarks(&tp.topic, tp.partition, Duration::from_secs(5)) {
+        Ok((_, high)) => Some(high),
+        Err(e) => {
+            tracing::warn!(partition = %tp, error = %e, "could not read the end offset");
+            None
+        }
+    }
+}
+
+/// A rebalance as the consumer handles it, turned from librdkafka's callback into a value.
+#[derive(Debug)]
+pub(super) enum Rebalance {
+    Assign {
+        partitions: Vec<TopicPartition>,
+    },
+    /// `lost`: the partitions were taken away (session timeout), so nothing may be committed
+    /// for them any more.
+    Revoke {
+        partitions: Vec<TopicPartition>,
+        lost: bool,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_watermark_wins_whenever_stored() {
+        assert_eq!(start_offset(Some(10), Some(Some(5))), Start::Stored(10));
+        // Kafka ahead of PostgreSQL (PostgreSQL restored): re-read from PostgreSQL's.
+        assert_eq!(start_offset(Some(10), Some(Some(50))), Start::Stored(10));
+        assert_eq!(start_offset(Some(10), None), Start::Stored(10));
+        assert_eq!(start_offset(None, Some(Some(7))), Start::Committed(7));
+        assert_eq!(start_offset(None, Some(None)), Start::Beginning);
+        assert_eq!(start_offset(None, None), Start::AskKafka);
+    }
+}
