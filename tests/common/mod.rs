@@ -3,6 +3,7 @@
 //! to start it; nothing is skipped.
 #![allow(dead_code)]
 
+pub mod chaos_kit;
 pub mod proxy;
 
 use std::collections::{BTreeMap, HashMap};
