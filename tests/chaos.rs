@@ -895,6 +895,10 @@ async fn chaos_5_sigterm_with_too_short_deadline() {
     );
     final_clean_run(&s, &chaos_env(&s), "short_deadline").await;
     verify_and_report(&s, "short_deadline", rounds).await;
+    assert!(
+        exits.get(&3).copied().unwrap_or(0) >= 1,
+        "the deadline never bit: no round exited with code 3 ({exits:?}); the scenario tested nothing"
+    );
     finish(&s, "short_deadline", started).await;
 }
 
