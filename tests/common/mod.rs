@@ -405,8 +405,17 @@ pub struct Daemon {
     pub log_path: PathBuf,
 }
 
+/// The daemon binary cargo built for these tests, or the one `LOG_PROCESSOR_BIN` names (a
+/// release build, or a copy that a concurrent build in the same target directory cannot
+/// replace mid-run).
 pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_log-processor")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("LOG_PROCESSOR_BIN")
+            .ok()
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_log-processor").to_string())
+    })
 }
 
 impl Daemon {
