@@ -83,12 +83,13 @@ init_cluster() {
 
 setup_role_and_db() {
   # Idempotent: the role's password is (re)set, the database is created only when missing.
+  # CREATEROLE: tests/refusals.rs runs the daemon as its own least-privilege role.
   as_pg psql -XAtq -v ON_ERROR_STOP=1 -h "$PG_SOCKET_DIR" -p "$PG_PORT" -d postgres >/dev/null <<SQL
 DO \$\$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_DB_USER') THEN
-    CREATE ROLE $PG_DB_USER LOGIN CREATEDB PASSWORD '$PG_DB_PASS';
+    CREATE ROLE $PG_DB_USER LOGIN CREATEDB CREATEROLE PASSWORD '$PG_DB_PASS';
   ELSE
-    ALTER ROLE $PG_DB_USER LOGIN CREATEDB PASSWORD '$PG_DB_PASS';
+    ALTER ROLE $PG_DB_USER LOGIN CREATEDB CREATEROLE PASSWORD '$PG_DB_PASS';
   END IF;
 END \$\$;
 SELECT 'CREATE DATABASE $PG_DB_NAME OWNER $PG_DB_USER' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$PG_DB_NAME')\gexec
@@ -102,7 +103,11 @@ start() {
   bin="$(pg_bin)"
   if running; then
     head -n 1 "$d/postmaster.pid" >"$RUN_DIR/postgres.pid"
-    if healthy; then log "postgres: already running (pid $(cat "$RUN_DIR/postgres.pid"))"; return 0; fi
+    if healthy; then
+      setup_role_and_db # a cluster made by an older version of this script gets the role's current rights
+      log "postgres: already running (pid $(cat "$RUN_DIR/postgres.pid"))"
+      return 0
+    fi
     setup_role_and_db
     wait_for postgres "$PG_START_TIMEOUT" "$PG_LOG" healthy
     return 0
