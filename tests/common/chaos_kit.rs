@@ -1,7 +1,7 @@
-//! Helpers of the suites that run the real binary through faults under load (tests/chaos.rs):
-//! run settings and the test's own dice, waiting on the daemon and the stores, a steady load
-//! producer, offset checks, and the final verification with its summary line
-//! `chaos: scenario=NAME kills=.. records=.. lost=.. ...`.
+//! Helpers of the suites that run the real binary through faults under load (tests/chaos.rs,
+//! tests/refusals.rs): run settings and the test's own dice, waiting on the daemon and the
+//! stores, a steady load producer, offset checks, and the final verification with its summary
+//! line `chaos: scenario=NAME kills=.. records=.. lost=.. ...`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -131,6 +131,25 @@ pub async fn wait_line(d: &Daemon, needle: &str, timeout: Duration) {
     }
 }
 
+/// Waits for a log line containing `needle`; fails at once, with the log, if the daemon exits.
+pub async fn wait_line_alive(d: &mut Daemon, needle: &str, timeout: Duration) {
+    let start = Instant::now();
+    while !d.has_line(needle) {
+        assert!(
+            alive(d),
+            "the daemon exited (code {:?}) before logging {needle:?}; log:\n{}",
+            d.child.try_wait().ok().flatten().and_then(|s| s.code()),
+            folded_tail(d, 40)
+        );
+        assert!(
+            start.elapsed() < timeout,
+            "no log line with {needle:?} within {timeout:?}; log:\n{}",
+            folded_tail(d, 40)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits until PostgreSQL holds more than `than` records (rows + dead letters).
 pub async fn wait_progress(s: &Scenario, than: i64, timeout: Duration) -> bool {
     let start = Instant::now();
@@ -180,7 +199,8 @@ pub fn try_topic_total(s: &Scenario) -> Option<i64> {
 }
 
 /// The last `n` log lines with the retries of one batch folded into their latest line and a
-/// count, so that a failure message shows what happened rather than a wall of retries.
+/// count, and long lines clipped, so that a failure message shows what happened rather than a
+/// wall of retries.
 pub fn folded_tail(d: &Daemon, n: usize) -> String {
     let lines = d.lines.lock().unwrap();
     // key -> (position of its latest line, that line, how many)
@@ -204,11 +224,12 @@ pub fn folded_tail(d: &Daemon, n: usize) -> String {
     kept[skip..]
         .iter()
         .map(|(_, l, c)| {
-            if *c > 1 {
-                format!("{l}   [x{c}]")
-            } else {
-                l.clone()
-            }
+            // Long lines (a statement sqlx quotes in full) clipped to what identifies them.
+            let l = match l.char_indices().nth(400) {
+                Some((at, _)) => format!("{}...", &l[..at]),
+                None => l.clone(),
+            };
+            if *c > 1 { format!("{l}   [x{c}]") } else { l }
         })
         .collect::<Vec<_>>()
         .join("\n")
@@ -385,6 +406,17 @@ pub fn load_producer() -> LoadProducer {
 
 impl Load {
     pub fn start(s: &Scenario, start_seq: u64, per_tick: u64, limit: Option<u64>) -> Load {
+        Load::start_with_ratio(s, start_seq, per_tick, limit, MALFORMED)
+    }
+
+    /// [`Load::start`] with `ratio` of the records malformed.
+    pub fn start_with_ratio(
+        s: &Scenario,
+        start_seq: u64,
+        per_tick: u64,
+        limit: Option<u64>,
+        ratio: f64,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let (topic, flag) = (s.topic.clone(), stop.clone());
         let handle = std::thread::spawn(move || {
@@ -395,7 +427,7 @@ impl Load {
             while !flag.load(Ordering::Relaxed) && seq < end {
                 let tick = Instant::now();
                 for _ in 0..per_tick.min(end - seq) {
-                    send_generated(&p, &topic, seq, MALFORMED);
+                    send_generated(&p, &topic, seq, ratio);
                     seq += 1;
                 }
                 if p.context().0.load(Ordering::Relaxed) == 0 {
