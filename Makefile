@@ -16,13 +16,14 @@ system-deps:
 test: system-deps services-up
 	eval "$$(bash $(INFRA) env)" && cargo test --locked --features failpoints -- $(TEST_FLAGS)
 
-# The full chaos suite (tests/chaos.rs). Prints the seed first; CHAOS_SEED=N replays a run.
+# The full chaos suites (tests/chaos.rs, then the store refusals of tests/refusals.rs). Prints the
+# seed first; CHAOS_SEED=N replays a run.
 CHAOS_FULL ?= 1
 chaos: system-deps services-up
 	@seed="$${CHAOS_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}"; \
 	echo "chaos: seed=$$seed full=$(CHAOS_FULL) (replay with CHAOS_SEED=$$seed make chaos)"; \
 	eval "$$(bash $(INFRA) env)" && CHAOS_SEED="$$seed" CHAOS_FULL="$(CHAOS_FULL)" \
-	  cargo test --locked --features failpoints --test chaos -- --nocapture $(TEST_FLAGS)
+	  cargo test --locked --features failpoints --no-fail-fast --test chaos --test refusals -- --nocapture $(TEST_FLAGS)
 
 demo: system-deps services-up
 	bash scripts/demo.sh

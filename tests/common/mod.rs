@@ -3,9 +3,14 @@
 //! to start it; nothing is skipped.
 #![allow(dead_code)]
 
+pub mod chaos_kit;
 pub mod proxy;
+pub mod verify;
 
-use std::collections::{BTreeMap, HashMap};
+#[allow(unused_imports)]
+pub use verify::{Expectation, Verdict};
+
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -18,7 +23,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 pub const START_HINT: &str =
@@ -175,44 +180,6 @@ impl Scenario {
         bad
     }
 
-    /// How many records in the topic below `ends` were generated malformed under `ratio`, read
-    /// from Kafka itself (every generated record has the key `k{seq}`), so the count holds
-    /// whatever a producer did or did not manage to deliver.
-    pub fn generated_malformed(&self, ends: &BTreeMap<i32, i64>, ratio: f64) -> u64 {
-        use rdkafka::message::Message;
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", kafka_brokers())
-            .set("enable.partition.eof", "false")
-            // assign() wants a group; this one never joins or commits.
-            .set("group.id", format!("{}-readback", self.group))
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        c.assign(&self.partition_list(Some(0))).unwrap();
-        let (mut left, mut bad) = (ends.values().sum::<i64>(), 0);
-        let started = Instant::now();
-        while left > 0 {
-            assert!(
-                started.elapsed() < Duration::from_secs(300),
-                "reading the topic back: {left} records short"
-            );
-            let Some(m) = c.poll(Duration::from_secs(1)) else {
-                continue;
-            };
-            let m = m.expect("read the topic back");
-            if m.offset() >= ends[&m.partition()] {
-                continue;
-            }
-            left -= 1;
-            let seq = m
-                .key()
-                .and_then(|k| std::str::from_utf8(k).ok()?.strip_prefix('k')?.parse().ok())
-                .expect("a generated record's key is k<seq>");
-            bad += u64::from(loadgen::is_malformed(seq, ratio));
-        }
-        bad
-    }
-
     /// Produces explicit payloads (hostile input).
     pub fn produce_raw(&self, records: &[(Option<Vec<u8>>, Vec<u8>)]) {
         let producer: BaseProducer = producer_config().create().expect("producer");
@@ -356,112 +323,6 @@ impl Scenario {
         }
     }
 
-    /// Reads everything back from both stores and Kafka and counts what went wrong.
-    pub async fn verify(&self) -> Verdict {
-        let pool = self.pg().await;
-        let ends = self.end_offsets();
-        let q = format!(
-            "SELECT kafka_partition, kafka_offset, ts, level, service, message, fields::text FROM {}.log_records",
-            self.schema
-        );
-        let rows: Vec<(
-            i32,
-            i64,
-            chrono::DateTime<chrono::Utc>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            String,
-        )> = sqlx::query_as(sqlx::AssertSqlSafe(q))
-            .fetch_all(&pool)
-            .await
-            .expect("read log_records");
-        let q = format!(
-            "SELECT kafka_partition, kafka_offset FROM {}.dead_letters",
-            self.schema
-        );
-        let dead: Vec<(i32, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(q))
-            .fetch_all(&pool)
-            .await
-            .expect("read dead_letters");
-        let q = format!(
-            "SELECT count(*) - count(DISTINCT fields->>'seq') FROM {}.log_records WHERE fields ? 'seq'",
-            self.schema
-        );
-        let (pg_seq_dups,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(q))
-            .fetch_one(&pool)
-            .await
-            .expect("seq duplicates");
-
-        let mut seen: HashMap<(i32, i64), u32> = HashMap::new();
-        for r in &rows {
-            *seen.entry((r.0, r.1)).or_default() += 1;
-        }
-        for d in &dead {
-            *seen.entry(*d).or_default() += 1;
-        }
-        let mut lost = 0;
-        let mut both = 0;
-        for (&p, &end) in &ends {
-            for o in 0..end {
-                match seen.get(&(p, o)) {
-                    None => lost += 1,
-                    Some(1) => {}
-                    Some(_) => both += 1,
-                }
-            }
-        }
-
-        let docs = es_documents(&format!("{}-*", self.index)).await;
-        let mut es_by_key: HashMap<(i32, i64), Vec<&Value>> = HashMap::new();
-        for d in &docs {
-            let k = (
-                d["kafka"]["partition"].as_i64().unwrap() as i32,
-                d["kafka"]["offset"].as_i64().unwrap(),
-            );
-            es_by_key.entry(k).or_default().push(d);
-        }
-        // Documents beyond one per record, and the same generated record under two coordinates.
-        let seqs: Vec<u64> = docs
-            .iter()
-            .filter_map(|d| d["fields"]["seq"].as_u64())
-            .collect();
-        let distinct_seqs = seqs.iter().collect::<std::collections::HashSet<_>>().len();
-        let es_duplicates = (docs.len() - es_by_key.len()) + (seqs.len() - distinct_seqs);
-        let mut mismatched = 0;
-        for r in &rows {
-            let fields: Value = serde_json::from_str(&r.6).unwrap();
-            let expect = json!({
-                "@timestamp": r.2.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                "level": r.3, "service": r.4, "message": r.5, "fields": fields,
-            });
-            let ok = es_by_key.get(&(r.0, r.1)).is_some_and(|v| {
-                v.iter().all(|d| {
-                    let mut d = (*d).clone();
-                    d.as_object_mut().unwrap().remove("kafka");
-                    d == expect
-                })
-            });
-            if !ok {
-                mismatched += 1;
-            }
-        }
-        // Documents with no row (and no dead letter explaining them) also disagree.
-        let row_keys: std::collections::HashSet<(i32, i64)> =
-            rows.iter().map(|r| (r.0, r.1)).collect();
-        let extra_docs = es_by_key.keys().filter(|k| !row_keys.contains(k)).count();
-        Verdict {
-            records: ends.values().sum::<i64>() as u64,
-            lost,
-            pg_duplicates: (both + pg_seq_dups) as u64,
-            es_duplicates: es_duplicates as u64,
-            mismatched: (mismatched + extra_docs) as u64,
-            dead_lettered: dead.len() as u64,
-            stored: rows.len() as u64,
-            indexed: docs.len() as u64,
-        }
-    }
-
     pub async fn cleanup(&self) {
         let pool = self.pg().await;
         let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -474,85 +335,11 @@ impl Scenario {
     }
 }
 
-/// What a run left behind, counted from the stores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Verdict {
-    pub records: u64,
-    pub lost: u64,
-    pub pg_duplicates: u64,
-    pub es_duplicates: u64,
-    pub mismatched: u64,
-    pub dead_lettered: u64,
-    pub stored: u64,
-    pub indexed: u64,
-}
-
-impl Verdict {
-    pub fn assert_exact(&self, what: &str) {
-        println!(
-            "{what}: records={} stored={} indexed={} dead_lettered={} lost={} pg_duplicates={} es_duplicates={} mismatched={}",
-            self.records,
-            self.stored,
-            self.indexed,
-            self.dead_lettered,
-            self.lost,
-            self.pg_duplicates,
-            self.es_duplicates,
-            self.mismatched
-        );
-        self.assert_sound(what);
-    }
-
-    /// Nothing lost, duplicated or different between the stores; every record accounted for.
-    pub fn assert_sound(&self, what: &str) {
-        assert_eq!(
-            (
-                self.lost,
-                self.pg_duplicates,
-                self.es_duplicates,
-                self.mismatched
-            ),
-            (0, 0, 0, 0),
-            "{what}: {self:?}"
-        );
-        assert_eq!(
-            self.stored + self.dead_lettered,
-            self.records,
-            "{what}: every record stored or dead-lettered once"
-        );
-        assert_eq!(
-            self.indexed, self.stored,
-            "{what}: both stores hold the same records"
-        );
-    }
-}
-
-/// All documents of an index pattern (refreshed first), via search_after.
+/// All documents (`_source`) of an index pattern, refreshed first.
 pub async fn es_documents(pattern: &str) -> Vec<Value> {
-    let base = elasticsearch_url();
-    http("POST", &format!("{base}/{pattern}/_refresh"), None).await;
     let mut out = Vec::new();
-    let mut after: Option<Value> = None;
-    loop {
-        let mut body = json!({"size": 5000, "sort": [{"kafka.partition": "asc"}, {"kafka.offset": "asc"}], "query": {"match_all": {}}});
-        if let Some(a) = &after {
-            body["search_after"] = a.clone();
-        }
-        let (status, text) = http(
-            "POST",
-            &format!("{base}/{pattern}/_search?ignore_unavailable=true&allow_no_indices=true"),
-            Some(body.to_string()),
-        )
-        .await;
-        assert_eq!(status, 200, "search {pattern}: {text}");
-        let v: Value = serde_json::from_str(&text).unwrap();
-        let hits = v["hits"]["hits"].as_array().cloned().unwrap_or_default();
-        if hits.is_empty() {
-            return out;
-        }
-        after = hits.last().map(|h| h["sort"].clone());
-        out.extend(hits.into_iter().map(|h| h["_source"].clone()));
-    }
+    verify::es_hits(pattern, |hit| out.push(hit["_source"].clone())).await;
+    out
 }
 
 async fn reqwest_like_delete(url: &str) -> u16 {
@@ -618,8 +405,17 @@ pub struct Daemon {
     pub log_path: PathBuf,
 }
 
+/// The daemon binary cargo built for these tests, or the one `LOG_PROCESSOR_BIN` names (a
+/// release build, or a copy that a concurrent build in the same target directory cannot
+/// replace mid-run).
 pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_log-processor")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("LOG_PROCESSOR_BIN")
+            .ok()
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_log-processor").to_string())
+    })
 }
 
 impl Daemon {
