@@ -111,7 +111,11 @@ pub async fn run(
     settings.validate()?;
     let shutdown = Shutdown::new(settings.shutdown_deadline());
     let metrics = Arc::new(Metrics::default());
+    // The consumer thread's longest legitimate silence is a rebalance callback: a revocation
+    // drain (below the session timeout) plus reads bounded at 5 s each.
+    metrics.set_liveness_bound(settings.liveness_timeout());
     tokio::spawn(watch_triggers(triggers, shutdown.clone(), metrics.clone()));
+    tokio::spawn(systemd_watchdog(metrics.clone()));
 
     let http_stop = CancellationToken::new();
     let listener = TcpListener::bind(settings.http_addr)
@@ -164,8 +168,16 @@ pub async fn run(
         }
         Err(e) => return Err(e.into()),
     }
-    if let Ok(v) = es.version().await {
-        tracing::info!(elasticsearch = %v, "stores ready");
+    tokio::select! {
+        v = es.version() => {
+            if let Ok(v) = v {
+                tracing::info!(elasticsearch = %v, "stores ready");
+            }
+        }
+        _ = shutdown.drain.cancelled() => {
+            shutdown.phase("exit during start-up");
+            return Ok(Exit::Clean);
+        }
     }
 
     let redactor = Redactor::new(
@@ -199,7 +211,7 @@ pub async fn run(
     for id in 0..settings.workers {
         let (tx, rx) = tokio::sync::mpsc::channel(settings.worker_queue);
         senders.push(tx);
-        workers.push(tokio::spawn(
+        let worker = tokio::spawn(
             Worker {
                 id,
                 queue: rx,
@@ -208,7 +220,9 @@ pub async fn run(
                 given_up: HashMap::new(),
             }
             .run(),
-        ));
+        );
+        workers.push(worker.abort_handle());
+        tokio::spawn(exit_if_ends_early(id, worker, shutdown.clone()));
     }
     drop(ack_tx); // only workers hold ack senders: the channel closes when the last one exits
 
@@ -225,7 +239,7 @@ pub async fn run(
             linger: settings.batch_linger(),
         },
         commit_interval: Duration::from_millis(settings.commit_interval_ms),
-        revoke_drain_timeout: Duration::from_millis(settings.revoke_drain_timeout_ms),
+        revoke_drain_timeout: settings.revoke_drain_timeout(),
         group_stall_timeout: settings.group_stall_timeout(),
     };
     let offsets = Arc::new(GroupOffsets {
@@ -275,6 +289,44 @@ pub async fn run(
     metrics.shutdown_ms.store(shutdown.elapsed_ms(), Relaxed);
     tracing::info!(target: "log_processor::shutdown", phase = "exit", elapsed_ms = shutdown.elapsed_ms(), exit_code = exit as i32, "shutdown: exit");
     Ok(exit)
+}
+
+/// With systemd's `WatchdogSec`, pings `WATCHDOG=1` at half the interval while liveness holds,
+/// so a wedged consumer thread gets the service restarted.
+async fn systemd_watchdog(metrics: Arc<Metrics>) {
+    let Some(usec) = std::env::var("WATCHDOG_USEC")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&u| u > 0)
+    else {
+        return;
+    };
+    let mut tick = tokio::time::interval(Duration::from_micros(usec / 2));
+    loop {
+        tick.tick().await;
+        match metrics.liveness() {
+            Ok(()) => notify::send("WATCHDOG=1"),
+            Err(silent) => tracing::error!(
+                silent_s = silent.as_secs(),
+                "the kafka consumer thread is silent; not pinging the systemd watchdog"
+            ),
+        }
+    }
+}
+
+/// A worker ends only after the drain began. One that ends before (a panic) would leave its
+/// partitions paused for good, so the process exits 1 for its supervisor to restart it.
+async fn exit_if_ends_early(id: usize, worker: tokio::task::JoinHandle<()>, shutdown: Shutdown) {
+    let outcome = worker.await;
+    if !shutdown.drain.is_cancelled() {
+        let why = outcome.err().map(|e| e.to_string()).unwrap_or_default();
+        tracing::error!(
+            worker = id,
+            why,
+            "a worker ended unexpectedly; exiting (code 1) so the daemon is restarted"
+        );
+        std::process::exit(1);
+    }
 }
 
 /// First trigger: graceful shutdown with a deadline. Second trigger: abort.

@@ -48,10 +48,11 @@ pub struct Settings {
     /// How often durable offsets are committed to Kafka.
     #[arg(long, env = "LP_COMMIT_INTERVAL_MS", default_value_t = 1000)]
     pub commit_interval_ms: u64,
-    /// On revocation, how long in-flight batches of revoked partitions may finish before they
-    /// are given up. Must stay below the session timeout.
-    #[arg(long, env = "LP_REVOKE_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
-    pub revoke_drain_timeout_ms: u64,
+    /// On revocation, how long batches already being written for revoked partitions may
+    /// finish before they are given up. Must stay below the session timeout; defaults to the
+    /// smaller of 10 s and half the session timeout.
+    #[arg(long, env = "LP_REVOKE_DRAIN_TIMEOUT_MS")]
+    pub revoke_drain_timeout_ms: Option<u64>,
     /// When the consumer's group membership has not been steady this long (it lost its
     /// partitions and is not getting them back), the consumer is replaced by a new one.
     /// At least twice the session timeout; defaults to the larger of 120 s and four session
@@ -137,6 +138,11 @@ pub struct Settings {
     #[arg(long, env = "LP_SHUTDOWN_MARGIN_MS", default_value_t = 2000)]
     pub shutdown_margin_ms: u64,
 
+    /// `/healthz` fails (and systemd's watchdog is no longer pinged) when the Kafka consumer
+    /// thread has not gone round its loop for this long. Defaults to the larger of 60 s and two
+    /// session timeouts; must exceed the session timeout.
+    #[arg(long, env = "LP_LIVENESS_TIMEOUT_MS")]
+    pub liveness_timeout_ms: Option<u64>,
     /// Address serving /metrics, /healthz and /readyz.
     #[arg(long, env = "LP_HTTP_ADDR", default_value = "0.0.0.0:9898")]
     pub http_addr: SocketAddr,
@@ -226,14 +232,53 @@ impl Settings {
                 ),
             ));
         }
-        if self.revoke_drain_timeout_ms >= self.session_timeout_ms {
+        if self.revoke_drain_timeout().as_millis() as u64 >= self.session_timeout_ms {
             return Err(invalid(
                 "LP_REVOKE_DRAIN_TIMEOUT_MS (--revoke-drain-timeout-ms)",
                 format!(
                     "{} must be below LP_SESSION_TIMEOUT_MS ({})",
-                    self.revoke_drain_timeout_ms, self.session_timeout_ms
+                    self.revoke_drain_timeout().as_millis(),
+                    self.session_timeout_ms
                 ),
             ));
+        }
+        if self.liveness_timeout().as_millis() as u64 <= self.session_timeout_ms {
+            return Err(invalid(
+                "LP_LIVENESS_TIMEOUT_MS (--liveness-timeout-ms)",
+                format!(
+                    "{} must exceed LP_SESSION_TIMEOUT_MS ({}): a rebalance may legitimately take that long",
+                    self.liveness_timeout().as_millis(),
+                    self.session_timeout_ms
+                ),
+            ));
+        }
+        // A zero here would spin a loop or make every request time out at once.
+        for (field, value) in [
+            (
+                "LP_COMMIT_INTERVAL_MS (--commit-interval-ms)",
+                self.commit_interval_ms,
+            ),
+            (
+                "LP_BATCH_LINGER_MS (--batch-linger-ms)",
+                self.batch_linger_ms,
+            ),
+            ("LP_ES_TIMEOUT_MS (--es-timeout-ms)", self.es_timeout_ms),
+            (
+                "LP_PG_STATEMENT_TIMEOUT_MS (--pg-statement-timeout-ms)",
+                self.pg_statement_timeout_ms,
+            ),
+            (
+                "LP_PG_CONNECT_TIMEOUT_MS (--pg-connect-timeout-ms)",
+                self.pg_connect_timeout_ms,
+            ),
+            (
+                "LP_SESSION_TIMEOUT_MS (--session-timeout-ms)",
+                self.session_timeout_ms,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, "must be at least 1"));
+            }
         }
         if let Some(stall) = self
             .group_stall_timeout_ms
@@ -348,6 +393,14 @@ impl Settings {
     pub fn batch_linger(&self) -> Duration {
         Duration::from_millis(self.batch_linger_ms)
     }
+    pub fn liveness_timeout(&self) -> Duration {
+        let default = 60_000.max(2 * self.session_timeout_ms);
+        Duration::from_millis(self.liveness_timeout_ms.unwrap_or(default))
+    }
+    pub fn revoke_drain_timeout(&self) -> Duration {
+        let default = 10_000.min(self.session_timeout_ms / 2);
+        Duration::from_millis(self.revoke_drain_timeout_ms.unwrap_or(default))
+    }
     pub fn group_stall_timeout(&self) -> Duration {
         let default = 120_000.max(4 * self.session_timeout_ms);
         Duration::from_millis(self.group_stall_timeout_ms.unwrap_or(default))
@@ -363,6 +416,8 @@ impl fmt::Display for Settings {
         s.redact_key = s.redact_key.map(|_| "****".into());
         s.dead_letter_key = s.dead_letter_key.map(|_| "****".into());
         s.group_stall_timeout_ms = Some(self.group_stall_timeout().as_millis() as u64);
+        s.revoke_drain_timeout_ms = Some(self.revoke_drain_timeout().as_millis() as u64);
+        s.liveness_timeout_ms = Some(self.liveness_timeout().as_millis() as u64);
         write!(f, "{s:#?}")
     }
 }
@@ -497,6 +552,27 @@ mod tests {
             .validate()
             .unwrap_err();
         assert_eq!(err.field, "LP_SHUTDOWN_MARGIN_MS (--shutdown-margin-ms)");
+    }
+
+    #[test]
+    fn zero_is_refused_where_it_would_spin_or_time_out_at_once() {
+        for (flag, field) in [
+            ("--commit-interval-ms", "LP_COMMIT_INTERVAL_MS"),
+            ("--batch-linger-ms", "LP_BATCH_LINGER_MS"),
+            ("--es-timeout-ms", "LP_ES_TIMEOUT_MS"),
+            ("--pg-statement-timeout-ms", "LP_PG_STATEMENT_TIMEOUT_MS"),
+        ] {
+            let err = parse(&[flag, "0"]).validate().unwrap_err();
+            assert!(err.field.starts_with(field), "{flag}: {err}");
+        }
+    }
+
+    #[test]
+    fn revoke_drain_default_follows_a_lowered_session_timeout() {
+        let s = parse(&["--session-timeout-ms", "6000"]);
+        s.validate().unwrap();
+        assert_eq!(s.revoke_drain_timeout(), Duration::from_millis(3000));
+        assert_eq!(parse(&[]).revoke_drain_timeout(), Duration::from_secs(10));
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! put a dependency in a state that is otherwise rare: `lost_unassign` withholds the unassign
 //! librdkafka waits for after a lost assignment, leaving its group handler stuck;
 //! `lost_async_commit` drops a periodic commit of moved watermarks as a broker refusal would,
-//! unseen. Without the feature every call is an empty inline function: release binaries carry
+//! unseen; `worker_panic` makes a worker panic at its next batch; `consumer_wedge` stops the
+//! consumer thread in its loop. Without the feature every call is an empty inline function: release binaries carry
 //! none of this.
 
 /// The points, in the order a batch meets them.

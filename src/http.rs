@@ -48,7 +48,17 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, content_type, body) = match (method, path) {
         ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
+        ("GET", "/healthz") => match metrics.liveness() {
+            Ok(()) => ("200 OK", "text/plain", "ok\n".to_string()),
+            Err(silent) => (
+                "503 Service Unavailable",
+                "text/plain",
+                format!(
+                    "the kafka consumer thread has not polled for {} s\n",
+                    silent.as_secs()
+                ),
+            ),
+        },
         ("GET", "/readyz") if metrics.is_ready() => ("200 OK", "text/plain", "ready\n".to_string()),
         ("GET", "/readyz") => (
             "503 Service Unavailable",

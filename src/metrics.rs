@@ -84,6 +84,11 @@ pub struct Metrics {
     stalled: Mutex<BTreeMap<TopicPartition, String>>,
     ready: AtomicBool,
     notified_ready: AtomicBool,
+    /// When the consumer thread last went round its loop (ms since `born`); 0 before it started.
+    consumer_beat_ms: AtomicU64,
+    /// How long the consumer thread may go without a beat before liveness fails (ms; 0: never).
+    liveness_bound_ms: AtomicU64,
+    born: std::sync::OnceLock<std::time::Instant>,
 }
 
 impl Metrics {
@@ -102,6 +107,40 @@ impl Metrics {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Relaxed)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.born
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis() as u64
+            + 1
+    }
+
+    /// The consumer thread is alive and polling.
+    pub fn consumer_beat(&self) {
+        self.consumer_beat_ms.store(self.now_ms(), Relaxed);
+    }
+
+    /// Liveness fails once the consumer thread has not beaten for `bound`.
+    pub fn set_liveness_bound(&self, bound: Duration) {
+        self.born.get_or_init(std::time::Instant::now);
+        self.liveness_bound_ms
+            .store(bound.as_millis() as u64, Relaxed);
+    }
+
+    /// `Err` with how long the consumer thread has been silent, when past the bound.
+    pub fn liveness(&self) -> Result<(), Duration> {
+        let (beat, bound) = (
+            self.consumer_beat_ms.load(Relaxed),
+            self.liveness_bound_ms.load(Relaxed),
+        );
+        let silent = self.now_ms().saturating_sub(beat);
+        if beat == 0 || bound == 0 || silent <= bound {
+            Ok(())
+        } else {
+            Err(Duration::from_millis(silent))
+        }
     }
 
     /// Marks `tp` held for `reason`; logs the reason once per change.

@@ -61,8 +61,11 @@ pub struct Batch {
     /// `next_offset` only from there (see `sink::postgres::advance`).
     pub start: Position,
     /// Cancelled when this consumer loses the partition: the worker must give the batch up
-    /// (without committing anything) instead of writing it.
+    /// (without committing anything) instead of writing it, even mid-write.
     pub revoked: CancellationToken,
+    /// Cancelled when a revocation of the partition begins: a worker that has not started the
+    /// batch gives it up at once; one already writing it finishes.
+    pub drain: CancellationToken,
 }
 
 /// Where a partition stands before a batch.

@@ -12,7 +12,17 @@ use crate::model::{Position, TopicPartition};
 struct Range {
     first: i64,
     next: i64,
-    done: bool,
+    state: RangeState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RangeState {
+    /// With a worker (queued or being written).
+    InFlight,
+    /// Durable in both stores.
+    Done,
+    /// Given up by its worker: not durable, not in flight; holds the watermark for good.
+    Abandoned,
 }
 
 /// Progress of one partition.
@@ -45,7 +55,7 @@ impl PartitionProgress {
         self.ranges.push_back(Range {
             first,
             next,
-            done: false,
+            state: RangeState::InFlight,
         });
         self.any_dispatched = true;
     }
@@ -74,16 +84,42 @@ impl PartitionProgress {
 
     /// Marks `[first, next)` durable and advances the watermark over the done prefix.
     pub fn completed(&mut self, first: i64, next: i64) {
+        self.mark(first, next, RangeState::Done);
+        while let Some(r) = self
+            .ranges
+            .front()
+            .copied()
+            .filter(|r| r.state == RangeState::Done)
+        {
+            self.durable = Some(r.next);
+            self.ranges.pop_front();
+        }
+    }
+
+    /// Marks `[first, next)` given up by its worker: it stays below the watermark's reach
+    /// but no longer counts as in flight.
+    pub fn abandoned(&mut self, first: i64, next: i64) {
+        self.mark(first, next, RangeState::Abandoned);
+    }
+
+    /// Unregisters the batches from `first` on, which were discarded before reaching a worker.
+    pub fn withdraw_from(&mut self, first: i64) {
+        while self
+            .ranges
+            .back()
+            .is_some_and(|r| r.first >= first && r.state == RangeState::InFlight)
+        {
+            self.ranges.pop_back();
+        }
+    }
+
+    fn mark(&mut self, first: i64, next: i64, state: RangeState) {
         if let Some(r) = self
             .ranges
             .iter_mut()
             .find(|r| r.first == first && r.next == next)
         {
-            r.done = true;
-        }
-        while let Some(r) = self.ranges.front().copied().filter(|r| r.done) {
-            self.durable = Some(r.next);
-            self.ranges.pop_front();
+            r.state = state;
         }
     }
 
@@ -101,9 +137,12 @@ impl PartitionProgress {
         self.committed = Some(offset);
     }
 
-    /// Registered batches that are not durable yet.
+    /// Registered batches that a worker still has (queued or being written).
     pub fn in_flight(&self) -> usize {
-        self.ranges.iter().filter(|r| !r.done).count()
+        self.ranges
+            .iter()
+            .filter(|r| r.state == RangeState::InFlight)
+            .count()
     }
 
     /// The offsets registered but not durable: `[durable, end of last registered batch)`.
@@ -176,6 +215,26 @@ mod tests {
         p.completed(5, 9); // 0..5 was given up: never marked done
         assert_eq!(p.durable(), Some(0));
         assert_eq!(p.pending_range(), Some((0, 9)));
+    }
+
+    #[test]
+    fn abandoned_and_withdrawn_batches_are_not_in_flight() {
+        let mut p = PartitionProgress::default();
+        p.dispatched(0, 10);
+        p.dispatched(10, 20);
+        p.dispatched(20, 30);
+        p.dispatched(30, 40);
+        p.withdraw_from(20); // [20, 40) discarded before reaching a worker
+        assert_eq!(p.in_flight(), 2);
+        p.abandoned(0, 10);
+        assert_eq!(p.in_flight(), 1);
+        p.completed(10, 20);
+        assert_eq!(
+            (p.in_flight(), p.durable()),
+            (0, Some(0)),
+            "the abandoned batch holds it"
+        );
+        assert_eq!(p.next_expected(), Some(20));
     }
 
     proptest! {

@@ -83,7 +83,7 @@ impl Worker {
                     .given_up
                     .get(&batch.tp)
                     .is_some_and(|&(_, hole_end)| matches!(batch.start, Position::After(s) if s >= hole_end));
-                let outcome = if batch.revoked.is_cancelled() {
+                let outcome = if batch.revoked.is_cancelled() || batch.drain.is_cancelled() {
                     Outcome::GivenUp("partition revoked")
                 } else if after_hole {
                     Outcome::GivenUp("an earlier batch of this partition was given up")
@@ -117,6 +117,9 @@ impl Worker {
     }
 
     async fn process(&self, batch: &Batch) -> Outcome {
+        if crate::failpoint::skips("worker_panic") {
+            panic!("failpoint worker_panic");
+        }
         // A revoked partition or an abort drops the write mid-flight: dropping the future rolls
         // the PostgreSQL transaction back, so nothing is half-committed.
         tokio::select! {

@@ -447,3 +447,56 @@ impl Fixture {
         .unwrap()
     }
 }
+
+/// A write cancelled while PostgreSQL is silent (a revocation or an abort drops it) must not
+/// keep the pool's slot: with a pool of one, the next write gets a fresh connection at once.
+#[tokio::test]
+async fn a_cancelled_write_to_a_silent_server_does_not_leak_its_pooled_connection() {
+    let f = fixture("sink_cancel").await;
+    let (proxy, url) = common::proxy::in_front_of(&database_url()).await;
+    let sink = PgSink::new(&PgSettings {
+        pool_size: 1,
+        connect_timeout: Duration::from_secs(2),
+        ..settings(&url, &f.schema)
+    })
+    .unwrap();
+    let f = Fixture { sink, ..f };
+    f.write(Position::Assigned(Some(0)), &raws(0, 10, &[]), &[])
+        .await
+        .unwrap();
+
+    proxy.set(common::proxy::Mode::Silent);
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(500),
+        f.write(Position::After(10), &raws(10, 20, &[]), &[]),
+    )
+    .await;
+    assert!(
+        cancelled.is_err(),
+        "the silent server answered: {cancelled:?}"
+    );
+
+    proxy.set(common::proxy::Mode::Pass);
+    // Retried as a worker does: a connection caught mid-check by the silence is given up
+    // within the connect timeout (2 s here), so the pool's one slot is free again by then.
+    let t = std::time::Instant::now();
+    let mut outcome = Err(SinkError::Cancelled);
+    while t.elapsed() < Duration::from_secs(8) {
+        outcome = f.write(Position::After(10), &raws(10, 20, &[]), &[]).await;
+        if outcome.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    outcome.unwrap_or_else(|e| panic!("no write got a connection within {:?}: {e}", t.elapsed()));
+    println!(
+        "next write stored {:?} after the silence ended",
+        t.elapsed()
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(f.watermark().await, 20);
+}

@@ -1,8 +1,8 @@
 //! The rdkafka client: creating and subscribing a consumer, its context (log routing,
 //! statistics, rebalance callbacks turned into typed events), and replacing a stuck one.
 
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -86,6 +86,15 @@ pub(super) fn replace(old: Kafka, why: &str, stalled_for: Duration) -> Kafka {
         stalled_s = stalled_for.as_secs(),
         "the consumer is stuck; replacing the consumer"
     );
+    if CLOSING.load(Relaxed) >= MAX_CLOSING {
+        // Each stuck close holds a thread and a librdkafka handle; past a few, only a fresh
+        // process helps.
+        tracing::error!(
+            closing = MAX_CLOSING,
+            "replaced consumers are still stuck closing; exiting (code 1) so the daemon is restarted"
+        );
+        std::process::exit(1);
+    }
     let new = match connect(bridge.successor()) {
         Ok(new) => new,
         Err(e) => {
@@ -103,14 +112,22 @@ pub(super) fn replace(old: Kafka, why: &str, stalled_for: Duration) -> Kafka {
     bridge.metrics.consumer_replacements.fetch_add(1, Relaxed);
     // Closing waits for the group handler, which is what is stuck: close it on the side and
     // leave that thread behind if it never finishes.
+    CLOSING.fetch_add(1, Relaxed);
     let closer = std::thread::Builder::new()
         .name("kafka-retired".into())
-        .spawn(move || drop(old));
+        .spawn(move || {
+            drop(old);
+            CLOSING.fetch_sub(1, Relaxed);
+        });
     if let Err(e) = closer {
         tracing::error!(error = %e, "could not start a thread to close the replaced consumer");
     }
     new
 }
+
+/// Replaced consumers whose close has not returned yet, and how many may be.
+static CLOSING: AtomicUsize = AtomicUsize::new(0);
+const MAX_CLOSING: usize = 3;
 
 impl Bridge {
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, State> {

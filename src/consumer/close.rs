@@ -2,13 +2,17 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{CommitMode, Consumer};
+use std::sync::Arc;
+
+use rdkafka::consumer::Consumer;
 
 use super::state::pause;
 use super::{ConsumerReport, Kafka};
 
 /// The consumer's part of the shutdown sequence; see docs/ARCHITECTURE.md.
 pub(super) fn close(consumer: Kafka) -> ConsumerReport {
+    // Shared with the final commit's side thread (see `State::commit_final`).
+    let consumer = Arc::new(consumer);
     let bridge = consumer.context();
     let shutdown = bridge.shutdown.clone();
     {
@@ -29,6 +33,7 @@ pub(super) fn close(consumer: Kafka) -> ConsumerReport {
     // Feed the final batches, close the queues, and wait for the last worker to exit.
     let mut abort_seen: Option<Instant> = None;
     loop {
+        bridge.metrics.consumer_beat();
         {
             let mut st = bridge.lock();
             st.drain_acks(&bridge.metrics);
@@ -64,7 +69,7 @@ pub(super) fn close(consumer: Kafka) -> ConsumerReport {
         let timeout = shutdown
             .hard_deadline()
             .map(|d| d.saturating_duration_since(Instant::now()));
-        st.commit(&consumer, CommitMode::Sync, true, timeout, &bridge.metrics);
+        st.commit_final(&consumer, timeout, &bridge.metrics);
         st.abandoned()
     };
     shutdown.phase("offsets committed");

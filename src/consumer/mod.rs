@@ -13,7 +13,6 @@ mod rebalance;
 mod state;
 
 pub use rebalance::{Start, start_offset};
-pub use state::route;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -24,7 +23,7 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use tokio::sync::mpsc::Sender;
@@ -91,6 +90,7 @@ pub fn spawn(
     shutdown: Shutdown,
     metrics: Arc<Metrics>,
 ) -> Result<std::thread::JoinHandle<ConsumerReport>, ConsumerError> {
+    let n_workers = workers.len();
     let state = State {
         batcher: Batcher::new(settings.limits),
         watermarks: Watermarks::default(),
@@ -98,6 +98,7 @@ pub fn spawn(
         acks,
         pending: HashMap::new(),
         assigned: HashMap::new(),
+        n_workers,
         paused: HashSet::new(),
         held: HashMap::new(),
         fetched: HashMap::new(),
@@ -136,6 +137,8 @@ fn run(mut consumer: Kafka) -> ConsumerReport {
     let mut poll_errors = 0u64;
     while !consumer.context().shutdown.drain.is_cancelled() {
         let bridge = consumer.context();
+        bridge.metrics.consumer_beat();
+        crate::failpoint::hit_blocking("consumer_wedge");
         let now = Instant::now();
         let wait = {
             let mut st = bridge.lock();
@@ -150,7 +153,7 @@ fn run(mut consumer: Kafka) -> ConsumerReport {
                 if all {
                     next_full_commit = now + FULL_COMMIT_INTERVAL;
                 }
-                st.commit(&consumer, CommitMode::Async, all, None, &bridge.metrics);
+                st.commit(&consumer, all, &bridge.metrics);
                 next_commit = now + commit_interval;
             }
             st.batcher

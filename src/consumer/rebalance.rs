@@ -4,9 +4,8 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{CommitMode, Consumer, RebalanceProtocol};
+use rdkafka::consumer::{Consumer, RebalanceProtocol};
 use rdkafka::topic_partition_list::Offset;
-use tokio_util::sync::CancellationToken;
 
 use crate::model::TopicPartition;
 
@@ -33,13 +32,18 @@ impl Bridge {
         let mut started = Vec::new();
         let mut held = Vec::new();
         if !tps.is_empty() {
+            // Bounds the end-offset checks below as a whole, not per partition.
+            let checks_until = Instant::now() + Duration::from_secs(10);
             let stored = self.stored_offsets(&tps);
             let committed = self.committed_offsets(consumer, &tps);
             for tp in tps {
                 let kafka = committed.as_ref().map(|c| c.get(tp).copied());
                 let offset = match start_offset(stored.get(tp).copied(), kafka) {
                     Start::Stored(pg) => {
-                        if let Some(end) = end_offset(consumer, tp).filter(|&end| end < pg) {
+                        let end = (Instant::now() < checks_until)
+                            .then(|| end_offset(consumer, tp))
+                            .flatten();
+                        if let Some(end) = end.filter(|&end| end < pg) {
                             held.push((tp.clone(), format!(
                                 "topic end offset {end} is below the stored watermark {pg}: was the topic \
                                  deleted and recreated? Delete this partition's row in consumer_offsets, then restart"
@@ -70,7 +74,7 @@ impl Bridge {
         }
         let mut st = self.lock();
         for tp in tps {
-            st.assigned.insert(tp.clone(), CancellationToken::new());
+            st.own(tp.clone());
         }
         for (tp, offset) in started {
             st.watermarks.get_mut(&tp).start_at(offset);
@@ -89,6 +93,7 @@ impl Bridge {
     }
 
     fn on_revoke(&self, consumer: &Kafka, tps: &[TopicPartition], lost: bool) {
+        let began = Instant::now();
         crate::failpoint::hit_blocking("in_revoke");
         let mut st = self.lock();
         st.discard(&tps);
@@ -108,19 +113,15 @@ impl Bridge {
             }
         }
         for tp in tps {
-            if let Some(token) = st.assigned.get(tp) {
-                token.cancel(); // whatever is still queued or running for it is given up
+            if let Some(owned) = st.assigned.get(tp) {
+                owned.revoked.cancel(); // whatever is still running for it is given up
             }
         }
         if !lost {
-            // Still owned during the callback: the last moment these partitions may be committed.
-            st.commit(
-                consumer,
-                CommitMode::Sync,
-                true,
-                Some(Duration::from_secs(5)),
-                &self.metrics,
-            );
+            // Still owned during the callback: the last moment these partitions may be
+            // committed. Sent without waiting, so the callback stays bounded; if it is lost,
+            // the next owner still starts at PostgreSQL's watermark.
+            st.commit(consumer, true, &self.metrics);
         }
         st.forget(&tps);
         drop(st);
@@ -134,7 +135,7 @@ impl Bridge {
         if let Err(e) = result {
             tracing::warn!(error = %e, "unassign failed");
         }
-        tracing::info!(partitions = ?tps.iter().map(ToString::to_string).collect::<Vec<_>>(), lost, "partitions revoked");
+        tracing::info!(partitions = ?tps.iter().map(ToString::to_string).collect::<Vec<_>>(), lost, took_ms = began.elapsed().as_millis() as u64, "partitions revoked");
     }
 
     /// PostgreSQL's stored next offsets; on failure the partitions start from Kafka's

@@ -1,9 +1,7 @@
 //! The consumer thread's state: batches waiting for their worker, pauses, held partitions,
 //! acknowledgements and watermarks.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
@@ -33,8 +31,10 @@ pub(super) struct State {
     pub(super) acks: Receiver<Ack>,
     /// Batches cut but not yet accepted by their worker's full queue, per partition.
     pub(super) pending: HashMap<TopicPartition, VecDeque<Batch>>,
-    /// Owned partitions; cancelling a token tells workers to give up that partition's batches.
-    pub(super) assigned: HashMap<TopicPartition, CancellationToken>,
+    /// Owned partitions: their batches' tokens and their worker.
+    pub(super) assigned: HashMap<TopicPartition, Ownership>,
+    /// Number of workers, for choosing one at assignment.
+    pub(super) n_workers: usize,
     pub(super) paused: HashSet<TopicPartition>,
     /// Owned partitions that must not be read, and why: their offsets went back below what
     /// PostgreSQL holds (a topic deleted and recreated under the same name). Reading them would
@@ -50,12 +50,46 @@ pub(super) struct State {
     pub(super) workers_gone: bool,
 }
 
+/// A partition this consumer owns.
+pub(super) struct Ownership {
+    /// Cancelled when the partition is revoked or lost: running writes are dropped.
+    pub(super) revoked: CancellationToken,
+    /// Cancelled when a revocation begins: batches not yet started are given up at once, so
+    /// the revocation waits only for writes already under way.
+    pub(super) draining: CancellationToken,
+    /// The worker that writes this partition's batches, in order, while it is owned.
+    pub(super) worker: usize,
+}
+
 impl State {
-    /// Drops records read but not yet handed to a worker.
+    /// Takes ownership of `tp`, giving it to the worker with the fewest partitions.
+    pub(super) fn own(&mut self, tp: TopicPartition) {
+        let mut load = vec![0usize; self.n_workers.max(1)];
+        for o in self.assigned.values() {
+            load[o.worker] += 1;
+        }
+        let worker = (0..load.len()).min_by_key(|&w| load[w]).unwrap_or(0);
+        self.assigned.insert(
+            tp,
+            Ownership {
+                revoked: CancellationToken::new(),
+                draining: CancellationToken::new(),
+                worker,
+            },
+        );
+    }
+
+    /// Drops records read but not yet handed to a worker, and their place in the watermark.
     pub(super) fn discard(&mut self, tps: &[TopicPartition]) {
         for tp in tps {
             self.batcher.discard(tp);
-            self.pending.remove(tp);
+            if let Some(first) = self
+                .pending
+                .remove(tp)
+                .and_then(|q| q.front().map(Batch::first_offset))
+            {
+                self.watermarks.get_mut(tp).withdraw_from(first);
+            }
         }
     }
 
@@ -63,8 +97,8 @@ impl State {
     pub(super) fn forget(&mut self, tps: &[TopicPartition]) {
         self.discard(tps);
         for tp in tps {
-            if let Some(token) = self.assigned.remove(tp) {
-                token.cancel();
+            if let Some(owned) = self.assigned.remove(tp) {
+                owned.revoked.cancel();
             }
             let unfinished = self.watermarks.remove(tp).and_then(|p| p.pending_range());
             if let (Some((from, to)), false) = (unfinished, self.closing) {
@@ -80,9 +114,10 @@ impl State {
 
     /// Cuts a batch for a partition and queues it for its worker; the watermark registers it.
     pub(super) fn enqueue(&mut self, tp: TopicPartition, records: Vec<RawRecord>) {
-        let Some(token) = self.assigned.get(&tp) else {
+        let Some(owned) = self.assigned.get(&tp) else {
             return;
         };
+        let (revoked, drain) = (owned.revoked.child_token(), owned.draining.child_token());
         let first = records[0].offset;
         let next_offset = records[records.len() - 1].offset + 1;
         let progress = self.watermarks.get_mut(&tp);
@@ -104,15 +139,15 @@ impl State {
             records,
             next_offset,
             start,
-            revoked: token.child_token(),
+            revoked,
+            drain,
         };
         self.pending.entry(tp).or_default().push_back(batch);
     }
 
     /// Stops reading `tp` for good (for this assignment): see `State::held`.
     pub(super) fn hold(&mut self, tp: TopicPartition, reason: String) {
-        self.batcher.discard(&tp);
-        self.pending.remove(&tp);
+        self.discard(std::slice::from_ref(&tp));
         self.metrics.set_stalled(&tp, &reason);
         self.held.insert(tp, reason);
     }
@@ -122,12 +157,15 @@ impl State {
         if self.workers.is_empty() {
             return;
         }
-        let n = self.workers.len();
         for (tp, queue) in self.pending.iter_mut() {
-            let worker = &self.workers[route(tp, n)];
+            let Some(owned) = self.assigned.get(tp) else {
+                continue;
+            };
+            let worker = &self.workers[owned.worker];
             while let Some(batch) = queue.pop_front() {
                 match worker.try_send(batch) {
                     Ok(()) => {}
+                    // Closed: that worker died; the application exits on it (`app::run`).
                     Err(TrySendError::Full(batch)) | Err(TrySendError::Closed(batch)) => {
                         queue.push_front(batch);
                         break;
@@ -189,6 +227,11 @@ impl State {
     pub(super) fn apply(&mut self, ack: Ack, metrics: &Metrics) {
         if !ack.durable {
             metrics.batches_abandoned.fetch_add(1, Relaxed);
+            if self.assigned.contains_key(&ack.tp) {
+                self.watermarks
+                    .get_mut(&ack.tp)
+                    .abandoned(ack.first_offset, ack.next_offset);
+            }
             return;
         }
         // An ack for a partition revoked meanwhile belongs to the old assignment: ignore it.
@@ -245,30 +288,45 @@ pub(super) fn pause(consumer: &Kafka, tps: &[TopicPartition]) {
     }
 }
 
-/// The worker that owns a partition: fixed, so a partition's batches are written in order.
-pub fn route(tp: &TopicPartition, workers: usize) -> usize {
-    let mut h = DefaultHasher::new();
-    tp.topic.hash(&mut h);
-    ((h.finish() as usize).wrapping_add(tp.partition as usize)) % workers
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn routing_is_stable_and_spreads_partitions() {
-        let used: HashSet<usize> = (0..6)
-            .map(|p| route(&TopicPartition::new("logs", p), 4))
-            .collect();
-        assert_eq!(
-            used.len(),
-            4,
-            "6 consecutive partitions keep all 4 workers busy"
-        );
-        assert_eq!(
-            route(&TopicPartition::new("logs", 3), 4),
-            route(&TopicPartition::new("logs", 3), 4)
-        );
+    fn partitions_go_to_the_least_loaded_worker() {
+        let (_tx, acks) = std::sync::mpsc::channel();
+        let mut st = State {
+            batcher: Batcher::new(crate::batcher::Limits {
+                max_records: 10,
+                max_bytes: 1000,
+                linger: Duration::from_millis(10),
+            }),
+            watermarks: Watermarks::default(),
+            workers: Vec::new(),
+            acks,
+            pending: HashMap::new(),
+            assigned: HashMap::new(),
+            n_workers: 4,
+            paused: HashSet::new(),
+            held: HashMap::new(),
+            fetched: HashMap::new(),
+            closing: false,
+            metrics: Arc::new(Metrics::default()),
+            workers_gone: false,
+        };
+        // What a pod of R = 4 replicas gets with round-robin partitions: 0, 4, 8, ...
+        for p in (0..48).step_by(4) {
+            st.own(TopicPartition::new("logs", p));
+        }
+        let mut load = [0; 4];
+        for o in st.assigned.values() {
+            load[o.worker] += 1;
+        }
+        assert_eq!(load, [3, 3, 3, 3]);
+        // A revoked partition frees its worker for the next one.
+        let w = st.assigned[&TopicPartition::new("logs", 8)].worker;
+        st.forget(&[TopicPartition::new("logs", 8)]);
+        st.own(TopicPartition::new("other", 0));
+        assert_eq!(st.assigned[&TopicPartition::new("other", 0)].worker, w);
     }
 }

@@ -6,6 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Transaction};
 
@@ -58,6 +59,8 @@ pub struct PgSink {
     schema: String,
     /// Bound on one use of a connection, client side (see [`PgSink::with_connection`]).
     attempt_timeout: Duration,
+    /// Bound on handing a connection back to the pool (its liveness check).
+    return_timeout: Duration,
 }
 
 impl PgSink {
@@ -90,6 +93,7 @@ impl PgSink {
             // Each statement is bounded server side; a transaction that outlives one
             // statement's bound plus a connect is talking to a dead connection.
             attempt_timeout: settings.statement_timeout + settings.connect_timeout,
+            return_timeout: settings.connect_timeout,
         })
     }
 
@@ -202,31 +206,58 @@ impl PgSink {
 
     /// Runs `op` on a pooled connection, bounded client side as well: a connection whose peer
     /// vanished without a reset (a node lost, a NAT entry expired) would otherwise leave the
-    /// caller waiting for an answer forever. On expiry the connection is detached and
-    /// dropped, not handed back to the pool, whose return check would wait on the same dead
-    /// socket.
+    /// caller waiting for an answer forever. Unless `op` finishes, by its own timeout or by the
+    /// caller dropping this future (a revocation, an abort), the connection is detached and
+    /// dropped, not handed back to the pool, whose return check (a rollback or ping, without a
+    /// timeout) would hold the pool's slot on the same dead socket.
     async fn with_connection<T>(
         &self,
         op: impl AsyncFnOnce(&mut PgConnection) -> Result<T, SinkError>,
     ) -> Result<T, SinkError> {
-        let mut conn = self.pool.acquire().await.map_err(classify)?;
-        match tokio::time::timeout(self.attempt_timeout, op(&mut conn)).await {
-            Ok(result) => result,
-            Err(_) => {
-                drop(conn.detach());
-                Err(SinkError::Transient {
-                    store: STORE,
-                    message: format!(
-                        "no answer within {} ms; connection dropped",
-                        self.attempt_timeout.as_millis()
-                    ),
-                })
+        let conn = self.pool.acquire().await.map_err(classify)?;
+        let mut guard = DetachUnlessFinished(Some(conn));
+        let conn = guard.0.as_mut().expect("set above");
+        match tokio::time::timeout(self.attempt_timeout, op(conn)).await {
+            Ok(result) => {
+                guard.finished(self.return_timeout);
+                result
             }
+            Err(_) => Err(SinkError::Transient {
+                store: STORE,
+                message: format!(
+                    "no answer within {} ms; connection dropped",
+                    self.attempt_timeout.as_millis()
+                ),
+            }),
         }
     }
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// A pooled connection that goes back to the pool only through [`Self::finished`]; dropped any
+/// other way it is detached and closed (see `PgSink::with_connection`).
+struct DetachUnlessFinished(Option<PoolConnection<Postgres>>);
+
+impl DetachUnlessFinished {
+    /// Hands the connection back to the pool. sqlx checks it with a ping that has no timeout
+    /// (a peer gone silent right after the batch would hold the pool's slot until TCP gives
+    /// up), so the check runs here under `bound`; past it, the connection is dropped and its
+    /// slot freed.
+    fn finished(mut self, bound: Duration) {
+        if let Some(mut conn) = self.0.take() {
+            tokio::spawn(tokio::time::timeout(bound, conn.return_to_pool()));
+        }
+    }
+}
+
+impl Drop for DetachUnlessFinished {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            drop(conn.detach());
+        }
     }
 }
 
