@@ -238,6 +238,7 @@ pub async fn run(
             max_bytes: settings.batch_max_bytes,
             linger: settings.batch_linger(),
         },
+        memory_budget_bytes: settings.memory_budget_mb * 1024 * 1024,
         commit_interval: Duration::from_millis(settings.commit_interval_ms),
         revoke_drain_timeout: settings.revoke_drain_timeout(),
         group_stall_timeout: settings.group_stall_timeout(),

@@ -82,10 +82,10 @@ impl Batcher {
             .min()
     }
 
-    /// Forgets the open batch of a partition (revoked, or shutting down): nothing was handed out.
-    pub fn discard(&mut self, tp: &TopicPartition) -> Option<(i64, i64)> {
-        self.take(tp)
-            .map(|b| (b[0].offset, b[b.len() - 1].offset + 1))
+    /// Forgets the open batch of a partition (revoked, or held): nothing was handed out.
+    /// Returns the bytes it held.
+    pub fn discard(&mut self, tp: &TopicPartition) -> usize {
+        self.open.remove(tp).map_or(0, |o| o.bytes)
     }
 
     pub fn partitions(&self) -> Vec<TopicPartition> {

@@ -39,6 +39,11 @@ pub struct Settings {
     /// ...or when its first record has waited this long.
     #[arg(long, env = "LP_BATCH_LINGER_MS", default_value_t = 200)]
     pub batch_linger_ms: u64,
+    /// One bound on the records held in batches across all partitions (open, waiting for a
+    /// worker, queued, being written), in MiB of raw record bytes. When reached, fetching stops
+    /// for every partition. `check-config` prints the resulting worst-case memory.
+    #[arg(long, env = "LP_MEMORY_BUDGET_MB", default_value_t = 128)]
+    pub memory_budget_mb: usize,
     /// Number of worker tasks writing batches.
     #[arg(long, env = "LP_WORKERS", default_value_t = 4)]
     pub workers: usize,
@@ -209,6 +214,15 @@ impl Settings {
             return Err(invalid(
                 "LP_BATCH_MAX_BYTES (--batch-max-bytes)",
                 "must be at least 1024",
+            ));
+        }
+        if self.memory_budget_mb * 1024 * 1024 < 2 * self.batch_max_bytes {
+            return Err(invalid(
+                "LP_MEMORY_BUDGET_MB (--memory-budget-mb)",
+                format!(
+                    "{} MiB must hold at least two batches of LP_BATCH_MAX_BYTES ({})",
+                    self.memory_budget_mb, self.batch_max_bytes
+                ),
             ));
         }
         if !(1..=64).contains(&self.workers) {
@@ -393,6 +407,15 @@ impl Settings {
     pub fn batch_linger(&self) -> Duration {
         Duration::from_millis(self.batch_linger_ms)
     }
+    /// What the daemon may hold at most, in MiB, for sizing a container's memory limit.
+    pub fn worst_case_memory_mib(&self) -> usize {
+        const MIB: usize = 1024 * 1024;
+        let per_worker =
+            3 * self.batch_max_bytes + self.es_bulk_max_bytes.min(3 * self.batch_max_bytes);
+        64 + self.kafka_queue_kbytes as usize / 1024
+            + self.memory_budget_mb
+            + self.workers * per_worker / MIB
+    }
     pub fn liveness_timeout(&self) -> Duration {
         let default = 60_000.max(2 * self.session_timeout_ms);
         Duration::from_millis(self.liveness_timeout_ms.unwrap_or(default))
@@ -418,7 +441,14 @@ impl fmt::Display for Settings {
         s.group_stall_timeout_ms = Some(self.group_stall_timeout().as_millis() as u64);
         s.revoke_drain_timeout_ms = Some(self.revoke_drain_timeout().as_millis() as u64);
         s.liveness_timeout_ms = Some(self.liveness_timeout().as_millis() as u64);
-        write!(f, "{s:#?}")
+        writeln!(f, "{s:#?}")?;
+        write!(
+            f,
+            "worst-case memory: {} MiB (a 64 MiB base, the Kafka prefetch of LP_KAFKA_QUEUE_KBYTES, \
+             LP_MEMORY_BUDGET_MB of batches, and per worker a batch being written three times over \
+             (raw, decoded, bulk body) plus one bulk request)",
+            self.worst_case_memory_mib()
+        )
     }
 }
 

@@ -76,6 +76,9 @@ pub struct Metrics {
     pub es_latency: Histogram,
     pub batch_latency: Histogram,
     pub shutdown_ms: AtomicU64,
+    /// Bytes of records held in batches now, and at most since start (`LP_MEMORY_BUDGET_MB`).
+    pub batch_bytes: AtomicU64,
+    pub batch_bytes_peak: AtomicU64,
     /// Consumer lag per partition, from librdkafka's statistics.
     pub lag: Mutex<BTreeMap<TopicPartition, i64>>,
     /// Partitions held where they are, with the reason: a store refusing work that is not any
@@ -265,6 +268,24 @@ impl Metrics {
                 tp.topic, tp.partition
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP log_processor_batch_memory_bytes Bytes of records held in batches (bounded by LP_MEMORY_BUDGET_MB)\n# TYPE log_processor_batch_memory_bytes gauge"
+        );
+        let _ = writeln!(
+            out,
+            "log_processor_batch_memory_bytes {}",
+            self.batch_bytes.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP log_processor_batch_memory_peak_bytes Largest batch_memory_bytes since start\n# TYPE log_processor_batch_memory_peak_bytes gauge"
+        );
+        let _ = writeln!(
+            out,
+            "log_processor_batch_memory_peak_bytes {}",
+            self.batch_bytes_peak.load(Relaxed)
+        );
         let _ = writeln!(
             out,
             "# HELP log_processor_partition_stalled 1 while a partition is held, with the reason\n# TYPE log_processor_partition_stalled gauge"

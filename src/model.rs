@@ -60,6 +60,8 @@ pub struct Batch {
     /// Where the partition stands before this batch. PostgreSQL moves its stored watermark to
     /// `next_offset` only from there (see `sink::postgres::advance`).
     pub start: Position,
+    /// Memory its records hold (`RawRecord::size` summed), released when it is acknowledged.
+    pub bytes: usize,
     /// Cancelled when this consumer loses the partition: the worker must give the batch up
     /// (without committing anything) instead of writing it, even mid-write.
     pub revoked: CancellationToken,
@@ -170,6 +172,8 @@ pub struct Ack {
     pub next_offset: i64,
     /// True when both stores hold the batch (or its dead letters); false when it was given up.
     pub durable: bool,
+    /// The batch's `bytes`: memory released now that the worker dropped it.
+    pub bytes: usize,
 }
 
 /// The deterministic document id: a replay of the same record overwrites the same document.

@@ -108,7 +108,7 @@ impl Worker {
                 }
                 self.ctx.metrics.clear_stalled(&batch.tp);
                 // The consumer may be gone already during shutdown; nothing to do then.
-                let _ = self.acks.send(Ack { tp: batch.tp.clone(), first_offset: first, next_offset: next, durable });
+                let _ = self.acks.send(Ack { tp: batch.tp.clone(), first_offset: first, next_offset: next, durable, bytes: batch.bytes });
             }
             shutdown.phase(&format!("worker {} drained", self.id));
         }

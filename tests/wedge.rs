@@ -191,3 +191,80 @@ async fn a_wedged_consumer_thread_fails_liveness_and_starves_the_watchdog() {
     let _ = std::fs::remove_dir_all(&dir);
     s.cleanup().await;
 }
+
+/// Peak resident memory of a process, from the kernel's high-water mark.
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Runs the daemon for a while on a 48-partition backlog with PostgreSQL slowed down, and
+/// returns (peak bytes held in batches, peak RSS in MiB).
+async fn backlog_run(s: &Scenario, budget_mb: &str) -> (f64, f64) {
+    // Each run its own group and schema: it starts from the beginning of the same backlog.
+    let run = format!("{}_{budget_mb}", s.group);
+    let (proxy, url) = common::proxy::in_front_of(&database_url()).await;
+    proxy.set(common::proxy::Mode::Delay(Duration::from_millis(100)));
+    let mut d = Daemon::start(&with(
+        &s.env(),
+        &[
+            ("LP_DATABASE_URL", url),
+            ("LP_GROUP_ID", run.clone()),
+            ("LP_PG_SCHEMA", format!("{}_{budget_mb}", s.schema)),
+            ("LP_MEMORY_BUDGET_MB", budget_mb.into()),
+            ("LP_BATCH_MAX_RECORDS", "5000".into()),
+            ("LP_BATCH_MAX_BYTES", "262144".into()),
+            ("LP_BATCH_LINGER_MS", "10000".into()),
+            ("LP_WORKERS", "2".into()),
+        ],
+    ));
+    d.wait_for_line("partitions assigned", Duration::from_secs(60));
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let peak = metric(&d, "log_processor_batch_memory_peak_bytes")
+        .await
+        .expect("peak metric");
+    let rss = peak_rss_mib(d.pid());
+    d.kill();
+    (peak, rss)
+}
+
+/// 48 partitions of backlog, batches of up to 256 KiB each: without one global bound, every
+/// partition holds an open batch and a waiting one (about 24 MiB); with `LP_MEMORY_BUDGET_MB=2`
+/// fetching stops at 2 MiB. The overshoot allowed is what librdkafka had already fetched when
+/// the partitions were paused, up to one batch per partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_of_48_backlogged_partitions_stay_within_one_memory_budget() {
+    let s = Scenario::new("budget", 48).await;
+    s.produce(0, 110_000, 0.0);
+    let (bounded, bounded_rss) = backlog_run(&s, "2").await;
+    let (unbounded, unbounded_rss) = backlog_run(&s, "1024").await;
+    let mib = |b: f64| b / 1024.0 / 1024.0;
+    println!(
+        "budget: peak batch memory {:.1} MiB with a 2 MiB budget (peak RSS {bounded_rss:.1} MiB), {:.1} MiB with 1024 MiB (peak RSS {unbounded_rss:.1} MiB)",
+        mib(bounded),
+        mib(unbounded)
+    );
+    assert!(
+        mib(unbounded) > 8.0,
+        "the load did not build a backlog in memory"
+    );
+    assert!(
+        mib(bounded) <= 2.0 + 1.0,
+        "budget passed: {:.1} MiB",
+        mib(bounded)
+    );
+    assert!(bounded_rss < 150.0, "peak RSS {bounded_rss:.1} MiB");
+    let pool = s.pg().await;
+    for budget in ["2", "1024"] {
+        let drop = format!("DROP SCHEMA IF EXISTS {}_{budget} CASCADE", s.schema);
+        sqlx::query(sqlx::AssertSqlSafe(drop))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    s.cleanup().await;
+}

@@ -6,6 +6,7 @@
 //! committed for partitions this consumer owns at that moment. The thread never runs on the
 //! async runtime, so its blocking calls cannot stall a worker.
 
+mod budget;
 mod client;
 mod close;
 mod commit;
@@ -53,6 +54,8 @@ pub struct ConsumerSettings {
     pub max_poll_interval_ms: u64,
     pub queue_kbytes: u64,
     pub limits: Limits,
+    /// Bound on the bytes of records held in batches, all partitions together.
+    pub memory_budget_bytes: usize,
     pub commit_interval: Duration,
     pub revoke_drain_timeout: Duration,
     /// How long the group may stay out of a steady state before the consumer is replaced.
@@ -99,6 +102,7 @@ pub fn spawn(
         pending: HashMap::new(),
         assigned: HashMap::new(),
         n_workers,
+        budget: budget::Budget::new(settings.memory_budget_bytes),
         paused: HashSet::new(),
         held: HashMap::new(),
         fetched: HashMap::new(),
@@ -177,6 +181,7 @@ fn run(mut consumer: Kafka) -> ConsumerReport {
                 let mut st = bridge.lock();
                 if st.assigned.contains_key(&tp) && !st.held.contains_key(&tp) {
                     st.fetched.insert(tp.clone(), record.offset + 1);
+                    st.budget.take(record.size());
                     for full in st.batcher.push(&tp, record, Instant::now()) {
                         st.enqueue(tp.clone(), full);
                     }

@@ -14,6 +14,8 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
 use crate::batcher::Batcher;
+
+use super::budget::Budget;
 use crate::metrics::Metrics;
 use crate::model::{Ack, Batch, RawRecord, TopicPartition};
 use crate::watermark::Watermarks;
@@ -35,6 +37,8 @@ pub(super) struct State {
     pub(super) assigned: HashMap<TopicPartition, Ownership>,
     /// Number of workers, for choosing one at assignment.
     pub(super) n_workers: usize,
+    /// The one memory bound of all batches; fetching stops when it is used up.
+    pub(super) budget: Budget,
     pub(super) paused: HashSet<TopicPartition>,
     /// Owned partitions that must not be read, and why: their offsets went back below what
     /// PostgreSQL holds (a topic deleted and recreated under the same name). Reading them would
@@ -82,13 +86,13 @@ impl State {
     /// Drops records read but not yet handed to a worker, and their place in the watermark.
     pub(super) fn discard(&mut self, tps: &[TopicPartition]) {
         for tp in tps {
-            self.batcher.discard(tp);
-            if let Some(first) = self
-                .pending
-                .remove(tp)
-                .and_then(|q| q.front().map(Batch::first_offset))
-            {
-                self.watermarks.get_mut(tp).withdraw_from(first);
+            let open = self.batcher.discard(tp);
+            self.budget.release(open);
+            if let Some(queue) = self.pending.remove(tp) {
+                self.budget.release(queue.iter().map(|b| b.bytes).sum());
+                if let Some(first) = queue.front().map(Batch::first_offset) {
+                    self.watermarks.get_mut(tp).withdraw_from(first);
+                }
             }
         }
     }
@@ -120,6 +124,7 @@ impl State {
         let (revoked, drain) = (owned.revoked.child_token(), owned.draining.child_token());
         let first = records[0].offset;
         let next_offset = records[records.len() - 1].offset + 1;
+        let bytes = records.iter().map(RawRecord::size).sum();
         let progress = self.watermarks.get_mut(&tp);
         let start = progress.position();
         if let Some(start) = progress.next_expected().filter(|&s| first < s) {
@@ -130,6 +135,7 @@ impl State {
                  Delete this partition's row in consumer_offsets, then restart"
             );
             tracing::error!(partition = %tp, "{reason}");
+            self.budget.release(bytes);
             self.hold(tp, reason);
             return;
         }
@@ -139,6 +145,7 @@ impl State {
             records,
             next_offset,
             start,
+            bytes,
             revoked,
             drain,
         };
@@ -179,13 +186,22 @@ impl State {
     /// Backpressure: a partition with a batch its worker cannot take yet stops fetching until
     /// the worker catches up. The loop keeps polling, so the group never evicts us.
     pub(super) fn apply_pause(&mut self, consumer: &Kafka) {
-        let want: HashSet<TopicPartition> = self
-            .pending
-            .keys()
-            .chain(self.held.keys())
-            .filter(|tp| self.assigned.contains_key(*tp))
-            .cloned()
-            .collect();
+        self.metrics
+            .batch_bytes
+            .store(self.budget.used() as u64, Relaxed);
+        self.metrics
+            .batch_bytes_peak
+            .store(self.budget.peak() as u64, Relaxed);
+        let want: HashSet<TopicPartition> = if self.budget.exhausted() {
+            self.assigned.keys().cloned().collect()
+        } else {
+            self.pending
+                .keys()
+                .chain(self.held.keys())
+                .filter(|tp| self.assigned.contains_key(*tp))
+                .cloned()
+                .collect()
+        };
         let to_pause: Vec<_> = want.difference(&self.paused).cloned().collect();
         let to_resume: Vec<_> = self.paused.difference(&want).cloned().collect();
         if !to_pause.is_empty() {
@@ -225,6 +241,7 @@ impl State {
     }
 
     pub(super) fn apply(&mut self, ack: Ack, metrics: &Metrics) {
+        self.budget.release(ack.bytes);
         if !ack.durable {
             metrics.batches_abandoned.fetch_add(1, Relaxed);
             if self.assigned.contains_key(&ack.tp) {
@@ -307,6 +324,7 @@ mod tests {
             pending: HashMap::new(),
             assigned: HashMap::new(),
             n_workers: 4,
+            budget: Budget::new(1 << 20),
             paused: HashSet::new(),
             held: HashMap::new(),
             fetched: HashMap::new(),
