@@ -118,13 +118,14 @@ impl State {
 
     /// Cuts a batch for a partition and queues it for its worker; the watermark registers it.
     pub(super) fn enqueue(&mut self, tp: TopicPartition, records: Vec<RawRecord>) {
+        let bytes = records.iter().map(RawRecord::size).sum();
         let Some(owned) = self.assigned.get(&tp) else {
+            self.budget.release(bytes);
             return;
         };
         let (revoked, drain) = (owned.revoked.child_token(), owned.draining.child_token());
         let first = records[0].offset;
         let next_offset = records[records.len() - 1].offset + 1;
-        let bytes = records.iter().map(RawRecord::size).sum();
         let progress = self.watermarks.get_mut(&tp);
         let start = progress.position();
         if let Some(start) = progress.next_expected().filter(|&s| first < s) {
