@@ -143,7 +143,7 @@ pub async fn run(
     })?;
     let startup = async {
         retry(
-            "postgresql schema",
+            "postgresql migration",
             backoff(&settings),
             &shutdown.drain,
             || {},

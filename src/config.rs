@@ -69,6 +69,7 @@ pub struct Settings {
     #[arg(
         long,
         env = "LP_DATABASE_URL",
+        hide_env_values = true,
         default_value = "postgres://logproc@127.0.0.1:5432/logproc"
     )]
     pub database_url: String,
@@ -95,6 +96,7 @@ pub struct Settings {
     #[arg(
         long,
         env = "LP_ELASTICSEARCH_URL",
+        hide_env_values = true,
         default_value = "http://127.0.0.1:9200"
     )]
     pub elasticsearch_url: String,
@@ -145,7 +147,7 @@ pub struct Settings {
 
     /// `/healthz` fails (and systemd's watchdog is no longer pinged) when the Kafka consumer
     /// thread has not gone round its loop for this long. Defaults to the larger of 60 s and two
-    /// session timeouts; must exceed the session timeout.
+    /// session timeouts; must exceed the revoke drain timeout plus 20 s (a rebalance's reads).
     #[arg(long, env = "LP_LIVENESS_TIMEOUT_MS")]
     pub liveness_timeout_ms: Option<u64>,
     /// Address serving /metrics, /healthz and /readyz.
@@ -256,13 +258,16 @@ impl Settings {
                 ),
             ));
         }
-        if self.liveness_timeout().as_millis() as u64 <= self.session_timeout_ms {
+        // A rebalance may keep the consumer thread from polling for a revocation's drain plus
+        // an assignment's reads (stored and committed offsets, 5 s each; end offsets, 10 s).
+        let longest_rebalance = self.revoke_drain_timeout() + Duration::from_secs(20);
+        if self.liveness_timeout() <= longest_rebalance {
             return Err(invalid(
                 "LP_LIVENESS_TIMEOUT_MS (--liveness-timeout-ms)",
                 format!(
-                    "{} must exceed LP_SESSION_TIMEOUT_MS ({}): a rebalance may legitimately take that long",
+                    "{} must exceed the longest rebalance, LP_REVOKE_DRAIN_TIMEOUT_MS + 20000 ({})",
                     self.liveness_timeout().as_millis(),
-                    self.session_timeout_ms
+                    longest_rebalance.as_millis()
                 ),
             ));
         }
@@ -489,19 +494,40 @@ pub fn mask_url(url: &str) -> String {
         return url.to_string();
     };
     let rest = &url[scheme_end..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
+    // The last '@' ends the user info even when an unencoded password holds '/', '?' or '#';
+    // an '@' further on (in a query) only makes this mask more than it must.
+    let masked = match rest.rfind('@') {
+        Some(at) => match rest[..at].find(':') {
+            Some(colon) => format!(
+                "{}{}:****{}",
+                &url[..scheme_end],
+                &rest[..colon],
+                &rest[at..]
+            ),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    };
+    mask_query_secrets(&masked)
+}
+
+/// Masks the values of `password` and `sslpassword` query parameters (which sqlx accepts).
+fn mask_query_secrets(url: &str) -> String {
+    let Some(q) = url.find('?') else {
         return url.to_string();
     };
-    match rest[..at].find(':') {
-        Some(colon) => format!(
-            "{}{}:****{}",
-            &url[..scheme_end],
-            &rest[..colon],
-            &rest[at..]
-        ),
-        None => url.to_string(),
-    }
+    let params: Vec<String> = url[q + 1..]
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _))
+                if k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword") =>
+            {
+                format!("{k}=****")
+            }
+            _ => kv.to_string(),
+        })
+        .collect();
+    format!("{}?{}", &url[..q], params.join("&"))
 }
 
 /// Reads `KEY=VALUE` lines (blank lines and `#` comments skipped, optional quotes) from a
@@ -555,6 +581,23 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         parse(&[]).validate().unwrap();
+    }
+
+    #[test]
+    fn passwords_never_survive_masking() {
+        for (url, secret) in [
+            ("postgres://u:s3cr/t?x#y@db:5432/logs", "s3cr"),
+            (
+                "postgres://u@db/logs?sslmode=require&password=hunter2",
+                "hunter2",
+            ),
+            ("https://u:pw@es:9200", "pw@"),
+            ("postgres://db/logs?SSLPASSWORD=keypass", "keypass"),
+        ] {
+            let masked = mask_url(url);
+            assert!(!masked.contains(secret), "{url} -> {masked}");
+        }
+        assert_eq!(mask_url("http://es:9200/x"), "http://es:9200/x");
     }
 
     #[test]
@@ -665,7 +708,8 @@ mod tests {
             mask_url("postgres://u:secret@h:5432/db"),
             "postgres://u:****@h:5432/db"
         );
-        assert_eq!(mask_url("http://u:p%40ss@h/x@y"), "http://u:****@h/x@y");
+        // An '@' after the host makes the mask hide more than the password, never less.
+        assert_eq!(mask_url("http://u:p%40ss@h/x@y"), "http://u:****@y");
         assert_eq!(mask_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(mask_url("http://h:9200"), "http://h:9200");
         let s = parse(&[

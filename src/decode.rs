@@ -13,7 +13,7 @@
 //! 5138), otherwise of milliseconds, fractions allowed. A record without a timestamp takes
 //! Kafka's record timestamp.
 
-use chrono::{DateTime, Datelike, TimeZone, Timelike, Utc};
+use chrono::{DateTime, Datelike, SubsecRound, TimeZone, Timelike, Utc};
 use serde_json::{Map, Value};
 
 use crate::model::{LogEntry, RawRecord};
@@ -57,7 +57,8 @@ pub fn decode(raw: &RawRecord, max_bytes: usize, redactor: &Redactor) -> Result<
             .ok_or("no timestamp: neither timestamp nor @timestamp, and none from Kafka")?,
     };
     Ok(LogEntry {
-        timestamp,
+        // Both stores keep microseconds; cut here so they cannot round differently.
+        timestamp: timestamp.trunc_subsecs(6),
         level: take_string(&mut object, "level"),
         service: take_string(&mut object, "service"),
         message: take_string(&mut object, "message"),
@@ -250,6 +251,12 @@ mod tests {
     fn a_leap_second_becomes_the_second_before() {
         let e = dec(br#"{"timestamp":"2016-12-31T23:59:60.5Z"}"#).unwrap();
         assert_eq!(e.timestamp.to_rfc3339(), "2016-12-31T23:59:59.500+00:00");
+    }
+
+    #[test]
+    fn timestamps_are_cut_to_the_microsecond_both_stores_keep() {
+        let e = dec(br#"{"timestamp":"1999-12-31T23:59:59.9999999Z"}"#).unwrap();
+        assert_eq!(e.timestamp.to_rfc3339(), "1999-12-31T23:59:59.999999+00:00");
     }
 
     #[test]

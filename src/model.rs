@@ -68,6 +68,9 @@ pub struct Batch {
     /// Cancelled when a revocation of the partition begins: a worker that has not started the
     /// batch gives it up at once; one already writing it finishes.
     pub drain: CancellationToken,
+    /// Batches of the partition being written: the worker counts this one in while it writes
+    /// it (until its ack is sent), so a revocation knows what it waits for.
+    pub writing: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Where a partition stands before a batch.

@@ -54,10 +54,10 @@ pub struct Worker {
     /// learns that every worker is done.
     pub acks: std::sync::mpsc::Sender<Ack>,
     pub ctx: Arc<WorkerContext>,
-    /// Per partition, the offsets `[first, next)` of the last batch this worker gave up: a
-    /// later batch of the same run (one starting at or after `next`) is given up too. A batch
-    /// starting below it is the partition read again by a new assignment.
-    pub given_up: HashMap<TopicPartition, (i64, i64)>,
+    /// Per partition, the end of the last batch this worker gave up: a later batch of the same
+    /// run (one starting right after a batch that ended there or later) is given up too. A
+    /// batch of a new assignment starts afresh.
+    pub given_up: HashMap<TopicPartition, i64>,
 }
 
 enum Outcome {
@@ -79,19 +79,24 @@ impl Worker {
                 };
                 let (first, next) = (batch.first_offset(), batch.next_offset);
                 let started = Instant::now();
-                let after_hole = self
-                    .given_up
-                    .get(&batch.tp)
-                    .is_some_and(|&(_, hole_end)| matches!(batch.start, Position::After(s) if s >= hole_end));
-                let outcome = if batch.revoked.is_cancelled() || batch.drain.is_cancelled() {
-                    Outcome::GivenUp("partition revoked")
-                } else if after_hole {
-                    Outcome::GivenUp("an earlier batch of this partition was given up")
+                let skip = if batch.revoked.is_cancelled() || batch.drain.is_cancelled() {
+                    Some("partition revoked")
+                } else if self.given_up.get(&batch.tp).is_some_and(
+                    |&hole_end| matches!(batch.start, Position::After(s) if s >= hole_end),
+                ) {
+                    Some("an earlier batch of this partition was given up")
                 } else if shutdown.abort_at().is_some_and(|at| started + estimate > at) {
-                    Outcome::GivenUp("cannot finish before the shutdown deadline")
+                    Some("cannot finish before the shutdown deadline")
                 } else {
-                    let span = tracing::info_span!("batch", partition = %batch.tp, first, next, records = batch.records.len());
-                    self.process(&batch).instrument(span).await
+                    None
+                };
+                let outcome = match skip {
+                    Some(why) => Outcome::GivenUp(why),
+                    None => {
+                        batch.writing.fetch_add(1, Relaxed);
+                        let span = tracing::info_span!("batch", partition = %batch.tp, first, next, records = batch.records.len());
+                        self.process(&batch).instrument(span).await
+                    }
                 };
                 let durable = matches!(outcome, Outcome::Durable);
                 match outcome {
@@ -103,12 +108,14 @@ impl Worker {
                     }
                     Outcome::GivenUp(why) => {
                         tracing::info!(partition = %batch.tp, first, next, why, "batch given up, offsets not committed");
-                        self.given_up.insert(batch.tp.clone(), (first, next));
+                        self.given_up.insert(batch.tp.clone(), next);
                     }
                 }
-                self.ctx.metrics.clear_stalled(&batch.tp);
                 // The consumer may be gone already during shutdown; nothing to do then.
                 let _ = self.acks.send(Ack { tp: batch.tp.clone(), first_offset: first, next_offset: next, durable, bytes: batch.bytes });
+                if skip.is_none() {
+                    batch.writing.fetch_sub(1, Relaxed); // after the ack: see `Batch::writing`
+                }
             }
             shutdown.phase(&format!("worker {} drained", self.id));
         }
@@ -150,13 +157,19 @@ impl Worker {
             }
         }
 
+        // Whether this batch marked its partition held; only then does it clear the mark (the
+        // consumer holds partitions too, for reasons of its own).
+        let held = std::sync::atomic::AtomicBool::new(false);
+        let hold = |why: &str| {
+            held.store(true, Relaxed);
+            ctx.metrics.set_stalled(&batch.tp, why);
+        };
         let t = Instant::now();
         let rejected = ctx
             .es
             .index(&batch.tp, &records, cancel, |why| {
                 ctx.metrics.retries_es.fetch_add(1, Relaxed);
-                ctx.metrics
-                    .set_stalled(&batch.tp, &format!("elasticsearch: {why}"));
+                hold(&format!("elasticsearch: {why}"));
             })
             .await?;
         ctx.metrics.es_latency.observe(t.elapsed());
@@ -198,7 +211,7 @@ impl Worker {
                 Err(e) => {
                     attempt += 1;
                     ctx.metrics.retries_pg.fetch_add(1, Relaxed);
-                    ctx.metrics.set_stalled(&batch.tp, &e.to_string());
+                    hold(&e.to_string());
                     let delay = ctx.backoff.delay(attempt);
                     tracing::warn!(attempt, delay_ms = delay.as_millis() as u64, error = %e, "postgresql batch failed, retrying");
                     tokio::select! {
@@ -209,11 +222,27 @@ impl Worker {
             }
         };
         ctx.metrics.pg_latency.observe(t.elapsed());
+        if !written.store_dead_letters.is_empty() {
+            // Their documents were indexed before PostgreSQL refused the rows.
+            let gone: Vec<&StoredRecord> = records
+                .iter()
+                .filter(|r| written.store_dead_letters.binary_search(&r.offset).is_ok())
+                .collect();
+            ctx.es
+                .delete(&batch.tp, &gone, cancel, |why| {
+                    ctx.metrics.retries_es.fetch_add(1, Relaxed);
+                    hold(&format!("elasticsearch: {why}"));
+                })
+                .await?;
+        }
+        if held.load(Relaxed) {
+            ctx.metrics.clear_stalled(&batch.tp);
+        }
         crate::failpoint::hit("after_pg_commit").await;
         let refused = written.store_dead_letters.len();
         ctx.metrics
             .stored
-            .fetch_add((records.len() - refused) as u64, Relaxed);
+            .fetch_add(records.len().saturating_sub(refused) as u64, Relaxed);
         ctx.metrics
             .dead_lettered
             .fetch_add((dead.len() + refused) as u64, Relaxed);

@@ -142,7 +142,7 @@ async fn a_wedged_consumer_thread_fails_liveness_and_starves_the_watchdog() {
             ("LP_FAILPOINTS", "consumer_wedge=1".into()),
             ("LP_SESSION_TIMEOUT_MS", "6000".into()),
             ("LP_REVOKE_DRAIN_TIMEOUT_MS", "3000".into()),
-            ("LP_LIVENESS_TIMEOUT_MS", "8000".into()),
+            ("LP_LIVENESS_TIMEOUT_MS", "24000".into()),
             ("NOTIFY_SOCKET", sock_path.to_str().unwrap().into()),
             ("WATCHDOG_USEC", "1000000".into()),
         ],
@@ -173,7 +173,7 @@ async fn a_wedged_consumer_thread_fails_liveness_and_starves_the_watchdog() {
     );
     assert_eq!(status, 503);
     assert!(body.contains("has not polled"), "{body}");
-    assert!(failed_after >= Duration::from_secs(7), "{failed_after:?}");
+    assert!(failed_after >= Duration::from_secs(23), "{failed_after:?}");
     assert!(
         pings_before >= 3,
         "watchdog pings while alive: {pings_before}"

@@ -77,6 +77,10 @@ pub(super) fn close(consumer: Kafka) -> ConsumerReport {
         tracing::warn!(partition = %tp, from, to, "abandoned offsets [from, to): not committed, a restart reads them again");
     }
     consumer.unsubscribe();
+    if Arc::strong_count(&consumer) > 1 {
+        // The final commit's thread still holds it: it closes when that commit returns.
+        tracing::warn!("the consumer leaves the group once its unanswered commit returns");
+    }
     drop(consumer); // closes the consumer: leaves the group so partitions move at once
     shutdown.phase("group left");
     report

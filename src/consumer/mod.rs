@@ -108,6 +108,7 @@ pub fn spawn(
         fetched: HashMap::new(),
         closing: false,
         metrics: Arc::clone(&metrics),
+        rejoin_at: None,
         workers_gone: false,
     };
     let bridge = Bridge {
@@ -200,8 +201,17 @@ fn run(mut consumer: Kafka) -> ConsumerReport {
             .watch()
             .stalled(Instant::now())
             .map(|(s, d)| (s.to_owned(), d));
+        let rejoin = {
+            let mut st = bridge.lock();
+            match &st.rejoin_at {
+                Some((at, _)) if *at <= Instant::now() => st.rejoin_at.take(),
+                _ => None,
+            }
+        };
         if let Some((why, stalled_for)) = stalled {
             consumer = replace(consumer, &why, stalled_for);
+        } else if let Some((_, why)) = rejoin {
+            consumer = replace(consumer, &why, Duration::ZERO);
         }
     }
     close(consumer)

@@ -9,9 +9,9 @@ use rdkafka::topic_partition_list::Offset;
 
 use crate::model::TopicPartition;
 
-use super::Kafka;
 use super::client::Bridge;
 use super::state::{pause, tpl_at, tpl_of};
+use super::{Kafka, State};
 
 impl Bridge {
     /// Handles a rebalance on the consumer thread, inside librdkafka's callback (which must
@@ -34,8 +34,17 @@ impl Bridge {
         if !tps.is_empty() {
             // Bounds the end-offset checks below as a whole, not per partition.
             let checks_until = Instant::now() + Duration::from_secs(10);
-            let stored = self.stored_offsets(&tps);
-            let committed = self.committed_offsets(consumer, &tps);
+            let Some(stored) = self.stored_offsets(tps) else {
+                // Starting anywhere else could skip records or swallow a recreated topic: hold
+                // them, and rejoin the group to be assigned again (and read again) shortly.
+                self.assign_held(
+                    consumer,
+                    tps,
+                    "start offsets unknown: PostgreSQL's watermarks could not be read",
+                );
+                return;
+            };
+            let committed = self.committed_offsets(consumer, tps);
             for tp in tps {
                 let kafka = committed.as_ref().map(|c| c.get(tp).copied());
                 let offset = match start_offset(stored.get(tp).copied(), kafka) {
@@ -54,8 +63,18 @@ impl Bridge {
                         Offset::Offset(pg)
                     }
                     Start::Committed(k) => {
-                        started.push((tp.clone(), k));
-                        Offset::Offset(k)
+                        let end = (Instant::now() < checks_until)
+                            .then(|| end_offset(consumer, tp))
+                            .flatten();
+                        if end.is_some_and(|end| end < k) {
+                            // No watermark stored (cleared by the operator) and Kafka's offset
+                            // lies past the end: the topic was recreated. Read it from its start.
+                            tracing::warn!(partition = %tp, committed = k, "Kafka's committed offset is past the end of the partition; reading it from the beginning");
+                            Offset::Beginning
+                        } else {
+                            started.push((tp.clone(), k));
+                            Offset::Offset(k)
+                        }
                     }
                     Start::Beginning => Offset::Beginning,
                     Start::AskKafka => Offset::Invalid,
@@ -69,10 +88,18 @@ impl Bridge {
             RebalanceProtocol::Cooperative => consumer.incremental_assign(&start),
             _ => consumer.assign(&start),
         };
+        let mut st = self.lock();
         if let Err(e) = result {
             tracing::error!(error = %e, "assign failed");
+            let why = format!("assign failed: {e}");
+            for tp in tps {
+                st.own(tp.clone());
+                st.hold(tp.clone(), why.clone());
+            }
+            st.rejoin(why);
+            drop(st);
+            return;
         }
-        let mut st = self.lock();
         for tp in tps {
             st.own(tp.clone());
         }
@@ -96,21 +123,31 @@ impl Bridge {
         let began = Instant::now();
         crate::failpoint::hit_blocking("in_revoke");
         let mut st = self.lock();
-        st.discard(&tps);
+        st.discard(tps);
+        for tp in tps {
+            if let Some(owned) = st.assigned.get(tp) {
+                owned.draining.cancel(); // batches not started yet are given up at once
+            }
+        }
         if !lost && !st.closing {
-            // Let in-flight batches of these partitions finish, within a bound below the
+            // Let the writes under way for these partitions finish, within a bound below the
             // session timeout (and before the shutdown abort, if one is coming).
             let mut until = Instant::now() + self.settings.revoke_drain_timeout;
             if let Some(at) = self.shutdown.abort_at() {
                 until = until.min(at);
             }
-            while tps
-                .iter()
-                .any(|tp| st.watermarks.get(tp).is_some_and(|p| p.in_flight() > 0))
-                && Instant::now() < until
-            {
+            let writing = |st: &State| {
+                tps.iter().any(|tp| {
+                    st.assigned
+                        .get(tp)
+                        .is_some_and(|o| o.writing.load(Relaxed) > 0)
+                })
+            };
+            while writing(&st) && Instant::now() < until {
                 st.wait_ack(Duration::from_millis(20), &self.metrics);
             }
+            // A worker acknowledges a batch before it stops counting it as written.
+            st.drain_acks(&self.metrics);
         }
         for tp in tps {
             if let Some(owned) = st.assigned.get(tp) {
@@ -138,23 +175,42 @@ impl Bridge {
         tracing::info!(partitions = ?tps.iter().map(ToString::to_string).collect::<Vec<_>>(), lost, took_ms = began.elapsed().as_millis() as u64, "partitions revoked");
     }
 
-    /// PostgreSQL's stored next offsets; on failure the partitions start from Kafka's
-    /// committed offsets, which is safe (replays are idempotent), only slower.
-    pub(super) fn stored_offsets(&self, tps: &[TopicPartition]) -> HashMap<TopicPartition, i64> {
+    /// Assigns `tps` but holds them (paused, unread), and asks the loop to rejoin the group.
+    fn assign_held(&self, consumer: &Kafka, tps: &[TopicPartition], why: &str) {
+        let tpl = tpl_of(tps);
+        let result = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_assign(&tpl),
+            _ => consumer.assign(&tpl),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "assign failed");
+        }
+        let mut st = self.lock();
+        for tp in tps {
+            st.own(tp.clone());
+            st.hold(tp.clone(), why.to_string());
+        }
+        st.rejoin(why.to_string());
+        st.apply_pause(consumer);
+    }
+
+    /// PostgreSQL's stored next offsets, or `None` when they could not be read within 5 s.
+    pub(super) fn stored_offsets(
+        &self,
+        tps: &[TopicPartition],
+    ) -> Option<HashMap<TopicPartition, i64>> {
         // The timer must be created inside the runtime: this thread is not one of its workers.
         let load =
             async { tokio::time::timeout(Duration::from_secs(5), self.offsets.load(tps)).await };
         match self.runtime.block_on(load) {
-            Ok(Ok(m)) => m,
+            Ok(Ok(m)) => Some(m),
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "could not read stored offsets; starting from Kafka's committed offsets");
-                HashMap::new()
+                tracing::error!(error = %e, "could not read the stored offsets");
+                None
             }
             Err(_) => {
-                tracing::warn!(
-                    "reading stored offsets timed out; starting from Kafka's committed offsets"
-                );
-                HashMap::new()
+                tracing::error!("reading the stored offsets timed out");
+                None
             }
         }
     }

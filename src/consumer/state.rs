@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::Duration;
@@ -51,8 +52,14 @@ pub(super) struct State {
     pub(super) closing: bool,
     /// Where held partitions are reported.
     pub(super) metrics: Arc<Metrics>,
+    /// When set, the loop replaces the consumer at that moment so it joins the group afresh and
+    /// is assigned again: its partitions could not be started (why).
+    pub(super) rejoin_at: Option<(std::time::Instant, String)>,
     pub(super) workers_gone: bool,
 }
+
+/// How long partitions that could not be started wait before the consumer rejoins the group.
+const REJOIN_DELAY: Duration = Duration::from_secs(10);
 
 /// A partition this consumer owns.
 pub(super) struct Ownership {
@@ -63,6 +70,9 @@ pub(super) struct Ownership {
     pub(super) draining: CancellationToken,
     /// The worker that writes this partition's batches, in order, while it is owned.
     pub(super) worker: usize,
+    /// Batches of this partition a worker is writing now (set by the worker): what a
+    /// revocation waits for.
+    pub(super) writing: Arc<AtomicUsize>,
 }
 
 impl State {
@@ -79,6 +89,7 @@ impl State {
                 revoked: CancellationToken::new(),
                 draining: CancellationToken::new(),
                 worker,
+                writing: Arc::new(AtomicUsize::new(0)),
             },
         );
     }
@@ -124,6 +135,7 @@ impl State {
             return;
         };
         let (revoked, drain) = (owned.revoked.child_token(), owned.draining.child_token());
+        let writing = Arc::clone(&owned.writing);
         let first = records[0].offset;
         let next_offset = records[records.len() - 1].offset + 1;
         let progress = self.watermarks.get_mut(&tp);
@@ -149,8 +161,16 @@ impl State {
             bytes,
             revoked,
             drain,
+            writing,
         };
         self.pending.entry(tp).or_default().push_back(batch);
+    }
+
+    /// Asks for a new consumer in a while (see `rejoin_at`), unless one is asked for already.
+    pub(super) fn rejoin(&mut self, why: String) {
+        if self.rejoin_at.is_none() {
+            self.rejoin_at = Some((std::time::Instant::now() + REJOIN_DELAY, why));
+        }
     }
 
     /// Stops reading `tp` for good (for this assignment): see `State::held`.
@@ -331,6 +351,7 @@ mod tests {
             fetched: HashMap::new(),
             closing: false,
             metrics: Arc::new(Metrics::default()),
+            rejoin_at: None,
             workers_gone: false,
         };
         // What a pod of R = 4 replicas gets with round-robin partitions: 0, 4, 8, ...

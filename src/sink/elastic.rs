@@ -183,7 +183,11 @@ impl ElasticSink {
                 match outcome {
                     Ok(Bulk::Items(items)) if items.len() == chunk.len() => {
                         for (&i, item) in chunk.iter().zip(items) {
-                            match classify_item(item.status, item.error_type.as_deref()) {
+                            match classify_item(
+                                item.status,
+                                item.error_type.as_deref(),
+                                &item.reason,
+                            ) {
                                 ItemAction::Done => {}
                                 ItemAction::Retry => {
                                     why = format!("HTTP {} {}", item.status, item.reason);
@@ -235,6 +239,48 @@ impl ElasticSink {
         }
         rejected.sort_by_key(|r| r.index);
         Ok(rejected)
+    }
+
+    /// Deletes the documents of records that ended up as dead letters after they were indexed
+    /// (PostgreSQL refused their rows), so no document exists without its row. A missing
+    /// document counts as deleted; anything else is retried until done or `cancel` fires.
+    pub async fn delete(
+        &self,
+        tp: &TopicPartition,
+        records: &[&StoredRecord],
+        cancel: &CancellationToken,
+        mut on_retry: impl FnMut(&str),
+    ) -> Result<(), SinkError> {
+        let mut body = Vec::new();
+        for r in records {
+            let action = json!({ "delete": { "_index": self.index_name(r), "_id": document_id(tp, r.offset) } });
+            serde_json::to_writer(&mut body, &action)
+                .expect("serialising JSON to memory cannot fail");
+            body.push(b'\n');
+        }
+        let mut attempt = 0;
+        loop {
+            let outcome = tokio::select! {
+                r = self.bulk(body.clone()) => r,
+                _ = cancel.cancelled() => return Err(SinkError::Cancelled),
+            };
+            let why = match outcome {
+                Ok(Bulk::Items(items)) if items.len() == records.len() => {
+                    match items.iter().find(|i| !matches!(i.status, 200..=299 | 404)) {
+                        None => return Ok(()),
+                        Some(i) => format!("delete: HTTP {} {}", i.status, i.reason),
+                    }
+                }
+                Ok(_) => "delete: unexpected bulk response".to_string(),
+                Err(e) => e.to_string(),
+            };
+            attempt += 1;
+            on_retry(&why);
+            tokio::select! {
+                _ = tokio::time::sleep(self.settings.backoff.delay(attempt)) => {}
+                _ = cancel.cancelled() => return Err(SinkError::Cancelled),
+            }
+        }
     }
 
     /// The action line and document line of one record.

@@ -82,6 +82,14 @@ impl PgSink {
                     "statement_timeout",
                     &settings.statement_timeout.as_millis().to_string(),
                 ),
+                // A connection dropped mid-transaction (a silent peer) must not leave the server
+                // holding the batch's locks until TCP notices, hours later.
+                (
+                    "idle_in_transaction_session_timeout",
+                    &(settings.statement_timeout + settings.connect_timeout)
+                        .as_millis()
+                        .to_string(),
+                ),
             ]);
         let pool = PgPoolOptions::new()
             .max_connections(settings.pool_size)
@@ -169,7 +177,7 @@ impl PgSink {
         let topics: Vec<&str> = tps.iter().map(|tp| &*tp.topic).collect();
         let parts: Vec<i32> = tps.iter().map(|tp| tp.partition).collect();
         let rows: Vec<(String, i32, i64)> = self
-            .with_connection(async |conn: &mut PgConnection| {
+            .with_connection(Some(self.attempt_timeout), async |conn: &mut PgConnection| {
                 sqlx::query_as(
                     "SELECT o.topic, o.kafka_partition, o.next_offset FROM consumer_offsets o \
                      JOIN UNNEST($2::text[], $3::int[]) AS w(topic, kafka_partition) USING (topic, kafka_partition) \
@@ -194,14 +202,27 @@ impl PgSink {
     /// row PostgreSQL refuses with a data exception is found by bisection and dead-lettered;
     /// any other refusal is returned, with nothing written.
     pub async fn write_batch(&self, batch: &BatchWrite<'_>) -> Result<Written, SinkError> {
-        self.with_connection(async |conn: &mut PgConnection| match write_tx(conn, batch, false).await {
+        let first = self
+            .with_connection(
+                Some(self.attempt_timeout),
+                async |conn: &mut PgConnection| Ok(write_tx(conn, batch, None).await),
+            )
+            .await?;
+        match first {
             Err(Refusal::RecordData(message)) => {
                 tracing::warn!(tp = %batch.tp, error = %message, "a row was refused with a data exception; bisecting the batch to find it");
-                write_tx(conn, batch, true).await.map_err(Refusal::into_sink_error)
+                // Bisection takes many statements: each is bounded, not the whole pass, so
+                // however many rows are bad it cannot run into one overall bound for ever.
+                let per_statement = Some(self.attempt_timeout);
+                self.with_connection(None, async |conn: &mut PgConnection| {
+                    write_tx(conn, batch, per_statement)
+                        .await
+                        .map_err(Refusal::into_sink_error)
+                })
+                .await
             }
             other => other.map_err(Refusal::into_sink_error),
-        })
-        .await
+        }
     }
 
     /// Runs `op` on a pooled connection, bounded client side as well: a connection whose peer
@@ -212,12 +233,14 @@ impl PgSink {
     /// timeout) would hold the pool's slot on the same dead socket.
     async fn with_connection<T>(
         &self,
+        bound: Option<Duration>,
         op: impl AsyncFnOnce(&mut PgConnection) -> Result<T, SinkError>,
     ) -> Result<T, SinkError> {
         let conn = self.pool.acquire().await.map_err(classify)?;
         let mut guard = DetachUnlessFinished(Some(conn));
         let conn = guard.0.as_mut().expect("set above");
-        match tokio::time::timeout(self.attempt_timeout, op(conn)).await {
+        let bound = bound.unwrap_or(Duration::MAX);
+        match tokio::time::timeout(bound, op(conn)).await {
             Ok(result) => {
                 guard.finished(self.return_timeout);
                 result
@@ -226,7 +249,7 @@ impl PgSink {
                 store: STORE,
                 message: format!(
                     "no answer within {} ms; connection dropped",
-                    self.attempt_timeout.as_millis()
+                    bound.as_millis()
                 ),
             }),
         }
@@ -292,30 +315,116 @@ fn row_refusal(e: sqlx::Error) -> Refusal {
     }
 }
 
-/// One attempt at the batch's transaction; `isolate` bisects the rows under savepoints.
+/// One attempt at the batch's transaction. The stored watermark is locked first and decides
+/// what is written (see [`advance`]): nothing for a replay, only the offsets from the stored
+/// watermark on when part of the batch is durable already. With `per_statement`, rows are
+/// inserted by bisection and every statement is bounded by it.
 async fn write_tx(
     conn: &mut PgConnection,
     batch: &BatchWrite<'_>,
-    isolate: bool,
+    per_statement: Option<Duration>,
 ) -> Result<Written, Refusal> {
-    let mut tx = conn.begin().await?;
+    let limit = per_statement.unwrap_or(Duration::MAX);
+    let mut tx = within(limit, conn.begin()).await?;
+    let stored: Option<i64> = within(
+        limit,
+        sqlx::query_scalar(
+            "SELECT next_offset FROM consumer_offsets \
+             WHERE group_id = $1 AND topic = $2 AND kafka_partition = $3 FOR UPDATE",
+        )
+        .bind(batch.group_id)
+        .bind(&*batch.tp.topic)
+        .bind(batch.tp.partition)
+        .fetch_optional(&mut *tx),
+    )
+    .await?;
+    let step = advance(stored, batch.start, batch.first_offset, batch.next_offset);
+    let from = match &step {
+        Advance::Hole(why) => {
+            return Err(Refusal::Store(SinkError::Transient {
+                store: STORE,
+                message: format!("{}: {why}", batch.tp),
+            }));
+        }
+        Advance::Replay => batch.next_offset,
+        Advance::Update => stored.unwrap_or(batch.first_offset),
+        Advance::Insert => batch.first_offset,
+    };
+    // Rows and dead letters below `from` are durable already, whatever this run made of them.
+    let records = &batch.records[batch.records.partition_point(|r| r.offset < from)..];
+    let dead: Vec<DeadLetter> = batch
+        .dead_letters
+        .iter()
+        .filter(|d| d.offset >= from)
+        .cloned()
+        .collect();
     let mut refused = Vec::new();
-    if isolate {
-        insert_bisecting(&mut tx, batch, &mut refused).await?;
-    } else {
-        insert_records(&mut tx, batch.tp, batch.records)
+    match per_statement {
+        Some(limit) => insert_bisecting(&mut tx, batch, records, limit, &mut refused).await?,
+        None => insert_records(&mut tx, batch.tp, records)
             .await
-            .map_err(row_refusal)?;
+            .map_err(row_refusal)?,
     }
-    insert_dead_letters(&mut tx, batch.tp, batch.dead_letters).await?;
-    insert_dead_letters(&mut tx, batch.tp, &refused).await?;
-    let already_durable = store_offset(&mut tx, batch).await?;
+    within(limit, insert_dead_letters(&mut tx, batch.tp, &dead)).await?;
+    within(limit, insert_dead_letters(&mut tx, batch.tp, &refused)).await?;
+    let sql = match step {
+        Advance::Replay | Advance::Hole(_) => None,
+        // A concurrent first insert makes this one fail with a unique violation: retried.
+        Advance::Insert => Some(
+            "INSERT INTO consumer_offsets (group_id, topic, kafka_partition, next_offset) VALUES ($1, $2, $3, $4)",
+        ),
+        Advance::Update => Some(
+            "UPDATE consumer_offsets SET next_offset = $4, updated_at = now() \
+             WHERE group_id = $1 AND topic = $2 AND kafka_partition = $3",
+        ),
+    };
+    if let Some(sql) = sql {
+        within(
+            limit,
+            sqlx::query(sql)
+                .bind(batch.group_id)
+                .bind(&*batch.tp.topic)
+                .bind(batch.tp.partition)
+                .bind(batch.next_offset)
+                .execute(&mut *tx),
+        )
+        .await?;
+    }
+    // Every record of the batch PostgreSQL holds as a `store` dead letter, whichever run made
+    // it: their documents, indexed before, must go (see `worker`).
+    let store_dead_letters: Vec<i64> = within(
+        limit,
+        sqlx::query_scalar(
+            "SELECT kafka_offset FROM dead_letters WHERE topic = $1 AND kafka_partition = $2 \
+             AND kafka_offset >= $3 AND kafka_offset < $4 AND stage = 'store' ORDER BY 1",
+        )
+        .bind(&*batch.tp.topic)
+        .bind(batch.tp.partition)
+        .bind(batch.first_offset)
+        .bind(batch.next_offset)
+        .fetch_all(&mut *tx),
+    )
+    .await?;
     crate::failpoint::hit("in_pg_transaction").await;
-    tx.commit().await?;
+    within(limit, tx.commit()).await?;
     Ok(Written {
-        store_dead_letters: refused.iter().map(|d| d.offset).collect(),
-        already_durable,
+        store_dead_letters,
+        already_durable: matches!(step, Advance::Replay),
     })
+}
+
+/// `fut` within `limit`; no answer in time is the connection's fault.
+async fn within<T>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, Refusal> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(result) => result.map_err(Refusal::from),
+        Err(_) => Err(Refusal::Store(SinkError::Transient {
+            store: STORE,
+            message: format!("no answer within {} ms", limit.as_millis()),
+        })),
+    }
 }
 
 /// Inserts the batch's rows, finding the ones PostgreSQL refuses with a data exception by
@@ -324,28 +433,39 @@ async fn write_tx(
 async fn insert_bisecting(
     tx: &mut Transaction<'_, Postgres>,
     batch: &BatchWrite<'_>,
+    records: &[StoredRecord],
+    limit: Duration,
     refused: &mut Vec<DeadLetter>,
 ) -> Result<(), Refusal> {
-    let records = batch.records;
     let mut ranges = vec![(0, records.len())];
     while let Some((lo, hi)) = ranges.pop() {
         if lo == hi {
             continue;
         }
-        sqlx::raw_sql("SAVEPOINT bisect").execute(&mut **tx).await?;
-        match insert_records(tx, batch.tp, &records[lo..hi])
+        within(limit, sqlx::raw_sql("SAVEPOINT bisect").execute(&mut **tx)).await?;
+        let inserted = tokio::time::timeout(limit, insert_records(tx, batch.tp, &records[lo..hi]))
             .await
-            .map_err(row_refusal)
-        {
+            .map_err(|_| {
+                Refusal::Store(SinkError::Transient {
+                    store: STORE,
+                    message: format!("no answer within {} ms", limit.as_millis()),
+                })
+            })?;
+        match inserted.map_err(row_refusal) {
             Ok(()) => {
-                sqlx::raw_sql("RELEASE SAVEPOINT bisect")
-                    .execute(&mut **tx)
-                    .await?;
+                within(
+                    limit,
+                    sqlx::raw_sql("RELEASE SAVEPOINT bisect").execute(&mut **tx),
+                )
+                .await?;
             }
             Err(Refusal::RecordData(message)) => {
-                sqlx::raw_sql("ROLLBACK TO SAVEPOINT bisect; RELEASE SAVEPOINT bisect")
-                    .execute(&mut **tx)
-                    .await?;
+                within(
+                    limit,
+                    sqlx::raw_sql("ROLLBACK TO SAVEPOINT bisect; RELEASE SAVEPOINT bisect")
+                        .execute(&mut **tx),
+                )
+                .await?;
                 if hi - lo == 1 {
                     refused.push((batch.dead_letter)(records[lo].offset, message));
                 } else {
@@ -478,47 +598,6 @@ pub fn advance(stored: Option<i64>, start: Position, first: i64, next: i64) -> A
     }
 }
 
-/// Applies [`advance`] under a row lock. Returns true for a replay.
-async fn store_offset(
-    tx: &mut Transaction<'_, Postgres>,
-    batch: &BatchWrite<'_>,
-) -> Result<bool, Refusal> {
-    let stored: Option<i64> = sqlx::query_scalar(
-        "SELECT next_offset FROM consumer_offsets \
-         WHERE group_id = $1 AND topic = $2 AND kafka_partition = $3 FOR UPDATE",
-    )
-    .bind(batch.group_id)
-    .bind(&*batch.tp.topic)
-    .bind(batch.tp.partition)
-    .fetch_optional(&mut **tx)
-    .await?;
-    let sql = match advance(stored, batch.start, batch.first_offset, batch.next_offset) {
-        Advance::Replay => return Ok(true),
-        Advance::Hole(why) => {
-            return Err(Refusal::Store(SinkError::Transient {
-                store: STORE,
-                message: format!("{}: {why}", batch.tp),
-            }));
-        }
-        // A concurrent first insert makes this one fail with a unique violation: retried.
-        Advance::Insert => {
-            "INSERT INTO consumer_offsets (group_id, topic, kafka_partition, next_offset) VALUES ($1, $2, $3, $4)"
-        }
-        Advance::Update => {
-            "UPDATE consumer_offsets SET next_offset = $4, updated_at = now() \
-             WHERE group_id = $1 AND topic = $2 AND kafka_partition = $3"
-        }
-    };
-    sqlx::query(sql)
-        .bind(batch.group_id)
-        .bind(&*batch.tp.topic)
-        .bind(batch.tp.partition)
-        .bind(batch.next_offset)
-        .execute(&mut **tx)
-        .await?;
-    Ok(false)
-}
-
 fn kafka_time(ms: Option<i64>) -> Option<DateTime<Utc>> {
     ms.and_then(|ms| Utc.timestamp_millis_opt(ms).single())
 }
@@ -536,15 +615,15 @@ fn permanent(message: String) -> SinkError {
     }
 }
 
-/// Data, constraint, schema and privilege errors (SQLSTATE classes 22, 23, 42, 54) need an
-/// operator; everything else (connection loss, server restart, timeouts, lock and resource
+/// Data, constraint, schema, privilege and authentication errors (SQLSTATE classes 22, 23, 28,
+/// 3F, 42, 54) need an operator; everything else (connection loss, server restart, timeouts, lock and resource
 /// trouble) may pass by itself. Which statement failed decides whether it was a record's fault
 /// (`row_refusal`), not this.
 fn classify(e: sqlx::Error) -> SinkError {
     let message = e.to_string();
     match code(&e) {
         Some(c)
-            if ["22", "23", "42", "54"]
+            if ["22", "23", "28", "3F", "42", "54"]
                 .iter()
                 .any(|class| c.starts_with(class)) =>
         {

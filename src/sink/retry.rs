@@ -24,20 +24,36 @@ pub enum ItemAction {
 /// `cluster_block_exception` (a read-only or flood-stage index, 403 or 429),
 /// `security_exception`, `index_not_found_exception` or `invalid_index_name_exception`, is
 /// about the store or its configuration.
-const DOCUMENT_FAULTS: [&str; 6] = [
+const DOCUMENT_FAULTS: [&str; 5] = [
     "mapper_parsing_exception",
     "document_parsing_exception",
     "strict_dynamic_mapping_exception",
-    "illegal_argument_exception",
     "x_content_parse_exception",
     "parse_exception",
 ];
 
+/// `illegal_argument_exception` is the document's fault only when it is about its fields
+/// (a mapping conflict, too many fields); it also reports store faults such as an alias with
+/// no write index or a missing ingest pipeline.
+const DOCUMENT_ARGUMENT_FAULTS: [&str; 4] = [
+    "mapper [",
+    "Limit of total fields",
+    "failed to parse",
+    "cannot be changed from type",
+];
+
 /// Classification of a bulk item. A 409 from `create` means the document already exists: done.
-pub fn classify_item(status: u16, error_type: Option<&str>) -> ItemAction {
+pub fn classify_item(status: u16, error_type: Option<&str>, reason: &str) -> ItemAction {
+    let document_fault = match error_type {
+        Some("illegal_argument_exception") => {
+            DOCUMENT_ARGUMENT_FAULTS.iter().any(|m| reason.contains(m))
+        }
+        Some(t) => DOCUMENT_FAULTS.contains(&t),
+        None => false,
+    };
     match status {
         200..=299 | 409 => ItemAction::Done,
-        400 if error_type.is_some_and(|t| DOCUMENT_FAULTS.contains(&t)) => ItemAction::Reject,
+        400 if document_fault => ItemAction::Reject,
         _ => ItemAction::Retry,
     }
 }
@@ -116,7 +132,6 @@ mod tests {
             (409, Some("version_conflict_engine_exception"), Done),
             (400, Some("mapper_parsing_exception"), Reject),
             (400, Some("document_parsing_exception"), Reject),
-            (400, Some("illegal_argument_exception"), Reject),
             (400, Some("strict_dynamic_mapping_exception"), Reject),
             // The store's or the configuration's fault: held and retried.
             (403, Some("cluster_block_exception"), Retry),
@@ -132,7 +147,19 @@ mod tests {
             (500, None, Retry),
         ];
         for (status, ty, expect) in cases {
-            assert_eq!(classify_item(status, ty), expect, "{status} {ty:?}");
+            assert_eq!(classify_item(status, ty, ""), expect, "{status} {ty:?}");
+        }
+        let arg = Some("illegal_argument_exception");
+        for (reason, expect) in [
+            ("Limit of total fields [2000] has been exceeded", Reject),
+            (
+                "mapper [n] cannot be changed from type [long] to [text]",
+                Reject,
+            ),
+            ("no write index is defined for alias [logs]", Retry),
+            ("pipeline with id [p] does not exist", Retry),
+        ] {
+            assert_eq!(classify_item(400, arg, reason), expect, "{reason}");
         }
     }
 
