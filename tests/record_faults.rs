@@ -1,0 +1,72 @@
+//! A record whose row PostgreSQL refuses for its own content, after the search store took its
+//! document: it becomes a dead letter with its raw bytes, and its document is removed, so no
+//! document exists without its row. Against the real daemon and services.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_postgresql_refuses_is_dead_lettered_and_its_document_removed() {
+    let s = Scenario::new("record_fault", 1).await;
+    // The first record maps `fields.n` as text, so the search store takes the third record's
+    // number as text; PostgreSQL's jsonb cannot hold it ("value overflows numeric format").
+    let refused = br#"{"message":"overflow","n":1e200000}"#.to_vec();
+    let records: Vec<(Option<Vec<u8>>, Vec<u8>)> = vec![
+        (None, br#"{"message":"first","n":"text"}"#.to_vec()),
+        (None, br#"{"message":"second","n":"more"}"#.to_vec()),
+        (None, refused.clone()),
+        (None, br#"{"message":"fourth","n":"last"}"#.to_vec()),
+    ];
+    // One batch for all four: linger long enough that they travel together.
+    s.produce_raw(&records);
+    let mut d = Daemon::start(&with(&s.env(), &[("LP_BATCH_LINGER_MS", "1000".into())]));
+    s.wait_all_stored(Duration::from_secs(60)).await;
+    d.signal("TERM");
+    assert_eq!(d.wait(Duration::from_secs(30)), 0, "{}", d.tail(20));
+    assert!(
+        d.has_line("bisecting the batch"),
+        "the fault: PostgreSQL refused the batch\n{}",
+        d.tail(20)
+    );
+
+    let pool = s.pg().await;
+    let rows: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT kafka_offset FROM {}.log_records ORDER BY 1",
+        s.schema
+    )))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let dead: Vec<(i64, String, Vec<u8>, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT kafka_offset, stage, payload, reason FROM {}.dead_letters",
+        s.schema
+    )))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows, vec![0, 1, 3]);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let (offset, stage, payload, reason) = &dead[0];
+    assert_eq!((*offset, stage.as_str()), (2, "store"));
+    assert_eq!(payload, &refused, "the raw bytes");
+    assert!(reason.contains("numeric"), "{reason}");
+
+    let docs = es_documents(&format!("{}-*", s.index)).await;
+    let offsets: BTreeSet<i64> = docs
+        .iter()
+        .map(|d| d["kafka"]["offset"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        offsets,
+        BTreeSet::from([0, 1, 3]),
+        "no document without its row"
+    );
+    println!(
+        "record fault: rows {rows:?}, dead letter {offset} at stage {stage} ({reason}), documents {offsets:?}"
+    );
+    s.cleanup().await;
+}
