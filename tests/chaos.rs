@@ -848,8 +848,9 @@ async fn chaos_5_sigterm_with_too_short_deadline() {
         let mut d = Daemon::start(&env);
         wait_line(&d, "partitions assigned", Duration::from_secs(90)).await;
         wait_progress(&s, before, Duration::from_secs(30)).await;
-        // PostgreSQL turns slow: each batch's transaction now takes seconds.
-        let delay = rng.millis(100, 400);
+        // PostgreSQL turns slow: each batch's transaction (about eight round trips) now takes
+        // seconds, more than the 3 s deadline leaves for the drain.
+        let delay = rng.millis(400, 900);
         pg.set(Mode::Delay(delay));
         tokio::time::sleep(rng.millis(300, 1500)).await;
         let sent = Instant::now();
