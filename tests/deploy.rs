@@ -443,7 +443,10 @@ fn help_text() -> String {
 #[test]
 fn secrets_never_appear_in_help_or_check_config() {
     let env: BTreeMap<String, String> = [
-        ("LP_DATABASE_URL", "postgres://lp:pg-hunter2@db:5432/logs?sslpassword=key-hunter2"),
+        (
+            "LP_DATABASE_URL",
+            "postgres://lp:pg-hunter2@db:5432/logs?sslpassword=key-hunter2",
+        ),
         ("LP_ELASTICSEARCH_URL", "https://lp:es-hunter2@es:9200"),
         ("LP_REDACT_HASH", "email"),
         ("LP_REDACT_KEY", "redact-hunter2"),
@@ -457,7 +460,10 @@ fn secrets_never_appear_in_help_or_check_config() {
     let effective = check_config(&env, &[], "secrets");
     for secret in ["hunter2", &"ab".repeat(32)] {
         assert!(!help.contains(secret), "--help shows {secret}:\n{help}");
-        assert!(!effective.contains(secret), "check-config shows {secret}:\n{effective}");
+        assert!(
+            !effective.contains(secret),
+            "check-config shows {secret}:\n{effective}"
+        );
     }
 }
 

@@ -164,7 +164,7 @@ async fn a_wedged_consumer_thread_fails_liveness_and_starves_the_watchdog() {
             break (status, body, wedged.elapsed());
         }
         assert!(
-            wedged.elapsed() < Duration::from_secs(20),
+            wedged.elapsed() < Duration::from_secs(40),
             "healthz stayed 200"
         );
     };
@@ -259,12 +259,19 @@ async fn batches_of_48_backlogged_partitions_stay_within_one_memory_budget() {
     );
     assert!(bounded_rss < 150.0, "peak RSS {bounded_rss:.1} MiB");
     let pool = s.pg().await;
+    // The killed daemons' sessions may still hold locks for a moment: retry the clean-up.
     for budget in ["2", "1024"] {
         let drop = format!("DROP SCHEMA IF EXISTS {}_{budget} CASCADE", s.schema);
-        sqlx::query(sqlx::AssertSqlSafe(drop))
-            .execute(&pool)
-            .await
-            .unwrap();
+        for _ in 0..5 {
+            if sqlx::query(sqlx::AssertSqlSafe(drop.as_str()))
+                .execute(&pool)
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
     s.cleanup().await;
 }
