@@ -11,9 +11,10 @@ mod client;
 mod close;
 mod commit;
 mod rebalance;
+mod start;
 mod state;
 
-pub use rebalance::{Start, start_offset};
+pub use start::{Start, start_offset};
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;

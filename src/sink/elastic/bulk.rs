@@ -1,32 +1,15 @@
-//! Elasticsearch (and OpenSearch, which speaks the same 7.x REST API): `_bulk` with
-//! deterministic ids, per-item results, retries for 429/5xx only.
+//! The `_bulk` service: per-item results classified (`retry::classify_item`), failed items
+//! retried with backoff, a 413 split, refused documents returned for the dead-letter table.
 
-use std::time::Duration;
-
-use elasticsearch::Elasticsearch;
-use elasticsearch::auth::Credentials;
-use elasticsearch::http::headers::{CONTENT_TYPE, HeaderMap, HeaderValue};
-use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
-use elasticsearch::http::{Method, Url};
+use elasticsearch::http::Method;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::SinkError;
-use super::retry::{Backoff, ItemAction, classify_item, request_ok};
-use crate::config::{mask_url, scrub_urls};
 use crate::model::{StoredRecord, TopicPartition, document_id};
+use crate::sink::SinkError;
+use crate::sink::retry::{ItemAction, classify_item, request_ok};
 
-const STORE: &str = "elasticsearch";
-
-/// Settings of [`ElasticSink`].
-#[derive(Clone, Debug)]
-pub struct EsSettings {
-    pub url: String,
-    pub index_pattern: String,
-    pub bulk_max_bytes: usize,
-    pub timeout: Duration,
-    pub backoff: Backoff,
-}
+use super::{ElasticSink, STORE, truncate};
 
 /// A document Elasticsearch refused for good.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,120 +19,7 @@ pub struct Rejection {
     pub reason: String,
 }
 
-pub struct ElasticSink {
-    client: Elasticsearch,
-    settings: EsSettings,
-}
-
 impl ElasticSink {
-    pub fn new(settings: EsSettings) -> Result<Self, SinkError> {
-        let bad = |m: String| SinkError::Permanent {
-            store: STORE,
-            message: m,
-        };
-        let mut url = Url::parse(&settings.url)
-            .map_err(|e| bad(format!("bad URL {}: {e}", mask_url(&settings.url))))?;
-        let credentials = (!url.username().is_empty()).then(|| {
-            let user = url.username().to_string();
-            let password = url.password().unwrap_or_default().to_string();
-            Credentials::Basic(user, password)
-        });
-        let _ = url.set_username("");
-        let _ = url.set_password(None);
-        let mut builder = TransportBuilder::new(SingleNodeConnectionPool::new(url))
-            .timeout(settings.timeout)
-            .enable_meta_header(false);
-        if let Some(c) = credentials {
-            builder = builder.auth(c);
-        }
-        let transport = builder
-            .build()
-            .map_err(|e| bad(format!("cannot build client: {e}")))?;
-        Ok(Self {
-            client: Elasticsearch::new(transport),
-            settings,
-        })
-    }
-
-    /// The index a record goes to, from its own timestamp.
-    pub fn index_name(&self, record: &StoredRecord) -> String {
-        record
-            .entry
-            .timestamp
-            .format(&self.settings.index_pattern)
-            .to_string()
-    }
-
-    fn template_prefix(&self) -> &str {
-        let p = &self.settings.index_pattern;
-        &p[..p.find('%').unwrap_or(p.len())]
-    }
-
-    /// Creates (or updates) the index template that maps the recognised fields.
-    pub async fn ensure_template(&self) -> Result<(), SinkError> {
-        let prefix = self.template_prefix();
-        let name = format!("log-processor-{}", prefix.trim_end_matches(['-', '.', '_']));
-        let body = json!({
-            "index_patterns": [format!("{prefix}*")],
-            "priority": 100,
-            "template": {
-                "settings": { "index.mapping.total_fields.limit": 2000 },
-                "mappings": {
-                    "properties": {
-                        "@timestamp": { "type": "date" },
-                        "level": { "type": "keyword" },
-                        "service": { "type": "keyword" },
-                        "message": { "type": "text" },
-                        "fields": { "type": "object" },
-                        "kafka": { "properties": {
-                            "topic": { "type": "keyword" },
-                            "partition": { "type": "integer" },
-                            "offset": { "type": "long" },
-                            "key": { "type": "keyword", "index": false }
-                        } }
-                    }
-                }
-            }
-        });
-        let (status, text) = self
-            .request(
-                Method::Put,
-                &format!("/_index_template/{name}"),
-                Some(body.to_string().into_bytes()),
-            )
-            .await?;
-        let message = format!("template: HTTP {status}: {}", truncate(&text, 500));
-        match status {
-            _ if request_ok(status) => Ok(()),
-            429 | 500..=599 => Err(SinkError::Transient {
-                store: STORE,
-                message,
-            }),
-            _ => Err(SinkError::Permanent {
-                store: STORE,
-                message,
-            }),
-        }
-    }
-
-    /// The server's version string (`GET /`), for start-up logs.
-    pub async fn version(&self) -> Result<String, SinkError> {
-        let (status, text) = self.request(Method::Get, "/", None).await?;
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        match (status, v["version"]["number"].as_str()) {
-            (200, Some(n)) => Ok(format!(
-                "{} {n}",
-                v["version"]["distribution"]
-                    .as_str()
-                    .unwrap_or("elasticsearch")
-            )),
-            _ => Err(SinkError::Transient {
-                store: STORE,
-                message: format!("GET /: HTTP {status}"),
-            }),
-        }
-    }
-
     /// Indexes the records with deterministic ids. Only a refusal of a document itself (see
     /// `retry::classify_item`) is returned, as a rejection for the dead-letter table; every
     /// other failure, of an item or of the whole request, is retried (only those items) until
@@ -283,18 +153,6 @@ impl ElasticSink {
         }
     }
 
-    /// The action line and document line of one record.
-    fn bulk_lines(&self, tp: &TopicPartition, r: &StoredRecord) -> Vec<u8> {
-        let action =
-            json!({ "index": { "_index": self.index_name(r), "_id": document_id(tp, r.offset) } });
-        let mut out = action.to_string().into_bytes();
-        out.push(b'\n');
-        serde_json::to_writer(&mut out, &document(tp, r))
-            .expect("serialising JSON to memory cannot fail");
-        out.push(b'\n');
-        out
-    }
-
     /// One `_bulk` call: per-item results, or the error of the whole request.
     async fn bulk(&self, body: Vec<u8>) -> Result<Bulk, SinkError> {
         let (status, text) = self.request(Method::Post, "/_bulk", Some(body)).await?;
@@ -336,42 +194,6 @@ impl ElasticSink {
                 .collect(),
         ))
     }
-
-    async fn request(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<(u16, String), SinkError> {
-        let mut headers = HeaderMap::new();
-        if path == "/_bulk" {
-            headers.insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("application/x-ndjson"),
-            );
-        }
-        let response = self
-            .client
-            .send(
-                method,
-                path,
-                headers,
-                Option::<&()>::None,
-                body,
-                Some(self.settings.timeout),
-            )
-            .await
-            .map_err(|e| SinkError::Transient {
-                store: STORE,
-                message: scrub_urls(&e.to_string()),
-            })?;
-        let status = response.status_code().as_u16();
-        let text = response.text().await.map_err(|e| SinkError::Transient {
-            store: STORE,
-            message: scrub_urls(&e.to_string()),
-        })?;
-        Ok((status, text))
-    }
 }
 
 /// The answer to one `_bulk` request.
@@ -386,44 +208,6 @@ struct Item {
     status: u16,
     error_type: Option<String>,
     reason: String,
-}
-
-/// The document for a record. PostgreSQL holds the same fields. Borrowed, so serialising a
-/// batch copies no field maps.
-#[derive(serde::Serialize)]
-struct Document<'a> {
-    #[serde(rename = "@timestamp")]
-    timestamp: String,
-    level: &'a Option<String>,
-    service: &'a Option<String>,
-    message: &'a Option<String>,
-    fields: &'a serde_json::Map<String, Value>,
-    kafka: KafkaMeta<'a>,
-}
-
-#[derive(serde::Serialize)]
-struct KafkaMeta<'a> {
-    topic: &'a str,
-    partition: i32,
-    offset: i64,
-}
-
-fn document<'a>(tp: &'a TopicPartition, r: &'a StoredRecord) -> Document<'a> {
-    Document {
-        timestamp: r
-            .entry
-            .timestamp
-            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        level: &r.entry.level,
-        service: &r.entry.service,
-        message: &r.entry.message,
-        fields: &r.entry.fields,
-        kafka: KafkaMeta {
-            topic: &tp.topic,
-            partition: tp.partition,
-            offset: r.offset,
-        },
-    }
 }
 
 /// Splits items into bulk bodies no larger than `max_bytes` (an item above it goes alone; the
@@ -445,17 +229,6 @@ fn chunks(pending: &[usize], lines: &[Vec<u8>], max_bytes: usize) -> Vec<Vec<usi
         out.push(current);
     }
     out
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
 }
 
 #[cfg(test)]
