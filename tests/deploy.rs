@@ -732,6 +732,24 @@ fn kubernetes_environment_is_accepted_by_check_config() {
     let env = m.env_with_dummy_secrets();
     let effective = check_config(&env, &[], "the k8s environment");
     assert_options(&env, &effective, "k8s/");
+    // The daemon's worst case under these settings fits in the container's memory limit.
+    let worst: u64 = effective
+        .lines()
+        .find_map(|l| l.strip_prefix("worst-case memory: "))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("check-config prints the worst-case memory");
+    let limit = read("k8s/deployment.yaml")
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("limits:"))
+        .find_map(|l| l.trim().strip_prefix("memory: "))
+        .and_then(|m| m.trim_end_matches("Mi").parse::<u64>().ok())
+        .expect("a memory limit in Mi in deployment.yaml");
+    assert!(
+        worst < limit,
+        "check-config's worst case {worst} MiB does not fit the {limit}Mi limit"
+    );
+    println!("k8s: worst-case memory {worst} MiB within the {limit}Mi limit");
     println!(
         "k8s: {} variables accepted: {:?}",
         env.len(),
