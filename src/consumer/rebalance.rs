@@ -56,7 +56,7 @@ impl Bridge {
                         if let Some(end) = end.filter(|&end| end < pg) {
                             held.push((tp.clone(), format!(
                                 "topic end offset {end} is below the stored watermark {pg}: was the topic \
-                                 deleted and recreated? Delete this partition's row in consumer_offsets, then restart"
+                                 deleted and recreated? Move away or delete this partition's rows in log_records, dead_letters and consumer_offsets (they hold the old topic's records under the same offsets), then restart"
                             )));
                         } else {
                             started.push((tp.clone(), pg));

@@ -145,7 +145,7 @@ impl State {
             // exists to the earliest): the topic was recreated.
             let reason = format!(
                 "offsets went back from {start} to {first}: was the topic deleted and recreated? \
-                 Delete this partition's row in consumer_offsets, then restart"
+                 Move away or delete this partition's rows in log_records, dead_letters and consumer_offsets (they hold the old topic's records under the same offsets), then restart"
             );
             tracing::error!(partition = %tp, "{reason}");
             self.budget.release(bytes);
