@@ -268,24 +268,25 @@ impl Metrics {
                 tp.topic, tp.partition
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP log_processor_batch_memory_bytes Bytes of records held in batches (bounded by LP_MEMORY_BUDGET_MB)\n# TYPE log_processor_batch_memory_bytes gauge"
-        );
-        let _ = writeln!(
-            out,
-            "log_processor_batch_memory_bytes {}",
-            self.batch_bytes.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP log_processor_batch_memory_peak_bytes Largest batch_memory_bytes since start\n# TYPE log_processor_batch_memory_peak_bytes gauge"
-        );
-        let _ = writeln!(
-            out,
-            "log_processor_batch_memory_peak_bytes {}",
-            self.batch_bytes_peak.load(Relaxed)
-        );
+        let gauges = [
+            (
+                "batch_memory_bytes",
+                "Bytes of records held in batches (bounded by LP_MEMORY_BUDGET_MB)",
+                &self.batch_bytes,
+            ),
+            (
+                "batch_memory_peak_bytes",
+                "Largest batch_memory_bytes since start",
+                &self.batch_bytes_peak,
+            ),
+        ];
+        for (name, help, g) in gauges {
+            let _ = writeln!(
+                out,
+                "# HELP log_processor_{name} {help}\n# TYPE log_processor_{name} gauge\nlog_processor_{name} {}",
+                g.load(Relaxed)
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP log_processor_partition_stalled 1 while a partition is held, with the reason\n# TYPE log_processor_partition_stalled gauge"

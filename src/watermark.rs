@@ -43,12 +43,8 @@ impl PartitionProgress {
     /// registered in offset order.
     pub fn dispatched(&mut self, first: i64, next: i64) {
         debug_assert!(first < next);
-        let floor = self.ranges.back().map(|r| r.next).or(self.durable);
-        if floor.is_some_and(|f| first < f) {
-            // A rewind (seek back after a store reset): start over from the new position.
-            self.ranges.clear();
-            self.durable = Some(first);
-        }
+        // Offsets that go back never get here: the consumer holds the partition instead.
+        debug_assert!(self.next_expected().is_none_or(|f| first >= f));
         if self.durable.is_none() {
             self.durable = Some(first);
         }

@@ -390,21 +390,26 @@ async fn write_tx(
         )
         .await?;
     }
-    // Every record of the batch PostgreSQL holds as a `store` dead letter, whichever run made
-    // it: their documents, indexed before, must go (see `worker`).
-    let store_dead_letters: Vec<i64> = within(
-        limit,
-        sqlx::query_scalar(
-            "SELECT kafka_offset FROM dead_letters WHERE topic = $1 AND kafka_partition = $2 \
-             AND kafka_offset >= $3 AND kafka_offset < $4 AND stage = 'store' ORDER BY 1",
+    // Every record of the batch PostgreSQL holds as a `store` dead letter: their documents,
+    // indexed before, must go (see `worker`). Only a run that found none itself and wrote the
+    // whole batch knows that no earlier run left one; the others read them back.
+    let store_dead_letters: Vec<i64> = if refused.is_empty() && from == batch.first_offset {
+        Vec::new()
+    } else {
+        within(
+            limit,
+            sqlx::query_scalar(
+                "SELECT kafka_offset FROM dead_letters WHERE topic = $1 AND kafka_partition = $2 \
+                 AND kafka_offset >= $3 AND kafka_offset < $4 AND stage = 'store' ORDER BY 1",
+            )
+            .bind(&*batch.tp.topic)
+            .bind(batch.tp.partition)
+            .bind(batch.first_offset)
+            .bind(batch.next_offset)
+            .fetch_all(&mut *tx),
         )
-        .bind(&*batch.tp.topic)
-        .bind(batch.tp.partition)
-        .bind(batch.first_offset)
-        .bind(batch.next_offset)
-        .fetch_all(&mut *tx),
-    )
-    .await?;
+        .await?
+    };
     crate::failpoint::hit("in_pg_transaction").await;
     within(limit, tx.commit()).await?;
     Ok(Written {
