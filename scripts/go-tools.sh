@@ -20,11 +20,13 @@ say() { printf '[go-tools] %s\n' "$*" >&2; }
 command -v go >/dev/null || { say "go is not on PATH: install Go 1.26 or later"; exit 1; }
 export GOFLAGS="-mod=readonly -buildvcs=false" GOTOOLCHAIN=local
 
-# build MODULE_DIR OUTPUT PACKAGE: go build unless the module's files are unchanged since the
-# last build of OUTPUT.
+# build MODULE_DIR OUTPUT PACKAGE: go build unless the module's files (only go.mod and go.sum
+# for a package from the proxy) are unchanged since the last build of OUTPUT.
 build() {
-  local dir="$1" out="$2" pkg="$3" sum start
-  sum="$(cd "$dir" && { cat go.mod go.sum; cat ./*.go 2>/dev/null || true; } | sha256sum | cut -d' ' -f1)"
+  local dir="$1" out="$2" pkg="$3" sum start own=
+  [[ "$pkg" == . ]] && own=./*.go
+  # shellcheck disable=SC2086 # $own is a glob on purpose
+  sum="$(cd "$dir" && cat go.mod go.sum $own | sha256sum | cut -d' ' -f1)"
   if [[ "${force:-}" != 1 && -x "$bin/$out" && "$(cat "$stamps/$out" 2>/dev/null)" == "$sum" ]]; then
     return 0
   fi
