@@ -22,6 +22,7 @@ def main(src: str, out: str) -> None:
     panels = json.load(open(src))
     cols = 2
     rows = (len(panels) + cols - 1) // cols
+    end = max((pt[0] for p in panels for s in p["series"] or [] for pt in s["points"] or []), default=1)
     plt.style.use("dark_background")
     fig, axes = plt.subplots(rows, cols, figsize=(16, 3.1 * rows), squeeze=False)
     fig.patch.set_facecolor("#111217")
@@ -37,6 +38,7 @@ def main(src: str, out: str) -> None:
         fmt = UNITS.get(panel.get("unit"))
         if fmt:
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p, f=fmt: f(v)))
+        ax.set_xlim(0, end)
         ax.grid(color="#2c3235", linewidth=0.6)
         ax.tick_params(colors="#8e8e8e", labelsize=8)
         ax.set_xlabel("seconds into the run", fontsize=8, color="#8e8e8e")
