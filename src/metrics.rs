@@ -7,12 +7,14 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::model::TopicPartition;
+use crate::model::{RejectStage, TopicPartition};
 use crate::notify;
 
 const BUCKETS_MS: [f64; 12] = [
     1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
 ];
+
+const STAGES: [RejectStage; 3] = [RejectStage::Decode, RejectStage::Index, RejectStage::Store];
 
 /// A latency histogram with fixed millisecond buckets.
 #[derive(Default)]
@@ -64,6 +66,8 @@ pub struct Metrics {
     pub consumed: AtomicU64,
     pub stored: AtomicU64,
     pub dead_lettered: AtomicU64,
+    /// `dead_lettered` split by stage, in `STAGES` order.
+    dead_letters_by_stage: [AtomicU64; 3],
     pub batches: AtomicU64,
     pub batches_abandoned: AtomicU64,
     pub retries_pg: AtomicU64,
@@ -95,6 +99,13 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// `n` records dead-lettered at `stage` (also counted in `dead_lettered`).
+    pub fn dead_lettered_at(&self, stage: RejectStage, n: u64) {
+        self.dead_lettered.fetch_add(n, Relaxed);
+        let i = STAGES.iter().position(|s| *s == stage).unwrap_or(0);
+        self.dead_letters_by_stage[i].fetch_add(n, Relaxed);
+    }
+
     /// The consumer joined its group: ready for work (and tell systemd, once).
     pub fn set_joined(&self) {
         self.ready.store(true, Relaxed);
@@ -225,6 +236,18 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
+            "# HELP log_processor_dead_letters_total Records dead-lettered, by stage\n# TYPE log_processor_dead_letters_total counter"
+        );
+        for (stage, c) in STAGES.iter().zip(&self.dead_letters_by_stage) {
+            let _ = writeln!(
+                out,
+                "log_processor_dead_letters_total{{stage=\"{}\"}} {}",
+                stage.as_str(),
+                c.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
             "# HELP log_processor_retries_total Retried store operations\n# TYPE log_processor_retries_total counter"
         );
         let _ = writeln!(
@@ -343,8 +366,14 @@ mod tests {
         m.pg_latency.observe(Duration::from_millis(3));
         m.pg_latency.observe(Duration::from_secs(60));
         m.lag.lock().unwrap().insert(TopicPartition::new("t", 2), 9);
+        m.dead_lettered_at(RejectStage::Index, 2);
+        m.dead_lettered_at(RejectStage::Decode, 1);
         let text = m.render();
         assert!(text.contains("log_processor_records_stored_total 5\n"));
+        assert!(text.contains("log_processor_records_dead_lettered_total 3\n"));
+        assert!(text.contains("log_processor_dead_letters_total{stage=\"decode\"} 1\n"));
+        assert!(text.contains("log_processor_dead_letters_total{stage=\"index\"} 2\n"));
+        assert!(text.contains("log_processor_dead_letters_total{stage=\"store\"} 0\n"));
         assert!(text.contains(
             "log_processor_store_latency_seconds_bucket{store=\"postgresql\",le=\"0.005\"} 1\n"
         ));

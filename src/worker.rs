@@ -243,9 +243,11 @@ impl Worker {
         ctx.metrics
             .stored
             .fetch_add(records.len().saturating_sub(refused) as u64, Relaxed);
+        for d in &dead {
+            ctx.metrics.dead_lettered_at(d.stage, 1);
+        }
         ctx.metrics
-            .dead_lettered
-            .fetch_add((dead.len() + refused) as u64, Relaxed);
+            .dead_lettered_at(RejectStage::Store, refused as u64);
         ctx.metrics.batches.fetch_add(1, Relaxed);
         if written.already_durable {
             tracing::debug!("batch was already durable (a replay)");
