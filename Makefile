@@ -4,16 +4,21 @@ INFRA := tests/infra/infra.sh
 # Integration tests share one Kafka, PostgreSQL and OpenSearch: run them one at a time.
 TEST_FLAGS ?= --test-threads=1
 
-.PHONY: test chaos demo services-up services-down services-status build release bench system-deps
+.PHONY: test go-tools chaos demo services-up services-down services-status build release bench system-deps
 
 # The build's Debian packages (cmake, libcurl headers, ...): one list, scripts/system-deps.sh.
 # Installs only what is missing, or fails naming the packages to install by hand.
 system-deps:
 	@bash scripts/system-deps.sh
 
+# promtool, kustomize and the manifest and PromQL checkers the deploy and observability tests
+# run, built from the Go module proxy into .cache/go-tools (minutes the first time, then cached).
+go-tools:
+	@bash scripts/go-tools.sh >/dev/null
+
 # `failpoints` lets tests/chaos.rs stop the daemon inside chosen windows; release builds lack it.
 # The chaos tests run here at reduced sizes (CHAOS_FULL unset).
-test: system-deps services-up
+test: system-deps go-tools services-up
 	eval "$$(bash $(INFRA) env)" && cargo test --locked --features failpoints -- $(TEST_FLAGS)
 
 # The full chaos suites (tests/chaos.rs, then the store refusals of tests/refusals.rs). Prints the

@@ -15,9 +15,10 @@ set -euo pipefail
 # rdkafka's vendored librdkafka (feature `cmake-build`): cmake and a C/C++ tool chain; librdkafka
 # includes curl/curl.h even when it does not link libcurl; zlib is linked from the system.
 build_packages=(cmake make gcc g++ pkg-config libcurl4-openssl-dev zlib1g-dev libssl-dev)
-# What the scripts around the build call: the demo's and bench's counters (python3, curl), and
-# `unshare` in the deploy tests (util-linux).
-tool_packages=(curl python3 util-linux)
+# What the scripts around the build call: the demo's and bench's counters (python3, curl),
+# `unshare` (util-linux) and `systemd-analyze verify` (systemd) in the deploy tests. The deploy
+# tests' Go tools come from the Go module proxy instead (scripts/go-tools.sh).
+tool_packages=(curl python3 util-linux systemd)
 
 action=install
 packages=("${build_packages[@]}" "${tool_packages[@]}")
