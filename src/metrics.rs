@@ -102,7 +102,12 @@ impl Metrics {
     /// `n` records dead-lettered at `stage` (also counted in `dead_lettered`).
     pub fn dead_lettered_at(&self, stage: RejectStage, n: u64) {
         self.dead_lettered.fetch_add(n, Relaxed);
-        let i = STAGES.iter().position(|s| *s == stage).unwrap_or(0);
+        let i = match stage {
+            RejectStage::Decode => 0,
+            RejectStage::Index => 1,
+            RejectStage::Store => 2,
+        };
+        debug_assert_eq!(STAGES[i], stage);
         self.dead_letters_by_stage[i].fetch_add(n, Relaxed);
     }
 
