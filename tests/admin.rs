@@ -178,11 +178,11 @@ async fn status_shows_where_each_partition_stands_and_warns() {
     s.cleanup().await;
 }
 
-/// A valid record larger than 200 bytes, dead-lettered under a 200-byte limit.
+/// A valid record larger than 500 bytes (generated records stay below), dead-lettered under a 500-byte limit.
 fn big(i: usize) -> (Option<Vec<u8>>, Vec<u8>) {
     let payload = format!(
         r#"{{"timestamp":"2026-11-30T06:00:00.{i:03}Z","level":"info","message":"big {i}","pad":"{}"}}"#,
-        "x".repeat(250)
+        "x".repeat(600)
     );
     (Some(format!("big{i}").into_bytes()), payload.into_bytes())
 }
@@ -205,13 +205,13 @@ async fn dead_letters_are_listed_and_replayed_exactly_once() {
     // invalid UTF-8, and good records.
     let mut records: Vec<(Option<Vec<u8>>, Vec<u8>)> = (0..12).map(big).collect();
     for i in 0..2 {
-        let broken = format!(r#"{{"message":"broken {i}","pad":"{}""#, "y".repeat(250));
+        let broken = format!(r#"{{"message":"broken {i}","pad":"{}""#, "y".repeat(600));
         records.push((Some(format!("broken{i}").into_bytes()), broken.into_bytes()));
     }
     records.push((Some(b"utf8".to_vec()), b"{\"message\":\"\xff\"}".to_vec()));
     s.produce_raw(&records);
     s.produce(0, 30, 0.0);
-    let strict = with(&s.env(), &[("LP_MAX_RECORD_BYTES", "200".into())]);
+    let strict = with(&s.env(), &[("LP_MAX_RECORD_BYTES", "500".into())]);
     process_all(&s, &strict).await;
 
     // list: counts and filters.
@@ -224,7 +224,7 @@ async fn dead_letters_are_listed_and_replayed_exactly_once() {
         a.extend_from_slice(args);
         json(&strict, &a)["total"].as_i64().unwrap()
     };
-    assert_eq!(count(&["--reason", "EXCEEDS the 200-byte"]), 14);
+    assert_eq!(count(&["--reason", "EXCEEDS the 500-byte"]), 14);
     assert_eq!(count(&["--reason", "utf-8", "--stage", "decode"]), 1);
     assert_eq!(count(&["--stage", "index"]), 0);
     let by_partition = dead_letters_by_partition(&s).await;
