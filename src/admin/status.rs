@@ -155,10 +155,7 @@ fn kafka_offsets(
             .map_err(|e| err(&format!("metadata of {topic}"), e))?;
         for t in metadata.topics() {
             if let Some(e) = t.error() {
-                return Err(AdminError::Kafka(format!(
-                    "topic {topic}: {:?}",
-                    rdkafka::types::RDKafkaRespErr::from(e)
-                )));
+                return Err(AdminError::Kafka(format!("topic {topic}: {e:?}")));
             }
             for p in t.partitions() {
                 let (start, end) = consumer
