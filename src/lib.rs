@@ -1,6 +1,7 @@
 //! log-processor: moves log records from Kafka into PostgreSQL and Elasticsearch, losing and
 //! duplicating nothing whatever kills it. See docs/ARCHITECTURE.md for the design.
 
+pub mod admin;
 pub mod app;
 pub mod batcher;
 pub mod config;

@@ -5,9 +5,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
-use log_processor::app;
+use log_processor::admin::dead_letters::DeadLettersCommand;
+use log_processor::admin::status::StatusArgs;
 use log_processor::config::{LogFormat, Settings, read_env_file};
 use log_processor::loadgen::{self, LoadgenArgs};
+use log_processor::{admin, app};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_tokio::Signals;
 
@@ -35,6 +37,12 @@ enum Command {
     CheckConfig(Settings),
     /// Produce generated log records to a topic.
     Loadgen(LoadgenArgs),
+    /// Where each partition stands: Kafka's end and committed offsets, PostgreSQL's watermark,
+    /// lag and dead letters (reads Kafka and PostgreSQL; the daemon need not run).
+    Status(StatusArgs),
+    /// List dead letters, or replay them with today's settings.
+    #[command(subcommand)]
+    DeadLetters(DeadLettersCommand),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +54,9 @@ fn main() -> ExitCode {
     let format = match &cli.command {
         Command::Run(s) | Command::Migrate(s) | Command::CheckConfig(s) => s.log_format,
         Command::Loadgen(_) => LogFormat::Human,
+        Command::Status(a) => a.settings.log_format,
+        Command::DeadLetters(DeadLettersCommand::List(a)) => a.settings.log_format,
+        Command::DeadLetters(DeadLettersCommand::Replay(a)) => a.settings.log_format,
     };
     init_tracing(format);
     match cli.command {
@@ -87,7 +98,39 @@ fn main() -> ExitCode {
             runtime()
                 .and_then(|rt| rt.block_on(async { loadgen::run(a).await.context("loadgen") })),
         ),
+        Command::Status(a) => admin_command(&a.settings, async {
+            let status = admin::status::status(&a.settings).await?;
+            match a.json {
+                true => println!("{}", serde_json::to_string_pretty(&status)?),
+                false => println!("{status}"),
+            }
+            Ok(())
+        }),
+        Command::DeadLetters(DeadLettersCommand::List(a)) => admin_command(&a.settings, async {
+            let listing = admin::dead_letters::list(&a).await?;
+            match a.json {
+                true => println!("{}", serde_json::to_string_pretty(&listing)?),
+                false => println!("{listing}"),
+            }
+            Ok(())
+        }),
+        Command::DeadLetters(DeadLettersCommand::Replay(a)) => admin_command(&a.settings, async {
+            println!("{}", admin::replay::replay(&a).await?);
+            Ok(())
+        }),
     }
+}
+
+/// Runs an operator command: exit 2 on bad settings, 1 on any other error.
+fn admin_command(
+    settings: &Settings,
+    command: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    if let Err(e) = settings.validate() {
+        eprintln!("log-processor: {e}");
+        return ExitCode::from(2);
+    }
+    report(runtime().and_then(|rt| rt.block_on(command)))
 }
 
 async fn run(settings: Settings) -> anyhow::Result<i32> {

@@ -1,11 +1,16 @@
-//! Counters, histograms and health flags, rendered as Prometheus text by the HTTP endpoint.
-//! Plain atomics: the hot path pays one relaxed add per update.
+//! Counters, histograms and health flags, exposed as Prometheus text by the HTTP endpoint
+//! through `prometheus-client`. Plain atomics: the hot path pays one relaxed add per update;
+//! a scrape takes a snapshot and lets the crate encode it.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet, prometheus_text};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use crate::model::{RejectStage, TopicPartition};
 use crate::notify;
@@ -34,29 +39,19 @@ impl Histogram {
         self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
     }
 
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0;
-        for (i, b) in BUCKETS_MS.iter().enumerate() {
-            cumulative += self.counts[i].load(Relaxed);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}le=\"{}\"}} {cumulative}",
-                b / 1000.0
-            );
-        }
-        cumulative += self.counts[BUCKETS_MS.len()].load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(
-            out,
-            "{name}_sum{{{}}} {}",
-            labels.trim_end_matches(','),
-            self.sum_us.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(
-            out,
-            "{name}_count{{{}}} {cumulative}",
-            labels.trim_end_matches(',')
-        );
+    /// Sum, count and per-bucket counts, for the encoder.
+    fn value(&self) -> Value {
+        let counts: Vec<u64> = self.counts.iter().map(|c| c.load(Relaxed)).collect();
+        let buckets = BUCKETS_MS
+            .iter()
+            .zip(&counts)
+            .map(|(b, n)| (b / 1000.0, *n))
+            .collect();
+        Value::Histogram(
+            self.sum_us.load(Relaxed) as f64 / 1e6,
+            counts.iter().sum(),
+            buckets,
+        )
     }
 }
 
@@ -187,177 +182,245 @@ impl Metrics {
             .clone()
     }
 
+    /// The Prometheus text exposition (format 0.0.4), encoded by `prometheus-client` from a
+    /// snapshot of the values taken now.
     pub fn render(&self) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self.snapshot()));
         let mut out = String::with_capacity(4096);
-        let counters = [
-            (
-                "records_consumed",
+        prometheus_text::encode(&mut out, &registry)
+            .expect("encoding metrics into a String cannot fail");
+        out
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let counter = |name: &'static str, help: &'static str, c: &AtomicU64| Family {
+            name,
+            help,
+            kind: Kind::Counter,
+            samples: vec![(Vec::new(), Value::Int(c.load(Relaxed) as i64))],
+        };
+        let store = |v: &'static str| vec![("store", v.to_string())];
+        let tp_labels = |tp: &TopicPartition| {
+            vec![
+                ("topic", tp.topic.to_string()),
+                ("partition", tp.partition.to_string()),
+            ]
+        };
+        let families = vec![
+            counter(
+                "log_processor_records_consumed",
                 "Records read from Kafka",
                 &self.consumed,
             ),
-            (
-                "records_stored",
+            counter(
+                "log_processor_records_stored",
                 "Records stored in both PostgreSQL and Elasticsearch",
                 &self.stored,
             ),
-            (
-                "records_dead_lettered",
+            counter(
+                "log_processor_records_dead_lettered",
                 "Records written to the dead-letter table",
                 &self.dead_lettered,
             ),
-            ("batches", "Batches made durable", &self.batches),
-            (
-                "batches_abandoned",
+            counter(
+                "log_processor_batches",
+                "Batches made durable",
+                &self.batches,
+            ),
+            counter(
+                "log_processor_batches_abandoned",
                 "Batches given up (revocation or shutdown) without committing",
                 &self.batches_abandoned,
             ),
-            (
-                "offset_commits",
+            counter(
+                "log_processor_offset_commits",
                 "Offset commits sent to Kafka",
                 &self.commits,
             ),
-            (
-                "offset_commit_errors",
+            counter(
+                "log_processor_offset_commit_errors",
                 "Offset commits Kafka refused",
                 &self.commit_errors,
             ),
-            (
-                "rebalances",
+            counter(
+                "log_processor_rebalances",
                 "Partition assignments and revocations",
                 &self.rebalances,
             ),
-            (
-                "consumer_replacements",
+            counter(
+                "log_processor_consumer_replacements",
                 "Kafka consumers replaced because their group membership stalled",
                 &self.consumer_replacements,
             ),
+            Family {
+                name: "log_processor_dead_letters",
+                help: "Records dead-lettered, by stage",
+                kind: Kind::Counter,
+                samples: STAGES
+                    .iter()
+                    .zip(&self.dead_letters_by_stage)
+                    .map(|(stage, c)| {
+                        (
+                            vec![("stage", stage.as_str().to_string())],
+                            Value::Int(c.load(Relaxed) as i64),
+                        )
+                    })
+                    .collect(),
+            },
+            Family {
+                name: "log_processor_retries",
+                help: "Retried store operations",
+                kind: Kind::Counter,
+                samples: vec![
+                    (
+                        store("postgresql"),
+                        Value::Int(self.retries_pg.load(Relaxed) as i64),
+                    ),
+                    (
+                        store("elasticsearch"),
+                        Value::Int(self.retries_es.load(Relaxed) as i64),
+                    ),
+                ],
+            },
+            Family {
+                name: "log_processor_store_latency_seconds",
+                help: "Batch write latency per store",
+                kind: Kind::Histogram,
+                samples: vec![
+                    (store("postgresql"), self.pg_latency.value()),
+                    (store("elasticsearch"), self.es_latency.value()),
+                ],
+            },
+            Family {
+                name: "log_processor_batch_latency_seconds",
+                help: "Batch latency, decode to commit point",
+                kind: Kind::Histogram,
+                samples: vec![(Vec::new(), self.batch_latency.value())],
+            },
+            Family {
+                name: "log_processor_consumer_lag",
+                help: "Records behind the partition end",
+                kind: Kind::Gauge,
+                samples: self
+                    .lag
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .map(|(tp, lag)| (tp_labels(tp), Value::Int(*lag)))
+                    .collect(),
+            },
+            Family {
+                name: "log_processor_batch_memory_bytes",
+                help: "Bytes of records held in batches (bounded by LP_MEMORY_BUDGET_MB)",
+                kind: Kind::Gauge,
+                samples: vec![(
+                    Vec::new(),
+                    Value::Int(self.batch_bytes.load(Relaxed) as i64),
+                )],
+            },
+            Family {
+                name: "log_processor_batch_memory_peak_bytes",
+                help: "Largest batch_memory_bytes since start",
+                kind: Kind::Gauge,
+                samples: vec![(
+                    Vec::new(),
+                    Value::Int(self.batch_bytes_peak.load(Relaxed) as i64),
+                )],
+            },
+            Family {
+                name: "log_processor_partition_stalled",
+                help: "1 while a partition is held, with the reason",
+                kind: Kind::Gauge,
+                samples: self
+                    .stalled()
+                    .iter()
+                    .map(|(tp, reason)| {
+                        let mut labels = tp_labels(tp);
+                        labels.push(("reason", label_value(reason)));
+                        (labels, Value::Int(1))
+                    })
+                    .collect(),
+            },
+            Family {
+                name: "log_processor_ready",
+                help: "1 when joined and not shutting down",
+                kind: Kind::Gauge,
+                samples: vec![(Vec::new(), Value::Int(i64::from(self.is_ready())))],
+            },
+            Family {
+                name: "log_processor_shutdown_duration_seconds",
+                help: "Signal-to-exit time of the last shutdown",
+                kind: Kind::Gauge,
+                samples: vec![(
+                    Vec::new(),
+                    Value::Float(self.shutdown_ms.load(Relaxed) as f64 / 1000.0),
+                )],
+            },
         ];
-        for (name, help, c) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP log_processor_{name}_total {help}\n# TYPE log_processor_{name}_total counter"
-            );
-            let _ = writeln!(out, "log_processor_{name}_total {}", c.load(Relaxed));
-        }
-        let _ = writeln!(
-            out,
-            "# HELP log_processor_dead_letters_total Records dead-lettered, by stage\n# TYPE log_processor_dead_letters_total counter"
-        );
-        for (stage, c) in STAGES.iter().zip(&self.dead_letters_by_stage) {
-            let _ = writeln!(
-                out,
-                "log_processor_dead_letters_total{{stage=\"{}\"}} {}",
-                stage.as_str(),
-                c.load(Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP log_processor_retries_total Retried store operations\n# TYPE log_processor_retries_total counter"
-        );
-        let _ = writeln!(
-            out,
-            "log_processor_retries_total{{store=\"postgresql\"}} {}",
-            self.retries_pg.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "log_processor_retries_total{{store=\"elasticsearch\"}} {}",
-            self.retries_es.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP log_processor_store_latency_seconds Batch write latency per store\n# TYPE log_processor_store_latency_seconds histogram"
-        );
-        self.pg_latency.render(
-            &mut out,
-            "log_processor_store_latency_seconds",
-            "store=\"postgresql\",",
-        );
-        self.es_latency.render(
-            &mut out,
-            "log_processor_store_latency_seconds",
-            "store=\"elasticsearch\",",
-        );
-        let _ = writeln!(
-            out,
-            "# HELP log_processor_batch_latency_seconds Batch latency, decode to commit point\n# TYPE log_processor_batch_latency_seconds histogram"
-        );
-        self.batch_latency
-            .render(&mut out, "log_processor_batch_latency_seconds", "");
-        let _ = writeln!(
-            out,
-            "# HELP log_processor_consumer_lag Records behind the partition end\n# TYPE log_processor_consumer_lag gauge"
-        );
-        for (tp, lag) in self.lag.lock().unwrap().iter() {
-            let _ = writeln!(
-                out,
-                "log_processor_consumer_lag{{topic=\"{}\",partition=\"{}\"}} {lag}",
-                tp.topic, tp.partition
-            );
-        }
-        let gauges = [
-            (
-                "batch_memory_bytes",
-                "Bytes of records held in batches (bounded by LP_MEMORY_BUDGET_MB)",
-                &self.batch_bytes,
-            ),
-            (
-                "batch_memory_peak_bytes",
-                "Largest batch_memory_bytes since start",
-                &self.batch_bytes_peak,
-            ),
-        ];
-        for (name, help, g) in gauges {
-            let _ = writeln!(
-                out,
-                "# HELP log_processor_{name} {help}\n# TYPE log_processor_{name} gauge\nlog_processor_{name} {}",
-                g.load(Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP log_processor_partition_stalled 1 while a partition is held, with the reason\n# TYPE log_processor_partition_stalled gauge"
-        );
-        for (tp, reason) in self.stalled() {
-            let _ = writeln!(
-                out,
-                "log_processor_partition_stalled{{topic=\"{}\",partition=\"{}\",reason=\"{}\"}} 1",
-                tp.topic,
-                tp.partition,
-                label_value(&reason)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP log_processor_ready 1 when joined and not shutting down\n# TYPE log_processor_ready gauge"
-        );
-        let _ = writeln!(out, "log_processor_ready {}", u8::from(self.is_ready()));
-        let _ = writeln!(
-            out,
-            "# HELP log_processor_shutdown_duration_seconds Signal-to-exit time of the last shutdown\n# TYPE log_processor_shutdown_duration_seconds gauge"
-        );
-        let _ = writeln!(
-            out,
-            "log_processor_shutdown_duration_seconds {}",
-            self.shutdown_ms.load(Relaxed) as f64 / 1000.0
-        );
-        out
+        Snapshot(families)
     }
 }
 
-/// A Prometheus label value: escaped, on one line, at most 200 characters.
-fn label_value(s: &str) -> String {
-    let mut out = String::with_capacity(s.len().min(220));
-    for c in s.chars().take(200) {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
+/// The values of every metric at one scrape, handed to `prometheus-client` to encode. Owned,
+/// so the registry built per scrape borrows nothing from the live metrics.
+#[derive(Debug)]
+struct Snapshot(Vec<Family>);
+
+#[derive(Debug)]
+struct Family {
+    /// The full name; counters get `_total` from the encoder.
+    name: &'static str,
+    help: &'static str,
+    kind: Kind,
+    samples: Vec<(Vec<(&'static str, String)>, Value)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+#[derive(Debug)]
+enum Value {
+    Int(i64),
+    Float(f64),
+    /// Sum, count and per-bucket (not cumulative) counts by upper bound.
+    Histogram(f64, u64, Vec<(f64, u64)>),
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for f in &self.0 {
+            let kind = match f.kind {
+                Kind::Counter => MetricType::Counter,
+                Kind::Gauge => MetricType::Gauge,
+                Kind::Histogram => MetricType::Histogram,
+            };
+            let mut family = encoder.encode_descriptor(f.name, f.help, None, kind)?;
+            for (labels, value) in &f.samples {
+                let mut m = family.encode_family(labels)?;
+                match (f.kind, value) {
+                    (Kind::Counter, Value::Int(v)) => {
+                        m.encode_counter::<NoLabelSet, _, u64>(&(*v as u64), None)?
+                    }
+                    (_, Value::Int(v)) => m.encode_gauge(v)?,
+                    (_, Value::Float(v)) => m.encode_gauge(v)?,
+                    (_, Value::Histogram(sum, count, buckets)) => {
+                        m.encode_histogram::<NoLabelSet>(*sum, *count, buckets, None)?
+                    }
+                }
+            }
         }
+        Ok(())
     }
-    out
+}
+
+/// A Prometheus label value on one line, at most 200 characters (the encoder escapes it).
+fn label_value(s: &str) -> String {
+    s.chars().take(200).collect()
 }
 
 #[cfg(test)]

@@ -14,6 +14,10 @@ use super::SinkError;
 use crate::config::{MigrateMode, mask_url, scrub_urls};
 use crate::model::{DeadLetter, Position, StoredRecord, TopicPartition};
 
+mod dead_letters;
+
+pub use dead_letters::{DeadLetterFilter, Redriven, StillFailing, StoredDeadLetter, kafka_ms};
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 const STORE: &str = "postgresql";

@@ -1,0 +1,98 @@
+//! Operator commands that work on the stores directly, with the daemon's configuration and
+//! whether or not the daemon runs: `status` (where each partition stands), `dead-letters list`
+//! and `dead-letters replay` (re-drive dead letters with today's settings).
+
+pub mod dead_letters;
+pub mod replay;
+pub mod status;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use clap::Args;
+
+use crate::config::{ConfigError, Settings};
+use crate::sink::SinkError;
+use crate::sink::elastic::{ElasticSink, EsSettings};
+use crate::sink::postgres::{DeadLetterFilter, PgSettings, PgSink};
+use crate::sink::retry::Backoff;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] SinkError),
+    #[error("kafka: {0}")]
+    Kafka(String),
+}
+
+/// The PostgreSQL store as the daemon configures it, with one connection.
+pub fn pg(s: &Settings) -> Result<PgSink, AdminError> {
+    Ok(PgSink::new(&PgSettings {
+        url: s.database_url.clone(),
+        schema: s.pg_schema.clone(),
+        pool_size: 1,
+        connect_timeout: Duration::from_millis(s.pg_connect_timeout_ms),
+        statement_timeout: Duration::from_millis(s.pg_statement_timeout_ms),
+    })?)
+}
+
+/// The search store as the daemon configures it.
+pub fn es(s: &Settings) -> Result<ElasticSink, AdminError> {
+    Ok(ElasticSink::new(EsSettings {
+        url: s.elasticsearch_url.clone(),
+        index_pattern: s.es_index.clone(),
+        bulk_max_bytes: s.es_bulk_max_bytes,
+        timeout: Duration::from_millis(s.es_timeout_ms),
+        backoff: Backoff {
+            initial: Duration::from_millis(s.retry_initial_ms),
+            max: Duration::from_millis(s.retry_max_ms),
+        },
+    })?)
+}
+
+/// Which dead letters `list` and `replay` select.
+#[derive(Args, Clone, Debug, Default)]
+pub struct FilterArgs {
+    /// Only this topic (default: every topic of LP_TOPICS).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Only this partition.
+    #[arg(long)]
+    pub partition: Option<i32>,
+    /// Only this stage.
+    #[arg(long, value_parser = ["decode", "index", "store"])]
+    pub stage: Option<String>,
+    /// Only reasons containing this text (case-insensitive).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only dead letters that failed at or after this time (RFC 3339, e.g. 2026-11-30T06:00:00Z).
+    #[arg(long, value_parser = parse_time)]
+    pub since: Option<DateTime<Utc>>,
+    /// Only dead letters that failed before this time (RFC 3339).
+    #[arg(long, value_parser = parse_time)]
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl FilterArgs {
+    pub fn filter(&self, settings: &Settings) -> DeadLetterFilter {
+        DeadLetterFilter {
+            topics: match &self.topic {
+                Some(t) => vec![t.clone()],
+                None => settings.topics(),
+            },
+            partition: self.partition,
+            stage: self.stage.clone(),
+            reason: self.reason.clone(),
+            since: self.since,
+            until: self.until,
+        }
+    }
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("expected an RFC 3339 time such as 2026-11-30T06:00:00Z: {e}"))
+}

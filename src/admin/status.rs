@@ -1,0 +1,307 @@
+//! `log-processor status`: per partition of the group's topics, Kafka's end offset, the
+//! group's committed offset, PostgreSQL's watermark, the lag and the dead letters, read from
+//! Kafka and PostgreSQL directly, with a warning where they disagree in a way that needs an
+//! operator.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::time::Duration;
+
+use clap::Args;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde::Serialize;
+
+use super::AdminError;
+use crate::config::Settings;
+use crate::model::TopicPartition;
+
+#[derive(Args, Clone, Debug)]
+pub struct StatusArgs {
+    /// Print JSON (one object) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// Bound on each Kafka request.
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub group: String,
+    pub partitions: Vec<PartitionStatus>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct PartitionStatus {
+    pub topic: String,
+    pub partition: i32,
+    /// Kafka's end (high watermark) offset; `None`: Kafka does not know the partition.
+    pub end_offset: Option<i64>,
+    /// The group's committed offset in Kafka.
+    pub committed_offset: Option<i64>,
+    /// PostgreSQL's next offset for the group (`consumer_offsets`): everything below is durable.
+    pub watermark: Option<i64>,
+    /// Records not yet durable: the end minus the watermark (or, with none stored, the
+    /// committed offset, or the log's start).
+    pub lag: Option<i64>,
+    pub dead_letters: i64,
+    pub warnings: Vec<String>,
+}
+
+/// What Kafka says about one partition.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KafkaPartition {
+    pub start: i64,
+    pub end: i64,
+    pub committed: Option<i64>,
+}
+
+/// Reads Kafka and PostgreSQL and puts them side by side.
+pub async fn status(settings: &Settings) -> Result<Status, AdminError> {
+    let topics = settings.topics();
+    let (brokers, group, t) = (
+        settings.kafka_brokers.clone(),
+        settings.group_id.clone(),
+        topics.clone(),
+    );
+    let kafka = tokio::task::spawn_blocking(move || kafka_offsets(&brokers, &group, &t))
+        .await
+        .map_err(|e| AdminError::Kafka(e.to_string()))??;
+    let pg = super::pg(settings)?;
+    let watermarks = pg.watermarks(&settings.group_id, &topics).await?;
+    let dead = pg.dead_letter_counts(&topics).await?;
+    pg.close().await;
+    Ok(Status {
+        group: settings.group_id.clone(),
+        partitions: assemble(&kafka, &watermarks, &dead),
+    })
+}
+
+/// One row per partition Kafka or PostgreSQL knows, with the warnings.
+pub fn assemble(
+    kafka: &BTreeMap<TopicPartition, KafkaPartition>,
+    watermarks: &HashMap<TopicPartition, i64>,
+    dead: &HashMap<TopicPartition, i64>,
+) -> Vec<PartitionStatus> {
+    let mut tps: Vec<&TopicPartition> = kafka.keys().chain(watermarks.keys()).collect();
+    tps.sort();
+    tps.dedup();
+    tps.into_iter()
+        .map(|tp| {
+            let k = kafka.get(tp);
+            let end = k.map(|k| k.end);
+            let committed = k.and_then(|k| k.committed);
+            let watermark = watermarks.get(tp).copied();
+            let mut warnings = Vec::new();
+            if let (Some(c), Some(w)) = (committed, watermark)
+                && c > w
+            {
+                warnings.push(format!(
+                    "Kafka's committed offset {c} is ahead of PostgreSQL's watermark {w}: \
+                     offsets {w}..{c} are committed but not durable in PostgreSQL (a restored \
+                     database?); the daemon restarts this partition from the watermark"
+                ));
+            }
+            match (end, watermark) {
+                (Some(e), Some(w)) if e < w => warnings.push(format!(
+                    "the topic ends at {e}, below PostgreSQL's watermark {w}: the topic was \
+                     deleted and recreated? The daemon holds this partition until the old \
+                     topic's rows are moved away (README, Guarantees)"
+                )),
+                (None, Some(_)) => warnings.push(
+                    "PostgreSQL holds a watermark for a partition Kafka does not have".into(),
+                ),
+                _ => {}
+            }
+            let from = watermark.or(committed).or(k.map(|k| k.start));
+            PartitionStatus {
+                topic: tp.topic.to_string(),
+                partition: tp.partition,
+                end_offset: end,
+                committed_offset: committed,
+                watermark,
+                lag: end.zip(from).map(|(e, f)| (e - f).max(0)),
+                dead_letters: dead.get(tp).copied().unwrap_or(0),
+                warnings,
+            }
+        })
+        .collect()
+}
+
+/// Start, end and the group's committed offset of every partition of `topics`.
+fn kafka_offsets(
+    brokers: &str,
+    group: &str,
+    topics: &[String],
+) -> Result<BTreeMap<TopicPartition, KafkaPartition>, AdminError> {
+    let err = |what: &str, e: rdkafka::error::KafkaError| AdminError::Kafka(format!("{what}: {e}"));
+    // A member that never subscribes: it only asks the group coordinator for committed offsets.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("client.id", "log-processor-status")
+        .create()
+        .map_err(|e| err("creating a client", e))?;
+    let mut out = BTreeMap::new();
+    let mut list = TopicPartitionList::new();
+    for topic in topics {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), KAFKA_TIMEOUT)
+            .map_err(|e| err(&format!("metadata of {topic}"), e))?;
+        for t in metadata.topics() {
+            if let Some(e) = t.error() {
+                return Err(AdminError::Kafka(format!("topic {topic}: {e:?}")));
+            }
+            for p in t.partitions() {
+                let (start, end) = consumer
+                    .fetch_watermarks(topic, p.id(), KAFKA_TIMEOUT)
+                    .map_err(|e| err(&format!("offsets of {topic}/{}", p.id()), e))?;
+                out.insert(
+                    TopicPartition::new(topic.as_str(), p.id()),
+                    KafkaPartition {
+                        start,
+                        end,
+                        committed: None,
+                    },
+                );
+                list.add_partition(topic, p.id());
+            }
+        }
+    }
+    let committed = consumer
+        .committed_offsets(list, KAFKA_TIMEOUT)
+        .map_err(|e| err("committed offsets", e))?;
+    for e in committed.elements() {
+        if let (Offset::Offset(o), Some(k)) = (
+            e.offset(),
+            out.get_mut(&TopicPartition::new(e.topic(), e.partition())),
+        ) {
+            k.committed = Some(o);
+        }
+    }
+    Ok(out)
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let opt = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
+        let header = [
+            "TOPIC",
+            "PARTITION",
+            "END",
+            "COMMITTED",
+            "WATERMARK",
+            "LAG",
+            "DEAD_LETTERS",
+        ];
+        let rows: Vec<[String; 7]> = self
+            .partitions
+            .iter()
+            .map(|p| {
+                [
+                    p.topic.clone(),
+                    p.partition.to_string(),
+                    opt(p.end_offset),
+                    opt(p.committed_offset),
+                    opt(p.watermark),
+                    opt(p.lag),
+                    p.dead_letters.to_string(),
+                ]
+            })
+            .collect();
+        let mut widths = header.map(str::len);
+        for r in &rows {
+            for (w, c) in widths.iter_mut().zip(r) {
+                *w = (*w).max(c.len());
+            }
+        }
+        writeln!(f, "group {}", self.group)?;
+        let line = |cells: Vec<&str>| {
+            cells
+                .iter()
+                .zip(widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+                .trim_end()
+                .to_string()
+        };
+        writeln!(f, "{}", line(header.to_vec()))?;
+        for r in &rows {
+            writeln!(f, "{}", line(r.iter().map(String::as_str).collect()))?;
+        }
+        for p in &self.partitions {
+            for w in &p.warnings {
+                writeln!(f, "warning: {}/{}: {w}", p.topic, p.partition)?;
+            }
+        }
+        let (lag, dead) = self.partitions.iter().fold((0, 0), |(l, d), p| {
+            (l + p.lag.unwrap_or(0), d + p.dead_letters)
+        });
+        let warnings: usize = self.partitions.iter().map(|p| p.warnings.len()).sum();
+        write!(
+            f,
+            "total: partitions={} lag={lag} dead_letters={dead} warnings={warnings}",
+            self.partitions.len()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warns_where_kafka_and_postgresql_disagree() {
+        let tp = |p| TopicPartition::new("t", p);
+        let kafka = BTreeMap::from([
+            (
+                tp(0),
+                KafkaPartition {
+                    start: 0,
+                    end: 10,
+                    committed: Some(10),
+                },
+            ),
+            (
+                tp(1),
+                KafkaPartition {
+                    start: 0,
+                    end: 10,
+                    committed: Some(8),
+                },
+            ),
+            (
+                tp(2),
+                KafkaPartition {
+                    start: 0,
+                    end: 3,
+                    committed: Some(3),
+                },
+            ),
+            (
+                tp(3),
+                KafkaPartition {
+                    start: 2,
+                    end: 7,
+                    committed: None,
+                },
+            ),
+        ]);
+        let wm = HashMap::from([(tp(0), 6), (tp(1), 8), (tp(2), 5)]);
+        let dead = HashMap::from([(tp(1), 2)]);
+        let rows = assemble(&kafka, &wm, &dead);
+        assert!(rows[0].warnings[0].contains("committed offset 10 is ahead"));
+        assert_eq!(rows[0].lag, Some(4));
+        assert!(rows[1].warnings.is_empty());
+        assert_eq!((rows[1].lag, rows[1].dead_letters), (Some(2), 2));
+        assert!(rows[2].warnings[0].contains("ends at 3, below"));
+        assert_eq!(rows[2].lag, Some(0));
+        assert_eq!((rows[3].watermark, rows[3].lag), (None, Some(5)));
+    }
+}
