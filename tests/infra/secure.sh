@@ -141,8 +141,6 @@ EOF
     <Root level="WARN"><AppenderRef ref="file"/></Root>
     <Logger name="org.apache.kafka.common.network.Selector" level="INFO"/>
     <Logger name="kafka.server.KafkaRaftServer" level="INFO"/>
-    <Logger name="org.apache.kafka.common.security" level="DEBUG"/>
-    <Logger name="org.apache.kafka.metadata.publisher" level="DEBUG"/>
   </Loggers>
 </Configuration>
 EOF
@@ -165,8 +163,8 @@ kafka_up() {
     log "secure: formatting Kafka storage with SCRAM users"
     "$JAVA" -cp "$KLIBS/*" kafka.tools.StorageTool format \
       -t "$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')" -c "$KPROPS" \
-      --add-scram "SCRAM-SHA-512=[name=\"$KAFKA_USER\",password=\"$KAFKA_PASS\"]" \
-      --add-scram "SCRAM-SHA-256=[name=\"$KAFKA_USER\",password=\"$KAFKA_PASS\"]" >>"$KLOG" 2>&1 \
+      --add-scram "SCRAM-SHA-512=[name=$KAFKA_USER,password=$KAFKA_PASS]" \
+      --add-scram "SCRAM-SHA-256=[name=$KAFKA_USER,password=$KAFKA_PASS]" >>"$KLOG" 2>&1 \
       || { tail -n 20 "$KLOG" >&2; die "secure: Kafka storage format failed"; }
   fi
   log "secure: starting Kafka (PLAINTEXT $SECURE_KAFKA_PORT, SASL_SSL $SECURE_KAFKA_SASL_SSL_PORT)"
