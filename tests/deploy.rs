@@ -1533,6 +1533,8 @@ fn no_secret_values_are_committed() {
         "Dockerfile".to_string(),
         "deploy/systemd/log-processor.service".into(),
         "deploy/systemd/log-processor.env.example".into(),
+        "deploy/k8s-secured/kustomization.yaml".into(),
+        "deploy/k8s-secured/deployment-secret-files.yaml".into(),
     ];
     for e in std::fs::read_dir(repo("k8s")).unwrap() {
         let name = e.unwrap().file_name().into_string().unwrap();
@@ -1640,6 +1642,15 @@ fn kustomization_lists_the_manifests_and_builds() {
             }
             assert!(!out.contains("kind: ScaledObject"));
             println!("kubectl kustomize k8s: {} lines", out.lines().count());
+            // The overlay that reads every secret from the mounted Secret instead.
+            let mut c = Command::new("kubectl");
+            c.arg("kustomize").arg(repo("deploy/k8s-secured"));
+            let (code, out, err) = run_bounded(c, Duration::from_secs(60));
+            assert_eq!(code, 0, "kubectl kustomize deploy/k8s-secured: {err}");
+            assert!(!out.contains("secretKeyRef"), "secrets only as files:\n{out}");
+            for needed in ["LP_DATABASE_URL_FILE", "secretName: log-processor-credentials"] {
+                assert!(out.contains(needed), "deploy/k8s-secured lacks {needed}");
+            }
         }
         _ => println!("kubectl not installed: kustomize build not checked"),
     }
