@@ -1647,8 +1647,14 @@ fn kustomization_lists_the_manifests_and_builds() {
             c.arg("kustomize").arg(repo("deploy/k8s-secured"));
             let (code, out, err) = run_bounded(c, Duration::from_secs(60));
             assert_eq!(code, 0, "kubectl kustomize deploy/k8s-secured: {err}");
-            assert!(!out.contains("secretKeyRef"), "secrets only as files:\n{out}");
-            for needed in ["LP_DATABASE_URL_FILE", "secretName: log-processor-credentials"] {
+            assert!(
+                !out.contains("secretKeyRef"),
+                "secrets only as files:\n{out}"
+            );
+            for needed in [
+                "LP_DATABASE_URL_FILE",
+                "secretName: log-processor-credentials",
+            ] {
                 assert!(out.contains(needed), "deploy/k8s-secured lacks {needed}");
             }
         }

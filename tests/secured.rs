@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 use common::chaos_kit::*;
 use common::*;
 
+/// A refusal case: what it is, the settings that cause it, what the log must say.
+type Case<'a> = (&'a str, Vec<(&'a str, String)>, Vec<&'a str>);
+
 /// What `secure.sh env` reports.
 struct Secure(HashMap<String, String>);
 
@@ -310,7 +313,7 @@ async fn kafka_refusals_name_connection_and_cause() {
     let sec = secure();
     let s = Scenario::new("secured_refuse", 1).await;
     let wrong_pw = secret_file("wrong-kafka-pw", "wrong-pw-123");
-    let cases: Vec<(&str, Vec<(&str, String)>, Vec<&str>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "kafka wrong password",
             vec![("LP_KAFKA_SASL_PASSWORD_FILE", wrong_pw)],
@@ -349,7 +352,7 @@ async fn postgres_refusals_name_connection_and_cause() {
         sec.get("SECURE_PG_URL")
             .replace("://logproc@localhost", &format!("://{user_pw}@{host}"))
     };
-    let cases: Vec<(&str, Vec<(&str, String)>, Vec<&str>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "postgresql wrong password",
             vec![(
@@ -396,7 +399,7 @@ async fn search_store_refusals_name_connection_and_cause() {
     let sec = secure();
     let s = Scenario::new("secured_es_refuse", 1).await;
     let base = secured_env(sec, &s.env());
-    let cases: Vec<(&str, Vec<(&str, String)>, Vec<&str>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "elasticsearch wrong password",
             vec![(
