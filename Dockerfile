@@ -31,12 +31,12 @@ RUN touch src/main.rs src/lib.rs \
  && cargo build --release --locked --bin log-processor \
  && cp target/release/log-processor /usr/local/bin/log-processor
 
-# Runtime: the binary links only libc, libm, libgcc_s and zlib (`ldd target/release/log-processor`);
-# Kafka and PostgreSQL connections use no TLS library, Elasticsearch uses rustls, which needs
-# only the CA bundle.
+# Runtime: the binary links libc, libm, libgcc_s, zlib and OpenSSL 3 (librdkafka's TLS and SCRAM;
+# `ldd target/release/log-processor`); PostgreSQL and Elasticsearch use rustls. The package list
+# is the one of `scripts/system-deps.sh --list --runtime-only` (tests/deploy.rs checks it against ldd).
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates zlib1g libgcc-s1 \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g libgcc-s1 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 logproc \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin logproc

@@ -36,8 +36,10 @@ demo: system-deps services-up
 services-up:
 	bash $(INFRA) up
 
+# tests/secured.rs starts the secured services itself (tests/infra/secure.sh up); stop them too.
 services-down:
 	bash $(INFRA) down
+	bash tests/infra/secure.sh down
 
 services-status:
 	bash $(INFRA) status

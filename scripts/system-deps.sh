@@ -7,26 +7,34 @@
 #   scripts/system-deps.sh --list     print the packages, one a line
 #   scripts/system-deps.sh --check    exit 1 naming what is missing, install nothing
 #   ... --build-only                  only the build's packages (the Dockerfile's builder stage)
+#   ... --runtime-only                only what the built binary needs to run (the Dockerfile's
+#                                     runtime stage)
 #
 # The services' own packages (PostgreSQL, kcat, the JDK, Maven) are installed by
 # tests/infra/*.sh when a service is first started.
 set -euo pipefail
 
 # rdkafka's vendored librdkafka (feature `cmake-build`): cmake and a C/C++ tool chain; librdkafka
-# includes curl/curl.h even when it does not link libcurl; zlib is linked from the system.
+# includes curl/curl.h even when it does not link libcurl; zlib is linked from the system;
+# OpenSSL (feature `ssl`: Kafka over TLS, SASL SCRAM) from the system through openssl-sys.
 build_packages=(cmake make gcc g++ pkg-config libcurl4-openssl-dev zlib1g-dev libssl-dev)
+# The binary's shared libraries besides libc (`ldd`): OpenSSL 3 (librdkafka's TLS), zlib and
+# libgcc_s; the CA bundle for HTTPS and TLS against public CAs.
+runtime_packages=(libssl3 zlib1g libgcc-s1 ca-certificates)
 # What the scripts around the build call: the demo's and bench's counters (python3, curl),
 # `unshare` (util-linux) and `systemd-analyze verify` (systemd) in the deploy tests. The deploy
 # tests' Go tools come from the Go module proxy instead (scripts/go-tools.sh).
 tool_packages=(curl python3 util-linux systemd)
 
 action=install
+needs_cargo=1
 packages=("${build_packages[@]}" "${tool_packages[@]}")
 for arg in "$@"; do
   case "$arg" in
     --list | --check) action="$arg" ;;
     --build-only) packages=("${build_packages[@]}") ;;
-    *) printf '[system-deps] usage: %s [--list|--check] [--build-only]\n' "$0" >&2; exit 2 ;;
+    --runtime-only) packages=("${runtime_packages[@]}"); needs_cargo= ;;
+    *) printf '[system-deps] usage: %s [--list|--check] [--build-only|--runtime-only]\n' "$0" >&2; exit 2 ;;
   esac
 done
 
@@ -41,7 +49,7 @@ missing_packages() {
 
 if [[ "$action" == --list ]]; then printf '%s\n' "${packages[@]}"; exit 0; fi
 
-command -v cargo >/dev/null || {
+[[ -z "$needs_cargo" ]] || command -v cargo >/dev/null || {
   say "cargo is not on PATH: install Rust (1.94 or later) first, e.g. with rustup; no package here provides it"
   exit 1
 }

@@ -22,7 +22,7 @@ use crate::notify;
 use crate::redact::Redactor;
 use crate::shutdown::{AbortReason, Shutdown};
 use crate::sink::SinkError;
-use crate::sink::elastic::{ElasticSink, EsSettings};
+use crate::sink::elastic::{ElasticSink, EsAuth, EsSettings, EsTls};
 use crate::sink::postgres::{PgSettings, PgSink};
 use crate::sink::retry::{Backoff, retry};
 use crate::worker::{Worker, WorkerContext};
@@ -85,12 +85,38 @@ fn backoff(s: &Settings) -> Backoff {
 
 fn pg_sink(s: &Settings) -> Result<PgSink, SinkError> {
     PgSink::new(&PgSettings {
-        url: s.database_url.clone(),
+        url: s.pg_url_with_tls(),
         schema: s.pg_schema.clone(),
         pool_size: s.pg_pool_size(),
         connect_timeout: Duration::from_millis(s.pg_connect_timeout_ms),
         statement_timeout: Duration::from_millis(s.pg_statement_timeout_ms),
     })
+}
+
+fn es_tls(s: &Settings) -> EsTls {
+    let sec = &s.security;
+    EsTls {
+        ca_file: sec.es_ca_file.clone(),
+        skip_verify: sec.es_insecure_skip_verify,
+        client_cert: sec
+            .es_client_cert_file
+            .clone()
+            .zip(sec.es_client_key_file.clone()),
+    }
+}
+
+fn es_auth(s: &Settings) -> EsAuth {
+    let sec = &s.security;
+    match (&sec.es_api_key, &sec.es_username) {
+        (Some(key), _) => EsAuth::ApiKey(key.clone()),
+        (None, Some(user)) => EsAuth::Basic(
+            user.clone(),
+            sec.es_password
+                .clone()
+                .unwrap_or_else(|| String::new().into()),
+        ),
+        (None, None) => EsAuth::FromUrl,
+    }
 }
 
 /// `log-processor migrate`: applies the schema and exits.
@@ -140,6 +166,8 @@ pub async fn run(
         bulk_max_bytes: settings.es_bulk_max_bytes,
         timeout: Duration::from_millis(settings.es_timeout_ms),
         backoff: backoff(&settings),
+        tls: es_tls(&settings),
+        auth: es_auth(&settings),
     })?;
     let startup = async {
         retry(
@@ -242,6 +270,7 @@ pub async fn run(
         commit_interval: Duration::from_millis(settings.commit_interval_ms),
         revoke_drain_timeout: settings.revoke_drain_timeout(),
         group_stall_timeout: settings.group_stall_timeout(),
+        client_properties: consumer::ClientProperties(settings.security.kafka_properties()?),
     };
     let offsets = Arc::new(GroupOffsets {
         pg: pg.clone(),

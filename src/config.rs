@@ -8,6 +8,15 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+mod kafka_options;
+mod pg_url;
+mod secret_files;
+pub mod security;
+mod summary;
+
+pub use kafka_options::KafkaOption;
+pub use security::{KafkaProtocol, PgSslMode, Secret, Security};
+
 /// Settings of the daemon (`run`), also used by `migrate` and `check-config`.
 #[derive(Args, Clone, Debug)]
 pub struct Settings {
@@ -156,6 +165,10 @@ pub struct Settings {
     /// Log format.
     #[arg(long, env = "LP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+
+    /// TLS, SASL and credentials of the three connections.
+    #[command(flatten)]
+    pub security: Security,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -387,6 +400,7 @@ impl Settings {
             crate::dead_letter::parse_key(key)
                 .map_err(|e| invalid("LP_DEAD_LETTER_KEY (--dead-letter-key)", e.to_string()))?;
         }
+        self.security.validate(&self.elasticsearch_url)?;
         if !self.redact_hash.is_empty() && self.redact_key.as_deref().unwrap_or("").is_empty() {
             return Err(invalid(
                 "LP_REDACT_KEY (--redact-key)",
@@ -443,10 +457,14 @@ impl fmt::Display for Settings {
         s.elasticsearch_url = mask_url(&s.elasticsearch_url);
         s.redact_key = s.redact_key.map(|_| "****".into());
         s.dead_letter_key = s.dead_letter_key.map(|_| "****".into());
+        s.security.kafka_option = (s.security.kafka_option.iter())
+            .map(|o| kafka_options::shown_flag(o))
+            .collect();
         s.group_stall_timeout_ms = Some(self.group_stall_timeout().as_millis() as u64);
         s.revoke_drain_timeout_ms = Some(self.revoke_drain_timeout().as_millis() as u64);
         s.liveness_timeout_ms = Some(self.liveness_timeout().as_millis() as u64);
         writeln!(f, "{s:#?}")?;
+        writeln!(f, "{}", self.security_summary())?;
         write!(
             f,
             "worst-case memory: {} MiB (a 64 MiB base, the Kafka prefetch of LP_KAFKA_QUEUE_KBYTES, \

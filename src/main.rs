@@ -50,7 +50,14 @@ fn main() -> ExitCode {
         eprintln!("log-processor: {e}");
         return ExitCode::from(2);
     }
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // Secrets given as files are read before anything validates or prints the settings.
+    if let Command::Run(s) | Command::Migrate(s) | Command::CheckConfig(s) = &mut cli.command
+        && let Err(e) = s.load_secret_files()
+    {
+        eprintln!("log-processor: {e}");
+        return ExitCode::from(2);
+    }
     let format = match &cli.command {
         Command::Run(s) | Command::Migrate(s) | Command::CheckConfig(s) => s.log_format,
         Command::Loadgen(_) => LogFormat::Human,

@@ -1538,6 +1538,8 @@ fn no_secret_values_are_committed() {
         "Dockerfile".to_string(),
         "deploy/systemd/log-processor.service".into(),
         "deploy/systemd/log-processor.env.example".into(),
+        "deploy/k8s-secured/kustomization.yaml".into(),
+        "deploy/k8s-secured/deployment-secret-files.yaml".into(),
     ];
     for e in std::fs::read_dir(repo("k8s")).unwrap() {
         let name = e.unwrap().file_name().into_string().unwrap();
@@ -1651,6 +1653,17 @@ fn kustomization_lists_the_manifests_and_builds() {
     println!("{report}");
     assert_eq!(code, 0, "manifestcheck on the opt-in manifests:\n{report}");
     assert!(report.contains("2 objects checked, 0 failures"), "{report}");
+
+    // The overlay that reads every secret from the mounted Secret instead.
+    let out = kustomize_build(&repo("deploy/k8s-secured"));
+    assert!(!out.contains("secretKeyRef"), "secrets only as files:\n{out}");
+    for needed in ["LP_DATABASE_URL_FILE", "secretName: log-processor-credentials"] {
+        assert!(out.contains(needed), "deploy/k8s-secured lacks {needed}");
+    }
+    let (code, report) = manifestcheck(&out, &[]);
+    println!("{report}");
+    assert_eq!(code, 0, "manifestcheck on `kustomize build deploy/k8s-secured`:\n{report}");
+    assert!(report.contains("4 objects checked, 0 failures"), "{report}");
 }
 
 /// The Go tools folder: scripts/go-tools.sh builds what is missing (never skipped).

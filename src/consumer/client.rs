@@ -42,7 +42,8 @@ pub(super) struct Bridge {
 /// Creates an rdkafka consumer around `bridge` and subscribes it.
 pub(super) fn connect(bridge: Bridge) -> Result<Kafka, KafkaError> {
     let settings = bridge.settings.clone();
-    let consumer: Kafka = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", &settings.brokers)
         .set("group.id", &settings.group_id)
         .set("enable.auto.commit", "false")
@@ -68,8 +69,11 @@ pub(super) fn connect(bridge: Bridge) -> Result<Kafka, KafkaError> {
         .set("fetch.max.bytes", "52428800")
         .set("statistics.interval.ms", "5000")
         .set("client.id", "log-processor")
-        .set_log_level(RDKafkaLogLevel::Warning)
-        .create_with_context(bridge)?;
+        .set_log_level(RDKafkaLogLevel::Warning);
+    for (key, value) in &settings.client_properties.0 {
+        config.set(key, value);
+    }
+    let consumer: Kafka = config.create_with_context(bridge)?;
     let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     Ok(consumer)

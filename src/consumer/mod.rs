@@ -61,6 +61,21 @@ pub struct ConsumerSettings {
     pub revoke_drain_timeout: Duration,
     /// How long the group may stay out of a steady state before the consumer is replaced.
     pub group_stall_timeout: Duration,
+    /// Security and pass-through librdkafka properties, set after the daemon's own.
+    pub client_properties: ClientProperties,
+}
+
+/// librdkafka properties from the configuration. They may hold credentials (`sasl.password`),
+/// so `Debug` shows only their names.
+#[derive(Clone, Default)]
+pub struct ClientProperties(pub Vec<(String, String)>);
+
+impl std::fmt::Debug for ClientProperties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(k, _)| k))
+            .finish()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

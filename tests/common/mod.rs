@@ -47,6 +47,7 @@ pub fn require(service: &str, addr: &str) {
         .next()
         .unwrap()
         .trim_start_matches("http://")
+        .trim_start_matches("https://")
         .split('/')
         .next()
         .unwrap()
@@ -349,6 +350,9 @@ async fn reqwest_like_delete(url: &str) -> u16 {
 /// A tiny HTTP/1.1 client over a TCP stream, enough for test queries (no extra crate).
 pub async fn http(method: &str, url: &str, body: Option<String>) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if url.starts_with("https://") {
+        return https(method, url, body).await;
+    }
     let rest = url.strip_prefix("http://").expect("http URL");
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let path = if path.is_empty() { "/" } else { path };
@@ -383,6 +387,37 @@ pub async fn http(method: &str, url: &str, body: Option<String>) -> (u16, String
         body.to_string()
     };
     (status, body)
+}
+
+/// HTTPS through curl (a secured search store in tests/secured.rs), trusting the CA of
+/// `ELASTICSEARCH_CA_FILE`; credentials ride in the URL.
+async fn https(method: &str, url: &str, body: Option<String>) -> (u16, String) {
+    let ca =
+        std::env::var("ELASTICSEARCH_CA_FILE").expect("ELASTICSEARCH_CA_FILE for an https URL");
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "60", "--cacert", &ca, "-X", method])
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "-w",
+            "\n%{http_code}",
+        ])
+        .arg(url);
+    if let Some(b) = body {
+        cmd.args(["--data-binary", &b]);
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    assert!(
+        out.status.success(),
+        "curl {method} {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
 fn dechunk(mut s: &str) -> String {

@@ -11,7 +11,13 @@ mod template;
 
 pub use bulk::Rejection;
 
+use std::path::PathBuf;
 use std::time::Duration;
+
+use base64::Engine;
+use elasticsearch::auth::ClientCertificate;
+use elasticsearch::cert::{Certificate, CertificateValidation};
+use elasticsearch::http::headers::AUTHORIZATION;
 
 use elasticsearch::Elasticsearch;
 use elasticsearch::auth::Credentials;
@@ -21,7 +27,7 @@ use elasticsearch::http::{Method, Url};
 
 use super::SinkError;
 use super::retry::Backoff;
-use crate::config::{mask_url, scrub_urls};
+use crate::config::{Secret, mask_url, scrub_urls};
 use crate::model::StoredRecord;
 
 const STORE: &str = "elasticsearch";
@@ -34,6 +40,29 @@ pub struct EsSettings {
     pub bulk_max_bytes: usize,
     pub timeout: Duration,
     pub backoff: Backoff,
+    pub tls: EsTls,
+    pub auth: EsAuth,
+}
+
+/// How the search store's certificate is checked, and the client's own certificate.
+#[derive(Clone, Debug, Default)]
+pub struct EsTls {
+    /// Extra trusted CAs (PEM), besides the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate: for diagnosis only, warned about at start-up.
+    pub skip_verify: bool,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+/// How requests authenticate.
+#[derive(Clone, Debug)]
+pub enum EsAuth {
+    /// `user:password@` in the URL, or nothing.
+    FromUrl,
+    Basic(String, Secret),
+    /// The `encoded` form Elasticsearch returns, or `id:key`.
+    ApiKey(Secret),
 }
 
 pub struct ElasticSink {
@@ -59,8 +88,40 @@ impl ElasticSink {
         let mut builder = TransportBuilder::new(SingleNodeConnectionPool::new(url))
             .timeout(settings.timeout)
             .enable_meta_header(false);
-        if let Some(c) = credentials {
-            builder = builder.auth(c);
+        // The transport takes one `Credentials`: a client certificate goes there, and basic
+        // auth or an API key then travel as the Authorization header.
+        let authorization = match &settings.auth {
+            EsAuth::FromUrl => credentials.map(|c| match c {
+                Credentials::Basic(u, p) => basic_header(&u, &p),
+                _ => unreachable!("only basic credentials come from the URL"),
+            }),
+            EsAuth::Basic(u, p) => Some(basic_header(u, p.expose())),
+            EsAuth::ApiKey(key) => Some(api_key_header(key.expose())),
+        };
+        if let Some(value) = authorization {
+            let mut value = HeaderValue::from_str(&value)
+                .map_err(|_| bad("credentials hold characters a header cannot carry".into()))?;
+            value.set_sensitive(true);
+            builder = builder.header(AUTHORIZATION, value);
+        }
+        let tls = &settings.tls;
+        if let Some((cert, key)) = &tls.client_cert {
+            let mut pem = read(cert, "LP_ES_CLIENT_CERT_FILE").map_err(bad)?;
+            pem.push(b'\n');
+            pem.extend(read(key, "LP_ES_CLIENT_KEY_FILE").map_err(bad)?);
+            builder = builder.auth(Credentials::Certificate(ClientCertificate::Pem(pem)));
+        }
+        if tls.skip_verify {
+            tracing::warn!(
+                "LP_ES_INSECURE_SKIP_VERIFY=true: the search store's certificate is NOT verified; \
+                 anyone on the path can read and alter what is sent"
+            );
+            builder = builder.cert_validation(CertificateValidation::None);
+        } else if let Some(ca) = &tls.ca_file {
+            let pem = read(ca, "LP_ES_CA_FILE").map_err(bad)?;
+            let chain = Certificate::from_pem(&pem)
+                .map_err(|e| bad(format!("LP_ES_CA_FILE {}: {e}", ca.display())))?;
+            builder = builder.cert_validation(CertificateValidation::Full(chain));
         }
         let transport = builder
             .build()
@@ -106,7 +167,7 @@ impl ElasticSink {
             .await
             .map_err(|e| SinkError::Transient {
                 store: STORE,
-                message: scrub_urls(&e.to_string()),
+                message: scrub_urls(&with_causes(&e)),
             })?;
         let status = response.status_code().as_u16();
         let text = response.text().await.map_err(|e| SinkError::Transient {
@@ -115,6 +176,42 @@ impl ElasticSink {
         })?;
         Ok((status, text))
     }
+}
+
+/// An error and its causes: a TLS refusal (unknown issuer, wrong name, expired) is only in the
+/// source chain of "error sending request".
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
+fn basic_header(user: &str, password: &str) -> String {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {encoded}")
+}
+
+/// `id:key` is encoded here; the `encoded` form is sent as given.
+fn api_key_header(key: &str) -> String {
+    match key.split_once(':') {
+        Some(_) => format!(
+            "ApiKey {}",
+            base64::engine::general_purpose::STANDARD.encode(key)
+        ),
+        None => format!("ApiKey {key}"),
+    }
+}
+
+fn read(path: &std::path::Path, field: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{field} {}: {e}", path.display()))
 }
 
 pub(super) fn truncate(s: &str, max: usize) -> String {
@@ -126,4 +223,53 @@ pub(super) fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}...", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_key_is_sent_as_elasticsearch_expects() {
+        // `id:key` is base64-encoded; the `encoded` value Elasticsearch returns is sent as is.
+        assert_eq!(
+            api_key_header("VuaCfGcBCdbkQm-e5aOx:ui2lp2axTNmsyakw9tvNnw"),
+            "ApiKey VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw=="
+        );
+        assert_eq!(
+            api_key_header("VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw=="),
+            "ApiKey VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw=="
+        );
+        assert_eq!(basic_header("elastic", "pw"), "Basic ZWxhc3RpYzpwdw==");
+    }
+
+    #[test]
+    fn unreadable_tls_files_fail_naming_the_setting() {
+        let settings = |tls: EsTls| EsSettings {
+            url: "https://127.0.0.1:9200".into(),
+            index_pattern: "logs-%Y".into(),
+            bulk_max_bytes: 1 << 20,
+            timeout: Duration::from_secs(1),
+            backoff: Backoff {
+                initial: Duration::from_millis(1),
+                max: Duration::from_millis(2),
+            },
+            tls,
+            auth: EsAuth::ApiKey("k".to_string().into()),
+        };
+        let err = |tls| match ElasticSink::new(settings(tls)) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("accepted"),
+        };
+        let e = err(EsTls {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..EsTls::default()
+        });
+        assert!(e.contains("LP_ES_CA_FILE"), "{e}");
+        let e = err(EsTls {
+            client_cert: Some(("/nonexistent/c.pem".into(), "/nonexistent/k.pem".into())),
+            ..EsTls::default()
+        });
+        assert!(e.contains("LP_ES_CLIENT_CERT_FILE"), "{e}");
+    }
 }
