@@ -892,9 +892,9 @@ def main():
     ap.add_argument("--records", type=int)
     ap.add_argument("--runs", type=int, help="runs of log-processor best and the tuned peer")
     ap.add_argument("--default-runs", type=int, default=1, help="runs of each at defaults")
-    ap.add_argument("--peer-default-records", type=int, help="records the peer at defaults moves (default: records/50)")
+    ap.add_argument("--peer-default-records", type=int, help="records the peer at defaults moves (default: records/100)")
     ap.add_argument("--sweep-records", type=int, help="records per ceiling sweep point (default: min(records, 200000))")
-    ap.add_argument("--growth-records", type=int, help="records per growth point (default 200000, fewer for big records)")
+    ap.add_argument("--growth-records", type=int, help="records per growth point (default 100000, fewer for big records)")
     ap.add_argument("--phases", default="e2e,ceilings,batch,growth,crash")
     ap.add_argument("--crash-records", type=int)
     ap.add_argument("--batch-records", type=int)
@@ -909,8 +909,8 @@ def main():
     crash_n = a.crash_records or n
     batch_k = a.batch_records or (20_000 if a.smoke else 200_000)  # /25 for size 1, /5 for size 10
     sweep_n = a.sweep_records or min(n, 200_000)
-    growth_n = a.growth_records or (10_000 if a.smoke else 200_000)
-    peer_default_n = a.peer_default_records or max(1, n // 50)
+    growth_n = a.growth_records or (10_000 if a.smoke else 100_000)
+    peer_default_n = a.peer_default_records or max(1, n // 100)
     phases = a.phases.split(",")
     if a.lp_binary:
         global LP
