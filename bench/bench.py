@@ -777,7 +777,7 @@ def markdown(res):
          f"commit `{res['git_commit'][:12]}`{' (tree not clean)' if res['git_dirty'] else ''}"
          f"{', every phase' if res.get('single_commit', True) else ' (phases from several commits: see phase_commits)'}; "
          f"{n:,} records (~{res['record_bytes_avg']} B JSON), 6 partitions; "
-         f"{res['runs']} alternating runs of each tuned configuration; log-processor {fmt(v.get('log_processor'))}, "
+         f"{res['runs']} alternating runs of each tuned configuration; {fmt(v.get('log_processor'))}, "
          f"{fmt(v.get('peer'))}, PostgreSQL {fmt(v.get('postgresql'))}, OpenSearch {fmt(v.get('opensearch'))}, "
          f"Kafka {fmt(v.get('kafka'))}, all on the same machine.", "",
          f"**ratio_combined = {fmt(res.get('ratio_combined'))}** (log-processor at its best configuration / "
