@@ -1,22 +1,32 @@
 #!/usr/bin/env python3
 """log-processor benchmark against a Benthos peer and against raw ceilings.
 
-Run through bench/run.sh (full) or bench/smoke.sh (tiny). Needs the services up, the release
-binary built and the peer built (bench/build-peer.sh); matplotlib for the plot.
+Run through bench/run.sh (full) or bench/smoke.sh (tiny). Needs the services up (tests/infra),
+the release binary and examples/ceiling_loader built, the peer built (bench/build-peer.sh);
+matplotlib for the plot.
 
-Phases, all on one pre-loaded topic (well-formed loadgen records, 6 partitions):
-  e2e       log-processor and the peer, alternating, fresh group/schema/index each run: time
-            from process start until PostgreSQL and OpenSearch both hold every record; CPU
-            seconds (utime+stime), peak RSS (VmHWM); for log-processor also /metrics and
-            per-thread CPU; CPU of the services during each run.
-  ceilings  kcat consuming the topic to /dev/null; psql \\copy of the same rows into a table
-            like log_records; bulk indexing of the same documents (1000 per _bulk, 4 senders).
+Phases, all on one pre-loaded topic (well-formed loadgen records, 6 partitions), every one at the
+same commit (checked before each phase; the run stops if the code changes under it):
+  e2e       log-processor at its best documented configuration (LP_BEST) and the peer tuned
+            (PEER_TUNED, bench/peer/README.md), alternating, --runs times; each at defaults
+            --default-runs times (the peer at defaults on --peer-default-records). Fresh
+            group/schema/index each run: time from process start until PostgreSQL and OpenSearch
+            both hold every record; CPU of the process over its whole life and of each service
+            during the run (exited processes included, see reap() and tree_cpu()); peak RSS.
+  ceilings  kcat consuming the topic; the plain loader (examples/ceiling_loader.rs) writing the
+            same rows and documents to PostgreSQL (COPY), OpenSearch (_bulk) and both at once,
+            each swept over bulk size and concurrency (CEILING_GRID, --sweep-records), the best
+            point re-run on every record.
   batch     LP_BATCH_MAX_RECORDS sweep: steady-state throughput and SIGTERM-to-exit under load.
+  growth    log-processor at defaults on 1, 6, 24, 96 partitions and on 200 B, 2 KiB, 20 KiB
+            records: records/s, MiB/s, CPU per record, peak RSS.
   crash     10 SIGKILLs (with restarts) during a run of each, on a second topic of as many
             records (--crash-records); then lost and duplicated records counted from the stores.
---phases picks phases; --merge keeps the others from the existing results file.
-Writes bench/results/latest.json, latest.md and docs/batch-size.png (smoke: latest-smoke.* and
-bench/work/batch-size-smoke.png).
+--phases picks phases; --merge keeps the others from the existing results file (phase_commits
+then says which commit ran which phase).
+Writes bench/results/latest.json and latest.md (top level: ratio_combined, ratio_peer), then
+docs/batch-size.png and the README's generated Benchmarks part; runs labelled other than "full"
+write latest-LABEL.json/.md and bench/work/batch-size.png only.
 """
 import argparse
 import concurrent.futures
@@ -40,7 +50,14 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 WORK = os.path.join(ROOT, "bench", "work")
 LP = os.path.join(ROOT, "target", "release", "log-processor")
 PEER = os.path.join(WORK, "peer", "benthos-peer")
+LOADER = os.path.join(ROOT, "target", "release", "examples", "ceiling_loader")
 PEER_TMPL = os.path.join(ROOT, "bench", "peer", "config.yaml.tmpl")
+PEER_DEFAULTS_TMPL = os.path.join(ROOT, "bench", "peer", "config-defaults.yaml.tmpl")
+# The peer tuned for throughput: every setting and why in bench/peer/README.md.
+PEER_TUNED = {"BATCH": 2000, "CHECKPOINT_LIMIT": 20000, "IN_FLIGHT": 8, "PG_CONNS": 8}
+# log-processor at its best documented configuration (README, "Benchmarks": larger batches pay
+# up to 5,000 records, at the cost of SIGTERM-to-exit time); everything else at its default.
+LP_BEST = {"LP_BATCH_MAX_RECORDS": "5000"}
 CLK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -122,11 +139,21 @@ def cleanup(schema=None, prefix=None, template=None):
 
 
 # ---------------------------------------------------------------- processes
+# CPU accounting keeps the dead: a process's own utime+stime plus cutime+cstime, the CPU of the
+# children it has reaped (PostgreSQL backends are reaped by the postmaster, so a connection that
+# closed during a run still counts). Processes this script starts are reaped with wait4(), whose
+# rusage covers the process and every descendant it reaped.
+def _stat(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        s = f.read()
+    comm = s[s.index("(") + 1:s.rindex(")")]
+    return comm, s.rsplit(")", 1)[1].split()
+
+
 def proc_cpu(pid):
     """utime+stime in seconds of a live process (all its threads)."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            parts = f.read().rsplit(")", 1)[1].split()
+        parts = _stat(pid)[1]
         return (int(parts[11]) + int(parts[12])) / CLK
     except (OSError, IndexError):
         return None
@@ -162,30 +189,75 @@ def thread_cpu(pid):
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
-def service_cpu():
-    """CPU seconds so far of Kafka, OpenSearch and all PostgreSQL processes (live ones)."""
-    tot = {"kafka": 0.0, "opensearch": 0.0, "postgresql": 0.0}
+def service_pids():
+    """The root process of each service of this checkout's tests/infra (not other checkouts')."""
+    r = subprocess.run(["bash", os.path.join(ROOT, "tests/infra/infra.sh"), "status"],
+                       capture_output=True, text=True)
+    pids = {}
+    for line in r.stdout.splitlines():
+        m = re.match(r"(\w+): up \(pid (\d+)", line)
+        if m:
+            pids[{"postgres": "postgresql"}.get(m.group(1), m.group(1))] = int(m.group(2))
+    missing = {"kafka", "postgresql", "opensearch"} - set(pids)
+    if missing:
+        raise RuntimeError(f"services not up: {sorted(missing)} ({r.stdout.strip()})")
+    return pids
+
+
+SERVICE_PIDS = {}
+
+
+def tree_cpu(root):
+    """CPU seconds of a process tree: every live member's own CPU plus its reaped children's."""
+    children, cpu = {}, {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ")
-            with open(f"/proc/{pid}/stat") as f:
-                s = f.read()
-        except OSError:
+            parts = _stat(pid)[1]
+        except (OSError, ValueError):
             continue
-        comm = s[s.index("(") + 1:s.rindex(")")]
-        parts = s.rsplit(")", 1)[1].split()
-        cpu = (int(parts[11]) + int(parts[12])) / CLK
-        if comm == "postgres" or cmd.startswith(b"postgres:"):
-            tot["postgresql"] += cpu
-        elif b"java" in cmd[:200] or comm == "java":
-            if b"kafka.Kafka" in cmd or b"kafka" in cmd.split(b" -cp ")[0][-0:] and b"kafka.Kafka" in cmd:
-                tot["kafka"] += cpu
-            elif b"opensearch" in cmd.lower() or b"OpenSearch" in cmd:
-                tot["opensearch"] += cpu
-    return tot
+        children.setdefault(int(parts[1]), []).append(int(pid))
+        cpu[int(pid)] = sum(int(x) for x in parts[11:15]) / CLK
+    total, todo = 0.0, [root]
+    while todo:
+        p = todo.pop()
+        total += cpu.get(p, 0.0)
+        todo += children.get(p, [])
+    return total
+
+
+def service_cpu():
+    """CPU seconds so far of Kafka, OpenSearch and PostgreSQL (dead backends included)."""
+    return {name: tree_cpu(pid) for name, pid in SERVICE_PIDS.items()}
+
+
+def reap(p, timeout):
+    """Waits for a child started here (SIGKILL after `timeout` s). Returns exit code, CPU
+    seconds of its whole life (reaped descendants included) and peak RSS in KiB."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+        if pid == p.pid:
+            break
+        if time.monotonic() > deadline:
+            p.kill()
+            pid, status, ru = os.wait4(p.pid, 0)
+            break
+        time.sleep(0.02)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return p.returncode, ru.ru_utime + ru.ru_stime, ru.ru_maxrss
+
+
+def run_measured(cmd, **kw):
+    """Runs a command to completion; returns (stdout bytes, wall s, CPU s of it and its children)."""
+    t = time.monotonic()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, **kw)
+    out = p.stdout.read()
+    code, cpu, _ = reap(p, 3600)
+    if code != 0:
+        raise RuntimeError(f"{cmd[0]} exited {code}")
+    return out, time.monotonic() - t, cpu
 
 
 def diff(a, b):
@@ -242,8 +314,8 @@ def lp_template_name(ident):
     return "log-processor-" + ident.replace("_", "-")
 
 
-def peer_config(ident, topic, batch=1000, session_timeout=None):
-    with open(PEER_TMPL) as f:
+def peer_config(ident, topic, tuned=True, session_timeout=None):
+    with open(PEER_TMPL if tuned else PEER_DEFAULTS_TMPL) as f:
         cfg = f.read()
     if session_timeout:
         # The kafka_franz input of this release has no session timeout setting (franz-go's
@@ -255,7 +327,7 @@ def peer_config(ident, topic, batch=1000, session_timeout=None):
     topics: [ "@TOPIC@" ]
     consumer_group: "@GROUP@"
     start_from_oldest: true
-    checkpoint_limit: 4096
+    checkpoint_limit: @CHECKPOINT_LIMIT@
     commit_period: 1s
     group:
       session_timeout: {session_timeout}
@@ -267,9 +339,11 @@ def peer_config(ident, topic, batch=1000, session_timeout=None):
 """
         cfg = re.sub(r"# input-begin\n.*?# input-end\n", sarama, cfg, flags=re.S)
     dsn = DSN + ("&" if "?" in DSN else "?") + "sslmode=disable"
-    for k, v in {"@BROKERS@": BROKERS, "@TOPIC@": topic, "@GROUP@": ident, "@DSN@": dsn,
-                 "@TABLE@": f"{ident}.log_records", "@ES_URL@": ES,
-                 "@INDEX_PREFIX@": ident.replace("_", "-"), "@BATCH@": str(batch)}.items():
+    subst = {"@BROKERS@": BROKERS, "@TOPIC@": topic, "@GROUP@": ident, "@DSN@": dsn,
+             "@TABLE@": f"{ident}.log_records", "@ES_URL@": ES,
+             "@INDEX_PREFIX@": ident.replace("_", "-")}
+    subst.update({f"@{k}@": str(v) for k, v in PEER_TUNED.items()})
+    for k, v in subst.items():
         cfg = cfg.replace(k, v)
     path = os.path.join(WORK, f"{ident}.yaml")
     with open(path, "w") as f:
@@ -286,19 +360,35 @@ def peer_prepare(ident):
         raise RuntimeError(f"template: {st} {b}")
 
 
-def start(kind, ident, topic, logf, extra_env=None, batch=1000, session_timeout=None):
-    if kind == "lp":
-        return subprocess.Popen([LP, "run"], env=lp_env(ident, topic, extra_env),
+def start(kind, ident, topic, logf, extra_env=None, session_timeout=None):
+    """kind: lp (defaults), lp_best, peer (tuned) or peer_defaults."""
+    if kind.startswith("lp"):
+        env = dict(LP_BEST if kind == "lp_best" else {}, **(extra_env or {}))
+        return subprocess.Popen([LP, "run"], env=lp_env(ident, topic, env),
                                 stdout=logf, stderr=logf)
-    cfg = peer_config(ident, topic, batch, session_timeout)
+    cfg = peer_config(ident, topic, kind == "peer", session_timeout)
     return subprocess.Popen([PEER, "-c", cfg], stdout=logf, stderr=logf)
 
 
-def e2e_run(kind, ident, topic, n, extra_env=None, poll=0.5, timeout=1800):
-    """Start, wait until both stores hold n records, snapshot, SIGTERM. Returns the figures."""
-    prefix = ident.replace("_", "-")
-    if kind == "peer":
+def prepare(kind, ident):
+    if kind.startswith("peer"):
         peer_prepare(ident)
+
+
+def template_of(kind, ident):
+    return lp_template_name(ident) if kind.startswith("lp") else "bench-" + ident.replace("_", "-")
+
+
+def per_million(x, n):
+    return round(x * 1e6 / n, 1) if x is not None else None
+
+
+def e2e_run(kind, ident, topic, n, extra_env=None, poll=0.5, timeout=1800):
+    """Start, wait until both stores hold n records, snapshot, SIGTERM. Returns the figures:
+    time, CPU of the process (its whole life, via wait4) and of each service during the run
+    (until both stores held n records), peak RSS."""
+    prefix = ident.replace("_", "-")
+    prepare(kind, ident)
     logf = open(os.path.join(WORK, f"{ident}.log"), "wb")
     svc0 = service_cpu()
     t0 = time.monotonic()
@@ -317,36 +407,38 @@ def e2e_run(kind, ident, topic, n, extra_env=None, poll=0.5, timeout=1800):
         if time.monotonic() - t0 > timeout:
             raise RuntimeError(f"{kind} timed out at pg={pc} es={ec}")
     elapsed = time.monotonic() - t0
-    res = {"seconds": round(elapsed, 2), "records_per_s": round(n / elapsed),
-           "cpu_s": proc_cpu(p.pid), "peak_rss_mib": round((proc_hwm_kib(p.pid) or 0) / 1024, 1),
-           "services_cpu_s": diff(svc0, service_cpu())}
-    res["cpu_s_per_million"] = round(res["cpu_s"] * 1e6 / n, 1)
+    svc = diff(svc0, service_cpu())
+    res = {"kind": kind, "records": n, "seconds": round(elapsed, 2), "records_per_s": round(n / elapsed),
+           "cpu_s_at_done": proc_cpu(p.pid), "services_cpu_s": svc}
     first = next((s for s in samples if min(s[1], s[2]) > 0), None)
     if first:
         res["first_records_at_s"] = first[0]
         res["steady_records_per_s"] = round((n - min(first[1], first[2])) / max(elapsed - first[0], 0.01))
-    if kind == "lp":
+    if kind.startswith("lp"):
         res["threads_cpu_s"] = thread_cpu(p.pid)
         hist, counters = parse_histograms(metrics_text())
         res["metrics"] = hist
         res["counters"] = counters
     t1 = time.monotonic()
     p.send_signal(signal.SIGTERM)
-    try:
-        res["exit_code"] = p.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        res["exit_code"] = p.wait()
+    res["exit_code"], cpu, rss_kib = reap(p, 60)
     res["sigterm_to_exit_ms"] = round(1000 * (time.monotonic() - t1))
+    res["cpu_s"] = round(cpu, 2)
+    res["peak_rss_mib"] = round(rss_kib / 1024, 1)
+    res["cpu_s_per_million"] = per_million(cpu, n)
+    res["services_cpu_s_per_million"] = {k: per_million(v, n) for k, v in svc.items()}
+    # The whole job's CPU per record: the process until done plus every service in that time.
+    res["total_cpu_s_per_million"] = per_million((res["cpu_s_at_done"] or 0) + sum(svc.values()), n)
     logf.close()
     return res
 
 
 # ---------------------------------------------------------------- data preparation
-def loadgen(topic, n):
+def loadgen(topic, n, partitions=6, record_bytes=0):
     t = time.monotonic()
     subprocess.run([LP, "loadgen", "--kafka-brokers", BROKERS, "--topic", topic, "--count", str(n),
-                    "--partitions", "6"], check=True, stderr=subprocess.DEVNULL)
+                    "--partitions", str(partitions), "--record-bytes", str(record_bytes)],
+                   check=True, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     return round(time.monotonic() - t, 1)
 
 
@@ -360,102 +452,65 @@ def dump_topic(topic, n, path):
         raise RuntimeError(f"dump has {lines} lines, expected {n}")
 
 
-def pg_escape(v):
-    if v is None:
-        return "\\N"
-    return v.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-
-
-def build_ceiling_inputs(topic, dump, tsv, bulkdir, bulk_size=1000):
-    """From the dump: a COPY text file with log_records' columns and _bulk bodies of the
-    documents log-processor writes (same fields, same ids)."""
-    os.makedirs(bulkdir, exist_ok=True)
-    recognised = ("timestamp", "level", "service", "message")
-    bodies, cur, i = [], [], 0
-    with open(dump, encoding="utf-8") as fin, open(tsv, "w", encoding="utf-8") as fout:
-        for line in fin:
-            p, o, k, kts, payload = line.rstrip("\n").split("\t", 4)
-            d = json.loads(payload)
-            ts = d.get("timestamp")
-            fields = {a: b for a, b in d.items() if a not in recognised}
-            kts_iso = datetime.datetime.fromtimestamp(int(kts) / 1000, datetime.timezone.utc).isoformat()
-            key_hex = "\\\\x" + k.encode().hex()
-            fout.write("\t".join([topic, p, o, pg_escape(ts), pg_escape(d.get("level")),
-                                  pg_escape(d.get("service")), pg_escape(d.get("message")),
-                                  pg_escape(json.dumps(fields, separators=(",", ":"))),
-                                  key_hex, kts_iso]) + "\n")
-            doc = {"@timestamp": ts, "level": d.get("level"), "service": d.get("service"),
-                   "message": d.get("message"), "fields": fields,
-                   "kafka": {"topic": topic, "partition": int(p), "offset": int(o)}}
-            day = ts[:10].replace("-", ".")
-            cur.append(json.dumps({"index": {"_index": "@PREFIX@-" + day, "_id": f"{topic}-{p}-{o}"}}))
-            cur.append(json.dumps(doc, separators=(",", ":")))
-            if len(cur) == 2 * bulk_size:
-                bodies.append(cur)
-                cur = []
-    if cur:
-        bodies.append(cur)
-    for i, b in enumerate(bodies):
-        with open(os.path.join(bulkdir, f"{i:05d}.ndjson"), "w") as f:
-            f.write("\n".join(b) + "\n")
-    return len(bodies)
+def head_dump(dump, k, path):
+    """The first k lines of the dump (the sweep's subset)."""
+    with open(dump, "rb") as fin, open(path, "wb") as fout:
+        for i, line in enumerate(fin):
+            if i >= k:
+                break
+            fout.write(line)
+    return path
 
 
 def ceiling_kafka(topic, n):
-    t = time.monotonic()
-    subprocess.run(["kcat", "-C", "-b", BROKERS, "-t", topic, "-e", "-o", "beginning", "-q"],
-                   stdout=subprocess.DEVNULL, check=True)
-    s = time.monotonic() - t
-    return {"seconds": round(s, 2), "records_per_s": round(n / s)}
+    svc0 = service_cpu()
+    _, s, cpu = run_measured(["kcat", "-C", "-b", BROKERS, "-t", topic, "-e", "-o", "beginning", "-q"])
+    svc = diff(svc0, service_cpu())
+    return {"records": n, "seconds": round(s, 2), "records_per_s": round(n / s), "cpu_s": round(cpu, 2),
+            "services_cpu_s": svc}
 
 
-def ceiling_pg(ident, tsv, n):
-    psql(TABLE_DDL.format(s=ident))
-    t = time.monotonic()
-    r = subprocess.run(["psql", DSN, "-v", "ON_ERROR_STOP=1", "-qc",
-                        f"\\copy {ident}.log_records (topic, kafka_partition, kafka_offset, ts, level, service, message, fields, kafka_key, kafka_ts) FROM '{tsv}'"],
-                       capture_output=True, text=True)
-    s = time.monotonic() - t
-    if r.returncode != 0:
-        raise RuntimeError("copy: " + r.stderr)
-    got = pg_count(ident)
-    cleanup(schema=ident)
-    if got != n:
-        raise RuntimeError(f"copy loaded {got} of {n}")
-    return {"seconds": round(s, 2), "records_per_s": round(n / s)}
-
-
-def ceiling_es(ident, bulkdir, n, senders=4):
+def ceiling_load(mode, ident, dump, topic, n, batch, conc):
+    """The plain loader (examples/ceiling_loader.rs) writing the dump's records to PostgreSQL
+    (`COPY`), OpenSearch (`_bulk`) or both at once; checks every record arrived."""
     prefix = ident.replace("_", "-")
-    body = dict(ES_TEMPLATE, index_patterns=[f"{prefix}-*"])
-    es("PUT", f"/_index_template/bench-{prefix}", body)
-    files = sorted(os.listdir(bulkdir))
-    u = urllib.parse.urlparse(ES)
+    if mode != "es":
+        psql(TABLE_DDL.format(s=ident))
+    if mode != "pg":
+        body = dict(ES_TEMPLATE, index_patterns=[f"{prefix}-*"])
+        st, b = es("PUT", f"/_index_template/bench-{prefix}", body)
+        if st != 200:
+            raise RuntimeError(f"template: {st} {b}")
+    try:
+        svc0 = service_cpu()
+        out, wall, cpu = run_measured(
+            [LOADER, "--dump", dump, "--topic", topic, "--mode", mode, "--batch", str(batch),
+             "--concurrency", str(conc), "--table", f"{ident}.log_records", "--index-prefix", prefix,
+             "--database-url", DSN, "--elasticsearch-url", ES])
+        svc = diff(svc0, service_cpu())
+        r = json.loads(out.decode().strip().splitlines()[-1])
+        if mode != "es" and pg_count(ident) != n:
+            raise RuntimeError(f"loader: {pg_count(ident)} rows of {n}")
+        if mode != "pg":
+            es("POST", f"/{prefix}-*/_refresh")
+            if es_count(prefix) != n:
+                raise RuntimeError(f"loader: {es_count(prefix)} documents of {n}")
+    finally:
+        cleanup(ident if mode != "es" else None, prefix if mode != "pg" else None,
+                f"bench-{prefix}" if mode != "pg" else None)
+    r.update({"mode": mode, "services_cpu_s": svc,
+              "loader_cpu_s": r.get("loader_cpu_s"), "loader_process_cpu_s": round(cpu, 2)})
+    # Share of one core the loader used while loading: far below 1 means it waited on the stores.
+    r["loader_core_share"] = round(r["loader_cpu_s"] / r["seconds"], 2) if r.get("loader_cpu_s") is not None else None
+    total = (r.get("loader_cpu_s") or 0) + sum(svc.values())
+    r["total_cpu_s_per_million"] = per_million(total, n)
+    r["services_cpu_s_per_million"] = {k: per_million(v, n) for k, v in svc.items()}
+    return r
 
-    def send(fname):
-        with open(os.path.join(bulkdir, fname)) as f:
-            data = f.read().replace("@PREFIX@", prefix).encode()
-        for _ in range(20):
-            c = http.client.HTTPConnection(u.hostname, u.port or 9200, timeout=120)
-            c.request("POST", "/_bulk", body=data, headers={"Content-Type": "application/x-ndjson"})
-            r = c.getresponse()
-            out = json.loads(r.read())
-            c.close()
-            if r.status == 200 and not out.get("errors"):
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"bulk {fname} failed")
 
-    t = time.monotonic()
-    with concurrent.futures.ThreadPoolExecutor(senders) as ex:
-        list(ex.map(send, files))
-    s = time.monotonic() - t
-    es("POST", f"/{prefix}-*/_refresh")
-    got = es_count(prefix)
-    cleanup(prefix=prefix, template=f"bench-{prefix}")
-    if got != n:
-        raise RuntimeError(f"bulk indexed {got} of {n}")
-    return {"seconds": round(s, 2), "records_per_s": round(n / s), "senders": senders}
+CEILING_GRID = {"pg": [(1000, 1), (1000, 2), (5000, 2), (5000, 4)],
+                "es": [(1000, 2), (1000, 4), (5000, 4), (5000, 8)],
+                "both": [(1000, 2), (1000, 4), (5000, 2), (5000, 4), (5000, 8)]}
 
 
 # ---------------------------------------------------------------- batch-size sweep
@@ -465,6 +520,7 @@ def batch_run(ident, topic, batch, k):
     logf = open(os.path.join(WORK, f"{ident}.log"), "wb")
     t0 = time.monotonic()
     p = start("lp", ident, topic, logf, {"LP_BATCH_MAX_RECORDS": str(batch)})
+    svc0 = service_cpu()
     first = None
     while True:
         time.sleep(0.25)
@@ -479,19 +535,17 @@ def batch_run(ident, topic, batch, k):
         if now > 900:
             raise RuntimeError("batch run timed out")
     cpu = proc_cpu(p.pid)
+    svc = diff(svc0, service_cpu())
     t1 = time.monotonic()
     p.send_signal(signal.SIGTERM)
-    try:
-        code = p.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        code = p.wait()
+    code, _, rss_kib = reap(p, 60)
     stop_ms = round(1000 * (time.monotonic() - t1))
     logf.close()
     rate = (c - first[1]) / max(now - first[0], 0.01)
     return {"batch_max_records": batch, "records_measured": k, "steady_records_per_s": round(rate),
             "cpu_s_per_million": round(cpu * 1e6 / c, 1), "sigterm_to_exit_ms": stop_ms,
-            "exit_code": code}
+            "services_cpu_s_per_million": {a: per_million(b, c) for a, b in svc.items()},
+            "peak_rss_mib": round(rss_kib / 1024, 1), "exit_code": code}
 
 
 def plot(rows, path):
@@ -541,8 +595,7 @@ def crash_run(kind, ident, topic, n, expected, kills=10, rng=None):
     rng = rng or random.Random(7)
     prefix = ident.replace("_", "-")
     extra = {"LP_SESSION_TIMEOUT_MS": "6000", "LP_REVOKE_DRAIN_TIMEOUT_MS": "3000"}
-    if kind == "peer":
-        peer_prepare(ident)
+    prepare(kind, ident)
     logf = open(os.path.join(WORK, f"{ident}.log"), "wb")
     t0 = time.monotonic()
     p = start(kind, ident, topic, logf, extra, session_timeout="6s")
@@ -557,7 +610,7 @@ def crash_run(kind, ident, topic, n, expected, kills=10, rng=None):
                 break
         time.sleep(rng.uniform(0, 0.3))
         p.kill()
-        p.wait()
+        reap(p, 60)
         kill_at.append(pg_count(ident))
         p = start(kind, ident, topic, logf, extra, session_timeout="6s")
     last, still = -1, 0
@@ -572,11 +625,7 @@ def crash_run(kind, ident, topic, n, expected, kills=10, rng=None):
             break
     secs = time.monotonic() - t0
     p.send_signal(signal.SIGTERM)
-    try:
-        p.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait()
+    reap(p, 60)
     logf.close()
     pg, docs = stored_keys(ident)
     lost_both = sum(1 for k in expected if k not in pg and k not in docs)
@@ -641,60 +690,154 @@ def med(xs):
     return round(statistics.median(xs), 2) if xs else None
 
 
-def summarize(res):
-    s = {}
-    lp = [r["seconds"] for r in res["e2e"]["log_processor"]]
-    pe = [r["seconds"] for r in res["e2e"]["peer"]]
-    n = res["records"]
-    if lp:
-        s["lp_median_s"] = med(lp)
-        s["lp_records_per_s"] = round(n / statistics.median(lp))
-        s["lp_cpu_s_per_million"] = med([r["cpu_s_per_million"] for r in res["e2e"]["log_processor"]])
-        s["lp_peak_rss_mib"] = max(r["peak_rss_mib"] for r in res["e2e"]["log_processor"])
-    if pe:
-        s["peer_median_s"] = med(pe)
-        s["peer_records_per_s"] = round(n / statistics.median(pe))
-        s["peer_cpu_s_per_million"] = med([r["cpu_s_per_million"] for r in res["e2e"]["peer"]])
-        s["peer_peak_rss_mib"] = max(r["peak_rss_mib"] for r in res["e2e"]["peer"])
-    if lp and pe:
-        s["lp_speed_vs_peer"] = round(statistics.median(pe) / statistics.median(lp), 2)
-    ceil = {}
-    for name, runs in res.get("ceilings", {}).items():
-        if runs:
-            ceil[name] = round(n / statistics.median([r["seconds"] for r in runs]))
-    s["ceilings_records_per_s"] = ceil
-    if ceil and lp:
-        slow = min(ceil, key=ceil.get)
-        s["slowest_ceiling"] = slow
-        s["lp_fraction_of_slowest_ceiling"] = round(s["lp_records_per_s"] / ceil[slow], 2)
+E2E = (("log_processor_best", "lp_best", "log-processor, best configuration"),
+       ("log_processor_defaults", "lp", "log-processor, defaults"),
+       ("peer_tuned", "peer", "peer, tuned"),
+       ("peer_defaults", "peer_defaults", "peer, defaults"))
+
+
+def e2e_summary(runs, cores):
+    if not runs:
+        return None
+    n = runs[0]["records"]
+    s = {"records": n, "median_s": med([r["seconds"] for r in runs]),
+         "cpu_s_per_million": med([r["cpu_s_per_million"] for r in runs]),
+         "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+         "services_cpu_s_per_million": {k: med([r["services_cpu_s_per_million"][k] for r in runs])
+                                        for k in runs[0]["services_cpu_s_per_million"]},
+         "total_cpu_s_per_million": med([r["total_cpu_s_per_million"] for r in runs])}
+    s["records_per_s"] = round(n / s["median_s"])
+    # What the machine's cores could do at this CPU cost per record, were nothing else running.
+    s["cpu_bound_records_per_s"] = round(cores * 1e6 / s["total_cpu_s_per_million"]) if s["total_cpu_s_per_million"] else None
     return s
+
+
+def ceiling_summary(runs, cores):
+    if not runs:
+        return None
+    s = {"batch": runs[0].get("batch"), "concurrency": runs[0].get("concurrency"),
+         "records": runs[0]["records"], "median_s": med([r["seconds"] for r in runs])}
+    s["records_per_s"] = round(s["records"] / s["median_s"])
+    if "total_cpu_s_per_million" in runs[0]:
+        s["total_cpu_s_per_million"] = med([r["total_cpu_s_per_million"] for r in runs])
+        s["services_cpu_s_per_million"] = {k: med([r["services_cpu_s_per_million"][k] for r in runs])
+                                           for k in runs[0]["services_cpu_s_per_million"]}
+        s["loader_core_share"] = med([r["loader_core_share"] for r in runs])
+        s["cpu_bound_records_per_s"] = round(cores * 1e6 / s["total_cpu_s_per_million"]) if s["total_cpu_s_per_million"] else None
+    return s
+
+
+def ratio(a, b):
+    return round(a / b, 2) if a and b else None
+
+
+def summarize(res):
+    cores = res["machine"]["cores"]
+    s = {key: e2e_summary(res["e2e"].get(key, []), cores) for key, _, _ in E2E}
+    c = {name: ceiling_summary(runs, cores) for name, runs in res.get("ceilings", {}).items()}
+    s["ceilings"] = c
+    rps = lambda x: (x or {}).get("records_per_s")
+    cpm = lambda x: (x or {}).get("cpu_s_per_million")
+    comb = c.get("combined")
+    s["ratio_combined_defaults"] = ratio(rps(s["log_processor_defaults"]), rps(comb))
+    s["ratio_peer_defaults"] = ratio(rps(s["log_processor_defaults"]), rps(s["peer_defaults"]))
+    s["cpu_per_record_vs_peer"] = ratio(cpm(s["log_processor_best"]), cpm(s["peer_tuned"]))
+    lp_d = s["log_processor_defaults"] or {}
+    s["targets"] = [
+        {"target": "end to end >= 0.85 of the combined ceiling (best configuration)",
+         "value": ratio(rps(s["log_processor_best"]), rps(comb)), "goal": 0.85, "higher_is_better": True},
+        {"target": "end to end >= 0.7 of the combined ceiling (defaults)",
+         "value": s["ratio_combined_defaults"], "goal": 0.7, "higher_is_better": True},
+        {"target": ">= 2.5x the tuned peer's records/s",
+         "value": ratio(rps(s["log_processor_best"]), rps(s["peer_tuned"])), "goal": 2.5, "higher_is_better": True},
+        {"target": "<= 1/5 of the tuned peer's CPU per record",
+         "value": s["cpu_per_record_vs_peer"], "goal": 0.2, "higher_is_better": False},
+        {"target": "peak RSS <= 128 MiB on the full backlog at defaults",
+         "value": lp_d.get("peak_rss_mib") if lp_d.get("records") == res["records"] else None,
+         "goal": 128, "higher_is_better": False},
+    ]
+    for t in s["targets"]:
+        v = t["value"]
+        t["met"] = None if v is None else (v >= t["goal"] if t["higher_is_better"] else v <= t["goal"])
+    return s
+
+
+def fmt(x):
+    if x is None:
+        return "-"
+    return f"{x:,}" if isinstance(x, int) else str(x)
 
 
 def markdown(res):
     s = res["summary"]
     n = res["records"]
+    v = res["versions"]
     L = [f"# Benchmark results ({res['label']})", "",
          f"{res['machine']['cores']} cores, {res['machine']['memory_gib']} GiB ({res['machine']['cpu']}); "
-         f"commit `{res['git_commit']}`; {n:,} records (~{res['record_bytes_avg']} B JSON), 6 partitions; "
-         f"{res['runs']} alternating runs each; Kafka, PostgreSQL and OpenSearch on the same machine.", "",
-         "## End to end (until PostgreSQL and OpenSearch both hold every record)", "",
-         "| | median s | records/s | runs (s) | CPU s / 1M records | peak RSS MiB |", "|---|---|---|---|---|---|"]
-    for key, name in (("log_processor", "log-processor"), ("peer", res["versions"].get("peer") or "peer")):
-        runs = res["e2e"][key]
-        if runs:
-            secs = [r["seconds"] for r in runs]
-            L.append(f"| {name} | {med(secs)} | {round(n / statistics.median(secs)):,} | "
-                     f"{', '.join(str(x) for x in secs)} | {med([r['cpu_s_per_million'] for r in runs])} | "
-                     f"{max(r['peak_rss_mib'] for r in runs)} |")
-    if "lp_speed_vs_peer" in s:
-        L += ["", f"log-processor / peer throughput ratio: **{s['lp_speed_vs_peer']}** (peer median time / log-processor median time)."]
-    L += ["", "## Ceilings (same records)", "", "| path | median s | records/s |", "|---|---|---|"]
-    for name, runs in res.get("ceilings", {}).items():
-        if runs:
-            secs = [r["seconds"] for r in runs]
-            L.append(f"| {res['ceiling_desc'][name]} | {med(secs)} | {round(n / statistics.median(secs)):,} |")
-    if "lp_fraction_of_slowest_ceiling" in s:
-        L += ["", f"log-processor end to end = **{s['lp_fraction_of_slowest_ceiling']}** of the slowest ceiling ({s['slowest_ceiling']})."]
+         f"commit `{res['git_commit'][:12]}`{' (tree not clean)' if res['git_dirty'] else ''}"
+         f"{', every phase' if res.get('single_commit', True) else ' (phases from several commits: see phase_commits)'}; "
+         f"{n:,} records (~{res['record_bytes_avg']} B JSON), 6 partitions; "
+         f"{res['runs']} alternating runs of each tuned configuration; {fmt(v.get('log_processor'))}, "
+         f"{fmt(v.get('peer'))}, PostgreSQL {fmt(v.get('postgresql'))}, OpenSearch {fmt(v.get('opensearch'))}, "
+         f"Kafka {fmt(v.get('kafka'))}, all on the same machine.", "",
+         f"**ratio_combined = {fmt(res.get('ratio_combined'))}** (log-processor at its best configuration / "
+         f"combined ceiling), **ratio_peer = {fmt(res.get('ratio_peer'))}** (log-processor best / tuned peer, records/s).", "",
+         "## Targets", "", "| target | measured | met |", "|---|---|---|"]
+    for t in s["targets"]:
+        L.append(f"| {t['target']} | {fmt(t['value'])} | {'-' if t['met'] is None else ('yes' if t['met'] else 'no')} |")
+    best, comb = s.get("log_processor_best"), (s.get("ceilings") or {}).get("combined")
+    if best and comb and comb.get("total_cpu_s_per_million"):
+        stores = round(sum(best["services_cpu_s_per_million"].values()), 1)
+        L += ["", f"Where the CPU goes: at the best configuration a record costs {best['total_cpu_s_per_million']} CPU s per 1M "
+              f"end to end, {best['cpu_s_per_million']} of them in log-processor and {stores} in Kafka, PostgreSQL and OpenSearch. "
+              f"Writing the same records with no Kafka and no daemon (combined ceiling) costs the stores "
+              f"{comb['total_cpu_s_per_million']} CPU s per 1M, so on {res['machine']['cores']} cores no pipeline that writes "
+              f"both stores exceeds about {fmt(comb['cpu_bound_records_per_s'])} records/s; log-processor's own share bounds "
+              f"what any change to it can gain."]
+    L += ["", "## End to end (until PostgreSQL and OpenSearch both hold every record)", "",
+          "CPU s per 1M records: the process (its whole life, exited children included) and each "
+          "service during the run (PostgreSQL's exited backends included); \"cores' limit\" is "
+          "cores x 1M / (all CPU per 1M records): the rate this CPU cost allows with nothing else running.", "",
+          "| | records | median s | records/s | runs (s) | CPU s / 1M: process | PostgreSQL | OpenSearch | Kafka | all | cores' limit rec/s | peak RSS MiB |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key, _, name in E2E:
+        x = s.get(key)
+        if not x:
+            continue
+        sv = x["services_cpu_s_per_million"]
+        L.append(f"| {name} | {x['records']:,} | {x['median_s']} | {x['records_per_s']:,} | "
+                 f"{', '.join(str(r['seconds']) for r in res['e2e'][key])} | {x['cpu_s_per_million']} | "
+                 f"{sv.get('postgresql')} | {sv.get('opensearch')} | {sv.get('kafka')} | {x['total_cpu_s_per_million']} | "
+                 f"{fmt(x['cpu_bound_records_per_s'])} | {x['peak_rss_mib']} |")
+    L += ["", f"Settings: {res['settings']['log_processor_best']}; {res['settings']['log_processor_defaults']}; "
+          f"{res['settings']['peer_tuned']}; {res['settings']['peer_defaults']}."]
+    c = s.get("ceilings") or {}
+    if c:
+        L += ["", "## Ceilings (the same records, no Kafka consumer and no daemon)", "",
+              "Best point of each sweep, re-run on every record. Loader core share: the loader's CPU "
+              "seconds over its wall seconds (far below 1: it waits on the stores, it is not the bottleneck).", "",
+              "| path | bulk | concurrency | median s | records/s | CPU s / 1M: PostgreSQL | OpenSearch | all | cores' limit rec/s | loader core share |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+        for name, x in c.items():
+            if not x:
+                continue
+            sv = x.get("services_cpu_s_per_million", {})
+            L.append(f"| {res['ceiling_desc'][name]} | {fmt(x['batch'])} | {fmt(x['concurrency'])} | {x['median_s']} | "
+                     f"{x['records_per_s']:,} | {fmt(sv.get('postgresql'))} | {fmt(sv.get('opensearch'))} | "
+                     f"{fmt(x.get('total_cpu_s_per_million'))} | {fmt(x.get('cpu_bound_records_per_s'))} | {fmt(x.get('loader_core_share'))} |")
+        if res.get("ceiling_sweeps"):
+            L += ["", f"Sweeps ({res['sweep_records']:,} records each point):", "",
+                  "| store | bulk | concurrency | records/s | loader core share |", "|---|---|---|---|---|"]
+            for mode, pts in res["ceiling_sweeps"].items():
+                for r in pts:
+                    L.append(f"| {mode} | {r['batch']} | {r['concurrency']} | {fmt(int(r['records_per_s']))} | {r['loader_core_share']} |")
+    if res.get("growth"):
+        L += ["", "## Growth (log-processor at defaults)", "",
+              "| partitions | record bytes | records | records/s | MiB/s | CPU s / 1M | all CPU s / 1M | peak RSS MiB |",
+              "|---|---|---|---|---|---|---|---|"]
+        for r in res["growth"]:
+            L.append(f"| {r['partitions']} | {r['record_bytes']} | {r['records']:,} | {r['records_per_s']:,} | "
+                     f"{r['mib_per_s']} | {r['cpu_s_per_million']} | {r['total_cpu_s_per_million']} | {r['peak_rss_mib']} |")
     if res.get("batch_sizes"):
         L += ["", "## Batch size (LP_BATCH_MAX_RECORDS)", "",
               "| batch | records measured | steady records/s | CPU s / 1M | SIGTERM to exit under load (ms) | exit |",
@@ -702,7 +845,7 @@ def markdown(res):
         for r in res["batch_sizes"]:
             L.append(f"| {r['batch_max_records']} | {r['records_measured']:,} | {r['steady_records_per_s']:,} | "
                      f"{r['cpu_s_per_million']} | {r['sigterm_to_exit_ms']} | {r['exit_code']} |")
-        L += ["", "Plot: `docs/batch-size.png`." if res["label"] != "smoke" else "Plot: `bench/work/batch-size-smoke.png`."]
+        L += ["", "Plot: `docs/batch-size.png`." if res["label"] == "full" else "Plot: `bench/work/batch-size.png`."]
     if res.get("crash"):
         L += ["", "## Crash cost (SIGKILL and restart)", "",
               "| | records | kills | seconds | PG rows | OS docs | lost (in neither) | missing PG | missing OS | duplicates PG | duplicates OS |",
@@ -715,107 +858,194 @@ def markdown(res):
     return "\n".join(L) + "\n"
 
 
+def git(*args):
+    return subprocess.run(["git", "-C", ROOT, *args], capture_output=True, text=True).stdout.strip()
+
+
+# Files the benchmark itself writes; a change to them during the run is not a change to the code.
+OUTPUTS = ("bench/results/", "docs/batch-size.png", "README.md")
+
+
+def code_state():
+    dirty = [l for l in git("status", "--porcelain", "--untracked-files=all").splitlines()]
+    return git("rev-parse", "HEAD"), dirty
+
+
+def readme_update(md):
+    """Puts latest.md (headings one level down) between the README's bench markers."""
+    path = os.path.join(ROOT, "README.md")
+    with open(path) as f:
+        text = f.read()
+    begin, end = "<!-- bench:begin (generated by bench/bench.py from bench/results/latest.md) -->", "<!-- bench:end -->"
+    if begin not in text or end not in text:
+        raise RuntimeError("README.md has no bench markers")
+    body = "\n".join(("##" + l if l.startswith("#") else l) for l in md.splitlines()[1:]).strip()
+    head, rest = text.split(begin, 1)
+    text = head + begin + "\n" + body + "\n" + end + rest.split(end, 1)[1]
+    with open(path, "w") as f:
+        f.write(text)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--records", type=int)
-    ap.add_argument("--runs", type=int)
-    ap.add_argument("--phases", default="e2e,ceilings,batch,crash")
+    ap.add_argument("--runs", type=int, help="runs of log-processor best and the tuned peer")
+    ap.add_argument("--default-runs", type=int, default=1, help="runs of each at defaults")
+    ap.add_argument("--peer-default-records", type=int, help="records the peer at defaults moves (default: records/100)")
+    ap.add_argument("--sweep-records", type=int, help="records per ceiling sweep point (default: min(records, 200000))")
+    ap.add_argument("--growth-records", type=int, help="records per growth point (default 100000, fewer for big records)")
+    ap.add_argument("--phases", default="e2e,ceilings,batch,growth,crash")
     ap.add_argument("--crash-records", type=int)
     ap.add_argument("--batch-records", type=int)
     ap.add_argument("--label")
+    ap.add_argument("--lp-binary", help="log-processor binary to measure (default target/release/log-processor), "
+                    "e.g. a build of another commit for a before/after comparison of one phase")
     ap.add_argument("--merge", action="store_true",
-                    help="keep the phases not run from the existing results file")
+                    help="keep the phases not run from the existing results file (their commit is recorded)")
     a = ap.parse_args()
     n = a.records or (20_000 if a.smoke else 1_000_000)
     runs = a.runs or (1 if a.smoke else 3)
     crash_n = a.crash_records or n
     batch_k = a.batch_records or (20_000 if a.smoke else 200_000)  # /25 for size 1, /5 for size 10
+    sweep_n = a.sweep_records or min(n, 200_000)
+    growth_n = a.growth_records or (10_000 if a.smoke else 100_000)
+    peer_default_n = a.peer_default_records or max(1, n // 100)
     phases = a.phases.split(",")
+    if a.lp_binary:
+        global LP
+        LP = os.path.abspath(a.lp_binary)
     os.makedirs(WORK, exist_ok=True)
+    SERVICE_PIDS.update(service_pids())
     stamp = datetime.datetime.now().strftime("%m%d%H%M%S")
     topic = f"bench_{stamp}"
-    res = {"label": a.label or ("smoke" if a.smoke else ("full" if n == 1_000_000 and runs >= 3 else "reduced")),
+    label = a.label or ("smoke" if a.smoke else ("full" if n == 1_000_000 and runs >= 3 else "reduced"))
+    commit, dirty = code_state()
+    res = {"label": label,
            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "machine": machine(), "versions": versions(),
-           "git_commit": subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True,
-                                        text=True).stdout.strip(),
-           "git_dirty": bool(subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "src"],
-                                            capture_output=True, text=True).stdout.strip()),
-           "records": n, "runs": runs, "topic": topic, "partitions": 6,
-           "settings": {"log_processor": "defaults: LP_BATCH_MAX_RECORDS=1000, LP_BATCH_LINGER_MS=200, LP_WORKERS=4, LP_WORKER_QUEUE=2",
-                        "peer": "kafka_franz batching count=1000 period=200ms, pipeline threads=2, fan_out to sql_insert (max_in_flight 4) and opensearch (max_in_flight 4)"},
-           "e2e": {"log_processor": [], "peer": []}, "ceilings": {}, "batch_sizes": [], "crash": {},
+           "git_commit": commit, "git_dirty": bool(dirty), "git_status": dirty,
+           "lp_binary": os.path.relpath(LP, ROOT),
+           "phase_commits": {},
+           "records": n, "runs": runs, "default_runs": a.default_runs, "topic": topic, "partitions": 6,
+           "sweep_records": sweep_n,
+           "settings": {"log_processor_best": "log-processor best: " + ", ".join(f"{k}={v}" for k, v in LP_BEST.items()) + ", the rest at defaults",
+                        "log_processor_defaults": "log-processor defaults (LP_BATCH_MAX_RECORDS=1000, LP_BATCH_LINGER_MS=200, LP_WORKERS=4, LP_WORKER_QUEUE=2, LP_MEMORY_BUDGET_MB=128)",
+                        "peer_tuned": "peer tuned (bench/peer/config.yaml.tmpl): " + ", ".join(f"{k}={v}" for k, v in PEER_TUNED.items()),
+                        "peer_defaults": f"peer at defaults (bench/peer/config-defaults.yaml.tmpl, {peer_default_n:,} records)"},
+           "e2e": {key: [] for key, _, _ in E2E}, "ceilings": {}, "ceiling_sweeps": {}, "batch_sizes": [],
+           "growth": [], "crash": {},
            "ceiling_desc": {"kafka_consume": "Kafka: kcat -C -e to /dev/null",
-                            "pg_copy": "PostgreSQL: psql \\copy into a log_records-like table (PK + ts index)",
-                            "es_bulk": "OpenSearch: _bulk of the same documents, 1000 per request, 4 senders"},
+                            "pg": "PostgreSQL: COPY into a log_records-like table (PK + ts index)",
+                            "es": "OpenSearch: _bulk of the same documents",
+                            "combined": "Both at once: each chunk COPYed and bulk-indexed concurrently"},
            "notes": [
                "Peer: Benthos v4.27.0 (github.com/benthosdev/benthos/v4, the code base Redpanda Connect continues) built from bench/peer; the Go module proxy here refuses the github.com/redpanda-data/connect/v4 sources (403 on the module zip) and this machine's package list marks that module not to use (licence); github.com/redpanda-data/benthos/v4 is served but is only the engine, without the Kafka, SQL and OpenSearch components.",
                "Peer crash runs use the sarama `kafka` input with a 6 s session timeout instead of kafka_franz (no session timeout setting in this release; 45 s franz-go default would stall each restart); log-processor crash runs use LP_SESSION_TIMEOUT_MS=6000.",
                "End-to-end time runs from process start (includes the group join) until counts in PostgreSQL (count(*)) and OpenSearch (_count, refreshed every 1 s) both reach the record count, polled every 0.5 s.",
+               "CPU: processes started by the benchmark are reaped with wait4(), whose rusage covers them and every child they reaped; the services' CPU is that of their process trees (tests/infra's pids) with each live process's cutime+cstime, so PostgreSQL backends that exited during a run count.",
+               "Ceilings: examples/ceiling_loader.rs encodes every row and document before its clock starts, then COPYs and/or _bulk-indexes chunks with N in flight; each store's sweep picks the best point, re-run on every record.",
+               "Before any phase, the loader writes 100,000 records (or all, if fewer) to both stores twice, unmeasured: fresh JVMs spend their first minutes compiling hot paths.",
                "Batch sweep: steady-state rate between the first stored records and the measured count; then SIGTERM with the rest of the topic still unread (under load). Fewer records for sizes 1 and 10 (see records_measured).",
                "Duplicates are counted as rows/documents beyond one per (partition, offset); both systems key rows (primary key) and documents (_id) by topic-partition-offset, so replays after a kill overwrite or skip.",
            ]}
+    out_dir = os.path.join(ROOT, "bench", "results")
+    os.makedirs(out_dir, exist_ok=True)
+    suffix = {"full": "", "smoke": "-smoke"}.get(label, "-" + label)
+
+    if a.merge:
+        with open(os.path.join(out_dir, f"latest{suffix}.json")) as f:
+            old = json.load(f)
+        kept = [p for p in ("e2e", "ceilings", "batch", "growth", "crash") if p not in phases]
+        for p in kept:
+            for key in {"batch": ["batch_sizes"], "ceilings": ["ceilings", "ceiling_sweeps"]}.get(p, [p]):
+                res[key] = old.get(key, res[key])
+            res["phase_commits"][p] = old.get("phase_commits", {}).get(p, old["git_commit"])
+        res["crash_topic"] = old.get("crash_topic")
+        res["label"] = old["label"]
+
+    def phase(name):
+        now, d = code_state()
+        code_dirty = [l for l in d if not any(l[3:].startswith(o) for o in OUTPUTS)]
+        start_dirty = [l for l in dirty if not any(l[3:].startswith(o) for o in OUTPUTS)]
+        if now != commit or code_dirty != start_dirty:
+            raise RuntimeError(f"the code changed during the run (HEAD {now[:7]}, started at {commit[:7]})")
+        if name != "warm-up":
+            res["phase_commits"][name] = commit
+        log(f"phase {name}")
+
+    def save():
+        res["summary"] = summarize(res)
+        comb = res["summary"]["ceilings"].get("combined") or {}
+        best = res["summary"].get("log_processor_best") or {}
+        tuned = res["summary"].get("peer_tuned") or {}
+        res["ratio_combined"] = ratio(best.get("records_per_s"), comb.get("records_per_s"))
+        res["ratio_peer"] = ratio(best.get("records_per_s"), tuned.get("records_per_s"))
+        res["single_commit"] = len(set(res["phase_commits"].values())) <= 1
+        with open(os.path.join(out_dir, f"latest{suffix}.json"), "w") as f:
+            json.dump(res, f, indent=2)
+        with open(os.path.join(out_dir, f"latest{suffix}.md"), "w") as f:
+            f.write(markdown(res))
+
+    t_start = time.monotonic()
     log(f"loadgen {n} records to {topic}")
     res["loadgen_seconds"] = loadgen(topic, n)
     dump = os.path.join(WORK, f"dump_{topic}.tsv")
     dump_topic(topic, n, dump)
     with open(dump, "rb") as f:
         res["record_bytes_avg"] = round(sum(len(line.split(b"\t", 4)[4]) - 1 for line in f) / n)
-    out_dir = os.path.join(ROOT, "bench", "results")
-    os.makedirs(out_dir, exist_ok=True)
-    suffix = "-smoke" if a.smoke else ""
-
-    if a.merge:
-        with open(os.path.join(out_dir, f"latest{suffix}.json")) as f:
-            old = json.load(f)
-        kept = [p for p in ("e2e", "ceilings", "batch", "crash") if p not in phases]
-        for p in kept:
-            key = {"batch": "batch_sizes"}.get(p, p)
-            res[key] = old[key]
-        res["crash_topic"] = old.get("crash_topic")
-        res["label"] = old["label"]
-        res["notes"].append(f"Phases {', '.join(kept)} are from the run started {old['started']} at commit "
-                            f"{old['git_commit'][:7]}; phases {', '.join(phases)} from the run started "
-                            f"{res['started']} at commit {res['git_commit'][:7]}.")
-
-    def save():
-        res["summary"] = summarize(res)
-        with open(os.path.join(out_dir, f"latest{suffix}.json"), "w") as f:
-            json.dump(res, f, indent=2)
-        with open(os.path.join(out_dir, f"latest{suffix}.md"), "w") as f:
-            f.write(markdown(res))
-
     try:
+        # Fresh JVMs (OpenSearch, Kafka) spend minutes compiling their hot paths: the first
+        # bulk requests cost several times the CPU of later ones. Warm every store up first.
+        phase("warm-up")
+        warm = head_dump(dump, min(n, 100_000), os.path.join(WORK, f"warm_{topic}.tsv"))
+        for i in range(2):
+            r = ceiling_load("both", f"bwarm{i}_{stamp}", warm, topic, min(n, 100_000), 1000, 4)
+            log(f"warm-up {i + 1}/2: {r['records_per_s']} rec/s, {r['total_cpu_s_per_million']} CPU s / 1M")
+        os.remove(warm)
         if "e2e" in phases:
-            for i in range(runs):
-                for kind, key in (("lp", "log_processor"), ("peer", "peer")):
-                    ident = f"b{kind}{i}_{stamp}"
-                    log(f"e2e {key} run {i + 1}/{runs}")
+            phase("e2e")
+            order = [("lp_best", "log_processor_best", n), ("peer", "peer_tuned", n)]
+            plan = [order] * runs
+            for i in range(a.default_runs):
+                plan[i % len(plan)] = plan[i % len(plan)] + [("lp", "log_processor_defaults", n),
+                                                              ("peer_defaults", "peer_defaults", peer_default_n)]
+            for i, step in enumerate(plan):
+                for kind, key, k in step:
+                    ident = f"b{kind.replace('_', '')}{i}_{stamp}"
+                    log(f"e2e {key} run {i + 1}: {k} records")
                     try:
-                        r = e2e_run(kind, ident, topic, n)
+                        r = e2e_run(kind, ident, topic, k)
                     finally:
-                        cleanup(ident, ident.replace("_", "-"),
-                                lp_template_name(ident) if kind == "lp" else "bench-" + ident.replace("_", "-"))
+                        cleanup(ident, ident.replace("_", "-"), template_of(kind, ident))
                     log(f"  {r['seconds']} s, {r['records_per_s']} rec/s, cpu {r['cpu_s']} s, rss {r['peak_rss_mib']} MiB")
                     res["e2e"][key].append(r)
                     save()
         if "ceilings" in phases:
-            tsv = os.path.join(WORK, f"copy_{topic}.tsv")
-            bulkdir = os.path.join(WORK, f"bulk_{topic}")
-            log("building ceiling inputs")
-            build_ceiling_inputs(topic, dump, tsv, bulkdir)
-            res["ceilings"] = {"kafka_consume": [], "pg_copy": [], "es_bulk": []}
-            for i in range(runs):
-                log(f"ceilings run {i + 1}/{runs}")
-                res["ceilings"]["kafka_consume"].append(ceiling_kafka(topic, n))
-                res["ceilings"]["pg_copy"].append(ceiling_pg(f"bcopy{i}_{stamp}", tsv, n))
-                res["ceilings"]["es_bulk"].append(ceiling_es(f"bbulk{i}_{stamp}", bulkdir, n))
-                log("  " + ", ".join(f"{k} {v[-1]['records_per_s']}/s" for k, v in res["ceilings"].items()))
+            phase("ceilings")
+            res["ceilings"] = {"kafka_consume": [], "pg": [], "es": [], "combined": []}
+            sweep_dump = head_dump(dump, sweep_n, os.path.join(WORK, f"sweep_{topic}.tsv"))
+            best = {}
+            for mode, name in (("pg", "pg"), ("es", "es"), ("both", "combined")):
+                pts = []
+                for b, cc in CEILING_GRID[mode]:
+                    ident = f"bceil{mode}{b}x{cc}_{stamp}"
+                    r = ceiling_load(mode, ident, sweep_dump, topic, sweep_n, b, cc)
+                    log(f"ceiling sweep {mode} bulk {b} x {cc}: {r['records_per_s']} rec/s, loader core share {r['loader_core_share']}")
+                    pts.append(r)
+                res["ceiling_sweeps"][name] = pts
+                best[name] = max(pts, key=lambda r: r["records_per_s"])
                 save()
-            os.remove(tsv)
-            shutil.rmtree(bulkdir)
+            os.remove(sweep_dump)
+            for i in range(runs):
+                res["ceilings"]["kafka_consume"].append(ceiling_kafka(topic, n))
+                for mode, name in (("pg", "pg"), ("es", "es"), ("both", "combined")):
+                    b, cc = best[name]["batch"], best[name]["concurrency"]
+                    res["ceilings"][name].append(ceiling_load(mode, f"bceil{mode}{i}_{stamp}", dump, topic, n, b, cc))
+                log(f"ceilings run {i + 1}/{runs}: " + ", ".join(f"{k} {v[-1]['records_per_s']}/s" for k, v in res["ceilings"].items()))
+                save()
         if "batch" in phases:
+            phase("batch")
             for b in (1, 10, 100, 1000, 5000):
                 k = min(n, {1: batch_k // 25, 10: batch_k // 5}.get(b, batch_k))
                 ident = f"bbatch{b}_{stamp}"
@@ -827,9 +1057,31 @@ def main():
                 log(f"  {r['steady_records_per_s']} rec/s, SIGTERM->exit {r['sigterm_to_exit_ms']} ms")
                 res["batch_sizes"].append(r)
                 save()
-            plot(res["batch_sizes"], os.path.join(WORK, "batch-size-smoke.png") if a.smoke
-                 else os.path.join(ROOT, "docs", "batch-size.png"))
+            plot(res["batch_sizes"], os.path.join(ROOT, "docs", "batch-size.png") if label == "full"
+                 else os.path.join(WORK, "batch-size.png"))
+        if "growth" in phases:
+            phase("growth")
+            points = [(p, 0) for p in (1, 6, 24, 96)] + [(6, b) for b in (200, 2048, 20480)]
+            for parts, size in points:
+                k = min(growth_n, (400 << 20) // max(size, 400)) if size else growth_n
+                gtopic = f"bench_g{parts}p{size}b_{stamp}"
+                loadgen(gtopic, k, parts, size)
+                ident = f"bgrow{parts}p{size}b_{stamp}"
+                log(f"growth: {parts} partitions, {size or 'natural'} B, {k} records")
+                try:
+                    r = e2e_run("lp", ident, gtopic, k)
+                finally:
+                    cleanup(ident, ident.replace("_", "-"), lp_template_name(ident))
+                avg = size or res["record_bytes_avg"]
+                row = {"partitions": parts, "record_bytes": avg, "records": k, "topic": gtopic,
+                       "records_per_s": r["records_per_s"], "mib_per_s": round(r["records_per_s"] * avg / 2**20, 2),
+                       "cpu_s_per_million": r["cpu_s_per_million"], "total_cpu_s_per_million": r["total_cpu_s_per_million"],
+                       "services_cpu_s_per_million": r["services_cpu_s_per_million"], "peak_rss_mib": r["peak_rss_mib"]}
+                log(f"  {row['records_per_s']} rec/s, {row['mib_per_s']} MiB/s, rss {row['peak_rss_mib']} MiB")
+                res["growth"].append(row)
+                save()
         if "crash" in phases:
+            phase("crash")
             ctopic = f"bench_crash_{stamp}"
             loadgen(ctopic, crash_n)
             cdump = os.path.join(WORK, f"dump_{ctopic}.tsv")
@@ -842,18 +1094,22 @@ def main():
                 try:
                     r = crash_run(kind, ident, ctopic, crash_n, expected)
                 finally:
-                    cleanup(ident, ident.replace("_", "-"),
-                            lp_template_name(ident) if kind == "lp" else "bench-" + ident.replace("_", "-"))
+                    cleanup(ident, ident.replace("_", "-"), template_of(kind, ident))
                 log(f"  {r}")
                 res["crash"][key] = r
                 save()
             res["crash_topic"] = ctopic
     finally:
         res["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        res["wall_seconds"] = round(time.monotonic() - t_start)
         save()
         if os.path.exists(dump):
             os.remove(dump)
-    print(markdown(res))
+    md = markdown(res)
+    if label == "full":
+        readme_update(md)
+    print(md)
+    log(f"done in {res['wall_seconds']} s")
 
 
 if __name__ == "__main__":

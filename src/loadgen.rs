@@ -33,6 +33,10 @@ pub struct LoadgenArgs {
     /// First sequence number (to append to a topic without repeating content).
     #[arg(long, default_value_t = 0)]
     pub start_seq: u64,
+    /// Size of each well-formed record in bytes (0: the natural 350-450). Smaller ones keep only
+    /// the recognised fields and `seq`; larger ones carry a `pad` field.
+    #[arg(long, default_value_t = 0)]
+    pub record_bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +128,33 @@ pub fn record(seq: u64) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Record `seq` resized to `bytes` (never below the size of its recognised fields).
+pub fn sized_record(seq: u64, bytes: usize) -> Vec<u8> {
+    let full = record(seq);
+    if bytes == 0 {
+        return full;
+    }
+    let mut v: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&full).expect("loadgen records are JSON objects");
+    if bytes < full.len() {
+        v.retain(|k, _| {
+            matches!(
+                k.as_str(),
+                "timestamp" | "level" | "service" | "message" | "seq"
+            )
+        });
+    }
+    let base = serde_json::to_vec(&v)
+        .expect("serialising JSON to memory cannot fail")
+        .len();
+    let overhead = r#","pad":"""#.len();
+    v.insert(
+        "pad".into(),
+        "x".repeat(bytes.saturating_sub(base + overhead)).into(),
+    );
+    serde_json::to_vec(&v).expect("serialising JSON to memory cannot fail")
+}
+
 /// A malformed record of one of several kinds, chosen by the sequence number.
 pub fn malformed(seq: u64) -> Vec<u8> {
     match mix(seq, 99) % 6 {
@@ -143,8 +174,18 @@ pub fn is_malformed(seq: u64, ratio: f64) -> bool {
 
 /// Record `seq` as produced under `ratio`: its payload and whether it is malformed.
 pub fn payload(seq: u64, ratio: f64) -> (Vec<u8>, bool) {
+    sized_payload(seq, ratio, 0)
+}
+
+/// As [`payload`], well-formed records resized by [`sized_record`].
+pub fn sized_payload(seq: u64, ratio: f64, bytes: usize) -> (Vec<u8>, bool) {
     let bad = is_malformed(seq, ratio);
-    (if bad { malformed(seq) } else { record(seq) }, bad)
+    let p = if bad {
+        malformed(seq)
+    } else {
+        sized_record(seq, bytes)
+    };
+    (p, bad)
 }
 
 /// Queues one record, polling while the producer's queue is full.
@@ -195,7 +236,7 @@ fn produce(args: &LoadgenArgs) -> Result<(), LoadgenError> {
     let mut malformed_count = 0u64;
     for i in 0..args.count {
         let seq = args.start_seq + i;
-        let (payload, bad) = payload(seq, args.malformed_ratio);
+        let (payload, bad) = sized_payload(seq, args.malformed_ratio, args.record_bytes);
         malformed_count += u64::from(bad);
         let key = format!("k{}", seq % 1000);
         send(
@@ -256,6 +297,15 @@ mod tests {
             assert!((300..=520).contains(&good.len()), "{} bytes", good.len());
             assert!(decode(&raw(good), 1 << 20, &Redactor::default()).is_ok());
             assert!(decode(&raw(malformed(seq)), 1 << 20, &Redactor::default()).is_err());
+            for bytes in [200, 2048, 20_480] {
+                let sized = sized_record(seq, bytes);
+                assert!(
+                    sized.len().abs_diff(bytes) <= 2,
+                    "{} for {bytes}",
+                    sized.len()
+                );
+                assert!(decode(&raw(sized), 1 << 20, &Redactor::default()).is_ok());
+            }
         }
         let share = (0..100_000).filter(|&s| is_malformed(s, 0.01)).count();
         assert!((800..1200).contains(&share), "{share}");
