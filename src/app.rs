@@ -22,9 +22,9 @@ use crate::notify;
 use crate::redact::Redactor;
 use crate::shutdown::{AbortReason, Shutdown};
 use crate::sink::SinkError;
-use crate::sink::elastic::{ElasticSink, EsAuth, EsSettings, EsTls};
-use crate::sink::postgres::{PgSettings, PgSink};
-use crate::sink::retry::{Backoff, retry};
+use crate::sink::postgres::PgSink;
+use crate::sink::retry::retry;
+use crate::stores;
 use crate::worker::{Worker, WorkerContext};
 
 /// How the daemon ended. The numbers are the process exit codes documented in the README.
@@ -76,53 +76,10 @@ impl OffsetStore for GroupOffsets {
     }
 }
 
-fn backoff(s: &Settings) -> Backoff {
-    Backoff {
-        initial: Duration::from_millis(s.retry_initial_ms),
-        max: Duration::from_millis(s.retry_max_ms),
-    }
-}
-
-fn pg_sink(s: &Settings) -> Result<PgSink, SinkError> {
-    PgSink::new(&PgSettings {
-        url: s.pg_url_with_tls(),
-        schema: s.pg_schema.clone(),
-        pool_size: s.pg_pool_size(),
-        connect_timeout: Duration::from_millis(s.pg_connect_timeout_ms),
-        statement_timeout: Duration::from_millis(s.pg_statement_timeout_ms),
-    })
-}
-
-fn es_tls(s: &Settings) -> EsTls {
-    let sec = &s.security;
-    EsTls {
-        ca_file: sec.es_ca_file.clone(),
-        skip_verify: sec.es_insecure_skip_verify,
-        client_cert: sec
-            .es_client_cert_file
-            .clone()
-            .zip(sec.es_client_key_file.clone()),
-    }
-}
-
-fn es_auth(s: &Settings) -> EsAuth {
-    let sec = &s.security;
-    match (&sec.es_api_key, &sec.es_username) {
-        (Some(key), _) => EsAuth::ApiKey(key.clone()),
-        (None, Some(user)) => EsAuth::Basic(
-            user.clone(),
-            sec.es_password
-                .clone()
-                .unwrap_or_else(|| String::new().into()),
-        ),
-        (None, None) => EsAuth::FromUrl,
-    }
-}
-
 /// `log-processor migrate`: applies the schema and exits.
 pub async fn migrate(settings: &Settings) -> Result<(), AppError> {
     settings.validate()?;
-    let pg = pg_sink(settings)?;
+    let pg = stores::postgres(settings, settings.pg_pool_size())?;
     pg.migrate().await?;
     pg.close().await;
     Ok(())
@@ -159,20 +116,12 @@ pub async fn run(
     let _stop_http = http_stop.drop_guard();
 
     // Start-up: a signal here ends the daemon at once; stores that are down are waited for.
-    let pg = pg_sink(&settings)?;
-    let es = ElasticSink::new(EsSettings {
-        url: settings.elasticsearch_url.clone(),
-        index_pattern: settings.es_index.clone(),
-        bulk_max_bytes: settings.es_bulk_max_bytes,
-        timeout: Duration::from_millis(settings.es_timeout_ms),
-        backoff: backoff(&settings),
-        tls: es_tls(&settings),
-        auth: es_auth(&settings),
-    })?;
+    let pg = stores::postgres(&settings, settings.pg_pool_size())?;
+    let es = stores::elasticsearch(&settings)?;
     let startup = async {
         retry(
             "postgresql migration",
-            backoff(&settings),
+            stores::backoff(&settings),
             &shutdown.drain,
             || {},
             || pg.prepare(settings.migrate),
@@ -180,7 +129,7 @@ pub async fn run(
         .await?;
         retry(
             "elasticsearch index template",
-            backoff(&settings),
+            stores::backoff(&settings),
             &shutdown.drain,
             || {},
             || es.ensure_template(),
@@ -229,7 +178,7 @@ pub async fn run(
         dead_letters: DeadLetterPolicy::new(redactor.clone(), dead_letter_key),
         redactor,
         max_record_bytes: settings.max_record_bytes,
-        backoff: backoff(&settings),
+        backoff: stores::backoff(&settings),
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
     });

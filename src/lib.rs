@@ -18,5 +18,6 @@ pub mod notify;
 pub mod redact;
 pub mod shutdown;
 pub mod sink;
+pub mod stores;
 pub mod watermark;
 pub mod worker;

@@ -1656,13 +1656,22 @@ fn kustomization_lists_the_manifests_and_builds() {
 
     // The overlay that reads every secret from the mounted Secret instead.
     let out = kustomize_build(&repo("deploy/k8s-secured"));
-    assert!(!out.contains("secretKeyRef"), "secrets only as files:\n{out}");
-    for needed in ["LP_DATABASE_URL_FILE", "secretName: log-processor-credentials"] {
+    assert!(
+        !out.contains("secretKeyRef"),
+        "secrets only as files:\n{out}"
+    );
+    for needed in [
+        "LP_DATABASE_URL_FILE",
+        "secretName: log-processor-credentials",
+    ] {
         assert!(out.contains(needed), "deploy/k8s-secured lacks {needed}");
     }
     let (code, report) = manifestcheck(&out, &[]);
     println!("{report}");
-    assert_eq!(code, 0, "manifestcheck on `kustomize build deploy/k8s-secured`:\n{report}");
+    assert_eq!(
+        code, 0,
+        "manifestcheck on `kustomize build deploy/k8s-secured`:\n{report}"
+    );
     assert!(report.contains("4 objects checked, 0 failures"), "{report}");
 }
 

@@ -6,16 +6,14 @@ pub mod dead_letters;
 pub mod replay;
 pub mod status;
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use clap::Args;
 
 use crate::config::{ConfigError, Settings};
 use crate::sink::SinkError;
-use crate::sink::elastic::{ElasticSink, EsSettings};
-use crate::sink::postgres::{DeadLetterFilter, PgSettings, PgSink};
-use crate::sink::retry::Backoff;
+use crate::sink::elastic::ElasticSink;
+use crate::sink::postgres::{DeadLetterFilter, PgSink};
+use crate::stores;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -29,27 +27,12 @@ pub enum AdminError {
 
 /// The PostgreSQL store as the daemon configures it, with one connection.
 pub fn pg(s: &Settings) -> Result<PgSink, AdminError> {
-    Ok(PgSink::new(&PgSettings {
-        url: s.database_url.clone(),
-        schema: s.pg_schema.clone(),
-        pool_size: 1,
-        connect_timeout: Duration::from_millis(s.pg_connect_timeout_ms),
-        statement_timeout: Duration::from_millis(s.pg_statement_timeout_ms),
-    })?)
+    Ok(stores::postgres(s, 1)?)
 }
 
 /// The search store as the daemon configures it.
 pub fn es(s: &Settings) -> Result<ElasticSink, AdminError> {
-    Ok(ElasticSink::new(EsSettings {
-        url: s.elasticsearch_url.clone(),
-        index_pattern: s.es_index.clone(),
-        bulk_max_bytes: s.es_bulk_max_bytes,
-        timeout: Duration::from_millis(s.es_timeout_ms),
-        backoff: Backoff {
-            initial: Duration::from_millis(s.retry_initial_ms),
-            max: Duration::from_millis(s.retry_max_ms),
-        },
-    })?)
+    Ok(stores::elasticsearch(s)?)
 }
 
 /// Which dead letters `list` and `replay` select.

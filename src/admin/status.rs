@@ -68,9 +68,12 @@ pub async fn status(settings: &Settings) -> Result<Status, AdminError> {
         settings.group_id.clone(),
         topics.clone(),
     );
-    let kafka = tokio::task::spawn_blocking(move || kafka_offsets(&brokers, &group, &t))
-        .await
-        .map_err(|e| AdminError::Kafka(e.to_string()))??;
+    // The daemon's own TLS/SASL properties, so `status` reaches a secured cluster too.
+    let properties = settings.security.kafka_properties()?;
+    let kafka =
+        tokio::task::spawn_blocking(move || kafka_offsets(&brokers, &group, &t, &properties))
+            .await
+            .map_err(|e| AdminError::Kafka(e.to_string()))??;
     let pg = super::pg(settings)?;
     let watermarks = pg.watermarks(&settings.group_id, &topics).await?;
     let dead = pg.dead_letter_counts(&topics).await?;
@@ -137,16 +140,20 @@ fn kafka_offsets(
     brokers: &str,
     group: &str,
     topics: &[String],
+    properties: &[(String, String)],
 ) -> Result<BTreeMap<TopicPartition, KafkaPartition>, AdminError> {
     let err = |what: &str, e: rdkafka::error::KafkaError| AdminError::Kafka(format!("{what}: {e}"));
     // A member that never subscribes: it only asks the group coordinator for committed offsets.
-    let consumer: BaseConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
-        .set("client.id", "log-processor-status")
-        .create()
-        .map_err(|e| err("creating a client", e))?;
+        .set("client.id", "log-processor-status");
+    for (key, value) in properties {
+        config.set(key, value);
+    }
+    let consumer: BaseConsumer = config.create().map_err(|e| err("creating a client", e))?;
     let mut out = BTreeMap::new();
     let mut list = TopicPartitionList::new();
     for topic in topics {

@@ -1,0 +1,67 @@
+//! How each store is configured from `Settings`: one place, used by the daemon (`app`) and by
+//! the operator commands (`admin`), so both reach the stores with the same URL, TLS and
+//! credentials.
+
+use std::time::Duration;
+
+use crate::config::Settings;
+use crate::sink::SinkError;
+use crate::sink::elastic::{ElasticSink, EsAuth, EsSettings, EsTls};
+use crate::sink::postgres::{PgSettings, PgSink};
+use crate::sink::retry::Backoff;
+
+pub fn backoff(s: &Settings) -> Backoff {
+    Backoff {
+        initial: Duration::from_millis(s.retry_initial_ms),
+        max: Duration::from_millis(s.retry_max_ms),
+    }
+}
+
+/// The PostgreSQL store with `pool_size` connections.
+pub fn postgres(s: &Settings, pool_size: u32) -> Result<PgSink, SinkError> {
+    PgSink::new(&PgSettings {
+        url: s.pg_url_with_tls(),
+        schema: s.pg_schema.clone(),
+        pool_size,
+        connect_timeout: Duration::from_millis(s.pg_connect_timeout_ms),
+        statement_timeout: Duration::from_millis(s.pg_statement_timeout_ms),
+    })
+}
+
+pub fn elasticsearch(s: &Settings) -> Result<ElasticSink, SinkError> {
+    ElasticSink::new(EsSettings {
+        url: s.elasticsearch_url.clone(),
+        index_pattern: s.es_index.clone(),
+        bulk_max_bytes: s.es_bulk_max_bytes,
+        timeout: Duration::from_millis(s.es_timeout_ms),
+        backoff: backoff(s),
+        tls: es_tls(s),
+        auth: es_auth(s),
+    })
+}
+
+fn es_tls(s: &Settings) -> EsTls {
+    let sec = &s.security;
+    EsTls {
+        ca_file: sec.es_ca_file.clone(),
+        skip_verify: sec.es_insecure_skip_verify,
+        client_cert: sec
+            .es_client_cert_file
+            .clone()
+            .zip(sec.es_client_key_file.clone()),
+    }
+}
+
+fn es_auth(s: &Settings) -> EsAuth {
+    let sec = &s.security;
+    match (&sec.es_api_key, &sec.es_username) {
+        (Some(key), _) => EsAuth::ApiKey(key.clone()),
+        (None, Some(user)) => EsAuth::Basic(
+            user.clone(),
+            sec.es_password
+                .clone()
+                .unwrap_or_else(|| String::new().into()),
+        ),
+        (None, None) => EsAuth::FromUrl,
+    }
+}
