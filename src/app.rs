@@ -138,6 +138,8 @@ pub async fn run(
         url: settings.elasticsearch_url.clone(),
         index_pattern: settings.es_index.clone(),
         bulk_max_bytes: settings.es_bulk_max_bytes,
+        data_stream: settings.es_data_stream,
+        template_priority: settings.es_template_priority,
         timeout: Duration::from_millis(settings.es_timeout_ms),
         backoff: backoff(&settings),
     })?;
@@ -150,6 +152,21 @@ pub async fn run(
             || pg.prepare(settings.migrate),
         )
         .await?;
+        let store = retry(
+            "elasticsearch version detection",
+            backoff(&settings),
+            &shutdown.drain,
+            || {},
+            || es.detect(),
+        )
+        .await?;
+        store
+            .check_supported()
+            .map_err(|message| SinkError::Permanent {
+                store: "elasticsearch",
+                message,
+            })?;
+        tracing::info!(search_store = %store, data_stream = settings.es_data_stream, "search store detected");
         retry(
             "elasticsearch index template",
             backoff(&settings),
@@ -168,17 +185,7 @@ pub async fn run(
         }
         Err(e) => return Err(e.into()),
     }
-    tokio::select! {
-        v = es.version() => {
-            if let Ok(v) = v {
-                tracing::info!(elasticsearch = %v, "stores ready");
-            }
-        }
-        _ = shutdown.drain.cancelled() => {
-            shutdown.phase("exit during start-up");
-            return Ok(Exit::Clean);
-        }
-    }
+    tracing::info!("stores ready");
 
     let redactor = Redactor::new(
         settings.redact_drop.clone(),

@@ -121,6 +121,9 @@ impl ElasticSink {
         cancel: &CancellationToken,
         mut on_retry: impl FnMut(&str),
     ) -> Result<(), SinkError> {
+        if self.settings.data_stream {
+            return self.delete_in_streams(tp, records, cancel, on_retry).await;
+        }
         let mut body = Vec::new();
         for r in records {
             let action = json!({ "delete": { "_index": self.index_name(r), "_id": document_id(tp, r.offset) } });
@@ -185,8 +188,18 @@ impl ElasticSink {
                         (Some(t), Some(r)) => format!("{t}: {r}"),
                         _ => e.to_string(),
                     };
+                    let status = result["status"].as_u64().unwrap_or(500) as u16;
+                    // Elasticsearch 8.15+ may divert a refused document into a data stream's
+                    // failure store and answer 2xx: the document is not in the stream.
+                    if result["failure_store"] == "used" {
+                        return Item {
+                            status: 400,
+                            error_type: Some("failure_store_used".into()),
+                            reason: format!("diverted to the failure store (HTTP {status})"),
+                        };
+                    }
                     Item {
-                        status: result["status"].as_u64().unwrap_or(500) as u16,
+                        status,
                         error_type,
                         reason: truncate(&reason, 2000),
                     }

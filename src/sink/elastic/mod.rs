@@ -2,14 +2,23 @@
 //! deterministic ids, per-item results, retries for 429/5xx only.
 
 //!
-//! One concern a file: `template` (the index template and the server's version), `bulk` (the
-//! `_bulk` service with its per-item retries), `encode` (documents and bulk lines).
+//! One concern a file: `version` (which store and version answers), `template` (the index
+//! template), `bulk` (the `_bulk` service with its per-item retries), `encode` (documents and
+//! bulk lines).
+//!
+//! Compatibility: requests are plain `application/json` (`application/x-ndjson` for `_bulk`),
+//! without Elasticsearch's `compatible-with` media types, which OpenSearch refuses; only APIs
+//! and parameters both stores share are used (composable index templates, `_bulk`,
+//! `_refresh`, `_delete_by_query`).
 
 mod bulk;
 mod encode;
+mod stream;
 mod template;
+mod version;
 
 pub use bulk::Rejection;
+pub use version::{Product, StoreInfo};
 
 use std::time::Duration;
 
@@ -32,6 +41,9 @@ pub struct EsSettings {
     pub url: String,
     pub index_pattern: String,
     pub bulk_max_bytes: usize,
+    /// Data-stream mode: `create` actions and a `data_stream` template.
+    pub data_stream: bool,
+    pub template_priority: u32,
     pub timeout: Duration,
     pub backoff: Backoff,
 }
@@ -86,6 +98,19 @@ impl ElasticSink {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(u16, String), SinkError> {
+        self.request_with_product(method, path, body)
+            .await
+            .map(|(status, _, text)| (status, text))
+    }
+
+    /// A request, with the `X-Elastic-Product` header of the answer (Elasticsearch 7.14+ sends
+    /// it on every response; OpenSearch never does).
+    pub(super) async fn request_with_product(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, Option<String>, String), SinkError> {
         let mut headers = HeaderMap::new();
         if path == "/_bulk" {
             headers.insert(
@@ -109,11 +134,16 @@ impl ElasticSink {
                 message: scrub_urls(&e.to_string()),
             })?;
         let status = response.status_code().as_u16();
+        let product = response
+            .headers()
+            .get("x-elastic-product")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let text = response.text().await.map_err(|e| SinkError::Transient {
             store: STORE,
             message: scrub_urls(&e.to_string()),
         })?;
-        Ok((status, text))
+        Ok((status, product, text))
     }
 }
 
