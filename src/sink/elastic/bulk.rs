@@ -157,7 +157,7 @@ impl ElasticSink {
     }
 
     /// One `_bulk` call: per-item results, or the error of the whole request.
-    async fn bulk(&self, body: Vec<u8>) -> Result<Bulk, SinkError> {
+    pub(super) async fn bulk(&self, body: Vec<u8>) -> Result<Bulk, SinkError> {
         let (status, text) = self.request(Method::Post, "/_bulk", Some(body)).await?;
         if status == 413 {
             return Ok(Bulk::TooLarge);
@@ -210,17 +210,17 @@ impl ElasticSink {
 }
 
 /// The answer to one `_bulk` request.
-enum Bulk {
+pub(super) enum Bulk {
     Items(Vec<Item>),
     /// 413: the body exceeds the store's `http.max_content_length`.
     TooLarge,
 }
 
 /// One bulk item's result.
-struct Item {
-    status: u16,
+pub(super) struct Item {
+    pub(super) status: u16,
     error_type: Option<String>,
-    reason: String,
+    pub(super) reason: String,
 }
 
 /// Splits items into bulk bodies no larger than `max_bytes` (an item above it goes alone; the

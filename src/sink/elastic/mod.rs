@@ -9,7 +9,7 @@
 //! Compatibility: requests are plain `application/json` (`application/x-ndjson` for `_bulk`),
 //! without Elasticsearch's `compatible-with` media types, which OpenSearch refuses; only APIs
 //! and parameters both stores share are used (composable index templates, `_bulk`,
-//! `_refresh`, `_delete_by_query`).
+//! `_refresh`, `_search`).
 
 mod bulk;
 mod encode;

@@ -1,5 +1,5 @@
 //! Data-stream mode's one difference after indexing: a data stream refuses `delete` actions by
-//! id (they would need the backing index), so documents are deleted by query on the stream.
+//! id, so documents are deleted in their backing indices, found by a search on their ids.
 
 use std::collections::BTreeMap;
 
@@ -11,11 +11,11 @@ use crate::model::{StoredRecord, TopicPartition, document_id};
 use crate::sink::SinkError;
 use crate::sink::retry::request_ok;
 
+use super::bulk::Bulk;
 use super::{ElasticSink, truncate};
 
 impl ElasticSink {
-    /// [`ElasticSink::delete`] for data streams: per stream, a refresh (so just-written
-    /// documents are visible to the query) and a `_delete_by_query` on their ids. A missing
+    /// [`ElasticSink::delete`] for data streams, per stream. A missing
     /// document counts as deleted; anything else is retried until done or `cancel` fires.
     pub(super) async fn delete_in_streams(
         &self,
@@ -54,7 +54,10 @@ impl ElasticSink {
         Ok(())
     }
 
-    /// One attempt: `None` when done, else why not.
+    /// One attempt: `None` when done, else why not. The documents' backing indices come from
+    /// a search on their ids (after a refresh, so just-written ones are found); the deletes go
+    /// there by id. `_delete_by_query` would be shorter, but Elasticsearch's minimal
+    /// distribution lacks it (it lives in the `reindex` module).
     async fn delete_by_ids(
         &self,
         stream: &str,
@@ -63,29 +66,53 @@ impl ElasticSink {
         let (status, text) = self
             .request(Method::Post, &format!("/{stream}/_refresh"), None)
             .await?;
-        if !request_ok(status) && status != 404 {
+        if status == 404 {
+            return Ok(None); // no such stream: nothing to delete
+        }
+        if !request_ok(status) {
             return Ok(Some(format!(
                 "refresh {stream}: HTTP {status}: {}",
                 truncate(&text, 300)
             )));
         }
-        let body = json!({ "query": { "ids": { "values": ids } } });
+        let query =
+            json!({ "size": ids.len(), "_source": false, "query": { "ids": { "values": ids } } });
         let (status, text) = self
             .request(
                 Method::Post,
-                &format!("/{stream}/_delete_by_query?conflicts=proceed&refresh=true"),
-                Some(body.to_string().into_bytes()),
+                &format!("/{stream}/_search"),
+                Some(query.to_string().into_bytes()),
             )
             .await?;
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        let failures = v["failures"].as_array().map_or(0, Vec::len);
-        Ok(match status {
-            404 => None, // no such stream: nothing to delete
-            _ if request_ok(status) && failures == 0 => None,
-            _ => Some(format!(
-                "delete_by_query {stream}: HTTP {status}: {}",
+        if !request_ok(status) {
+            return Ok(Some(format!(
+                "search {stream}: HTTP {status}: {}",
                 truncate(&text, 300)
-            )),
+            )));
+        }
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let Some(hits) = v["hits"]["hits"].as_array() else {
+            return Ok(Some(format!(
+                "search {stream}: no hits in {}",
+                truncate(&text, 300)
+            )));
+        };
+        if hits.is_empty() {
+            return Ok(None);
+        }
+        let mut body = Vec::new();
+        for h in hits {
+            let action = json!({ "delete": { "_index": h["_index"], "_id": h["_id"] } });
+            serde_json::to_writer(&mut body, &action)
+                .expect("serialising JSON to memory cannot fail");
+            body.push(b'\n');
+        }
+        Ok(match self.bulk(body).await? {
+            Bulk::Items(items) if items.len() == hits.len() => items
+                .iter()
+                .find(|i| !matches!(i.status, 200..=299 | 404))
+                .map(|i| format!("delete in {stream}: HTTP {} {}", i.status, i.reason)),
+            _ => Some(format!("delete in {stream}: unexpected bulk response")),
         })
     }
 }
