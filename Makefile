@@ -4,7 +4,7 @@ INFRA := tests/infra/infra.sh
 # Integration tests share one Kafka, PostgreSQL and OpenSearch: run them one at a time.
 TEST_FLAGS ?= --test-threads=1
 
-.PHONY: test go-tools chaos demo services-up services-down services-status build release bench system-deps
+.PHONY: test go-tools chaos compat demo services-up services-down services-status build release bench system-deps
 
 # The build's Debian packages (cmake, libcurl headers, ...): one list, scripts/system-deps.sh.
 # Installs only what is missing, or fails naming the packages to install by hand.
@@ -21,14 +21,20 @@ go-tools:
 test: system-deps go-tools services-up
 	eval "$$(bash $(INFRA) env)" && cargo test --locked --features failpoints -- $(TEST_FLAGS)
 
-# The full chaos suites (tests/chaos.rs, then the store refusals of tests/refusals.rs). Prints the
+# The full chaos suites (tests/chaos.rs, the store refusals of tests/refusals.rs, the partition
+# leader failover of tests/failover.rs on a three-broker cluster). Prints the
 # seed first; CHAOS_SEED=N replays a run.
 CHAOS_FULL ?= 1
 chaos: system-deps services-up
 	@seed="$${CHAOS_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}"; \
 	echo "chaos: seed=$$seed full=$(CHAOS_FULL) (replay with CHAOS_SEED=$$seed make chaos)"; \
 	eval "$$(bash $(INFRA) env)" && CHAOS_SEED="$$seed" CHAOS_FULL="$(CHAOS_FULL)" \
-	  cargo test --locked --features failpoints --no-fail-fast --test chaos --test refusals -- --nocapture $(TEST_FLAGS)
+	  cargo test --locked --features failpoints --no-fail-fast --test chaos --test refusals --test failover -- --nocapture $(TEST_FLAGS)
+
+# The pipeline test, the hostile-input and the reduced SIGKILL scenario against real
+# OpenSearch 2 and 3 and Elasticsearch 8 and 9 in turn (scripts/compat.sh); one line per store.
+compat: system-deps services-up
+	bash scripts/compat.sh
 
 demo: system-deps services-up
 	bash scripts/demo.sh

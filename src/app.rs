@@ -127,6 +127,21 @@ pub async fn run(
             || pg.prepare(settings.migrate),
         )
         .await?;
+        let store = retry(
+            "elasticsearch version detection",
+            stores::backoff(&settings),
+            &shutdown.drain,
+            || {},
+            || es.detect(),
+        )
+        .await?;
+        store
+            .check_supported()
+            .map_err(|message| SinkError::Permanent {
+                store: "elasticsearch",
+                message,
+            })?;
+        tracing::info!(search_store = %store, data_stream = settings.es_data_stream, "search store detected");
         retry(
             "elasticsearch index template",
             stores::backoff(&settings),
@@ -145,17 +160,7 @@ pub async fn run(
         }
         Err(e) => return Err(e.into()),
     }
-    tokio::select! {
-        v = es.version() => {
-            if let Ok(v) = v {
-                tracing::info!(elasticsearch = %v, "stores ready");
-            }
-        }
-        _ = shutdown.drain.cancelled() => {
-            shutdown.phase("exit during start-up");
-            return Ok(Exit::Clean);
-        }
-    }
+    tracing::info!("stores ready");
 
     let redactor = Redactor::new(
         settings.redact_drop.clone(),

@@ -112,6 +112,14 @@ pub struct Settings {
     /// Index name pattern, strftime-style on the record's own timestamp.
     #[arg(long, env = "LP_ES_INDEX", default_value = "logs-%Y.%m.%d")]
     pub es_index: String,
+    /// Write to data streams: the index template declares `data_stream`, every document is
+    /// sent with `op_type: create` (a replay's 409 means "already there").
+    #[arg(long, env = "LP_ES_DATA_STREAM", default_value_t = false, action = clap::ArgAction::Set)]
+    pub es_data_stream: bool,
+    /// Priority of the index template; above the built-in `logs-*-*` (100) and the
+    /// Fleet-managed ones (up to 200), so overlapping patterns cannot be refused.
+    #[arg(long, env = "LP_ES_TEMPLATE_PRIORITY", default_value_t = 501)]
+    pub es_template_priority: u32,
     /// Largest `_bulk` request body.
     #[arg(long, env = "LP_ES_BULK_MAX_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub es_bulk_max_bytes: usize,

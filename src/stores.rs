@@ -33,6 +33,8 @@ pub fn elasticsearch(s: &Settings) -> Result<ElasticSink, SinkError> {
         url: s.elasticsearch_url.clone(),
         index_pattern: s.es_index.clone(),
         bulk_max_bytes: s.es_bulk_max_bytes,
+        data_stream: s.es_data_stream,
+        template_priority: s.es_template_priority,
         timeout: Duration::from_millis(s.es_timeout_ms),
         backoff: backoff(s),
         tls: es_tls(s),

@@ -588,7 +588,7 @@ fn hostile_cases() -> Vec<Case> {
             "nested_40",
             Some("h6"),
             nested(40, "nested_40"),
-            Dead("index", "mapper_parsing_exception"),
+            Dead("index", "parsing_exception"),
         ),
         case("nested_10", Some("h7"), nested(10, "nested_10"), Stored),
         case(

@@ -11,7 +11,17 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_postgresql_refuses_is_dead_lettered_and_its_document_removed() {
-    let s = Scenario::new("record_fault", 1).await;
+    refused_row("record_fault", &[]).await;
+}
+
+/// The same in data-stream mode, where a document is removed by query, not by id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_data_stream_mode_too() {
+    refused_row("record_fault_ds", &[("LP_ES_DATA_STREAM", "true".into())]).await;
+}
+
+async fn refused_row(name: &str, settings: &[(&str, String)]) {
+    let s = Scenario::new(name, 1).await;
     // The first record maps `fields.n` as text, so the search store takes the third record's
     // number as text; PostgreSQL's jsonb cannot hold it ("value overflows numeric format").
     let refused = br#"{"message":"overflow","n":1e200000}"#.to_vec();
@@ -23,7 +33,8 @@ async fn a_row_postgresql_refuses_is_dead_lettered_and_its_document_removed() {
     ];
     // One batch for all four: linger long enough that they travel together.
     s.produce_raw(&records);
-    let mut d = Daemon::start(&with(&s.env(), &[("LP_BATCH_LINGER_MS", "1000".into())]));
+    let env = with(&s.env(), &[("LP_BATCH_LINGER_MS", "1000".into())]);
+    let mut d = Daemon::start(&with(&env, settings));
     s.wait_all_stored(Duration::from_secs(60)).await;
     d.signal("TERM");
     assert_eq!(d.wait(Duration::from_secs(30)), 0, "{}", d.tail(20));
@@ -65,6 +76,17 @@ async fn a_row_postgresql_refuses_is_dead_lettered_and_its_document_removed() {
         BTreeSet::from([0, 1, 3]),
         "no document without its row"
     );
+    let mut indices = BTreeSet::new();
+    common::verify::es_hits(&format!("{}-*", s.index), |h| {
+        indices.insert(h["_index"].as_str().unwrap_or_default().to_string());
+    })
+    .await;
+    let data_stream = settings.contains(&("LP_ES_DATA_STREAM", "true".into()));
+    assert!(
+        indices.iter().all(|i| i.starts_with(".ds-") == data_stream),
+        "documents in {indices:?} (data stream mode {data_stream})"
+    );
+    println!("record fault: indices {indices:?},");
     println!(
         "record fault: rows {rows:?}, dead letter {offset} at stage {stage} ({reason}), documents {offsets:?}"
     );

@@ -24,8 +24,12 @@ pub enum ItemAction {
 /// `cluster_block_exception` (a read-only or flood-stage index, 403 or 429),
 /// `security_exception`, `index_not_found_exception` or `invalid_index_name_exception`, is
 /// about the store or its configuration.
-const DOCUMENT_FAULTS: [&str; 5] = [
+const DOCUMENT_FAULTS: [&str; 6] = [
+    // Elasticsearch 8+ (`document_parsing_exception` replaced `mapper_parsing_exception` for
+    // values that do not parse; OpenSearch keeps the latter).
     "mapper_parsing_exception",
+    // A data stream's failure store took the document instead (see `elastic::bulk`).
+    "failure_store_used",
     "document_parsing_exception",
     "strict_dynamic_mapping_exception",
     "x_content_parse_exception",
@@ -133,6 +137,7 @@ mod tests {
             (400, Some("mapper_parsing_exception"), Reject),
             (400, Some("document_parsing_exception"), Reject),
             (400, Some("strict_dynamic_mapping_exception"), Reject),
+            (400, Some("failure_store_used"), Reject),
             // The store's or the configuration's fault: held and retried.
             (403, Some("cluster_block_exception"), Retry),
             (429, Some("cluster_block_exception"), Retry),

@@ -40,9 +40,12 @@ pub fn elasticsearch_url() -> String {
     std::env::var("ELASTICSEARCH_URL").unwrap_or_else(|_| "http://127.0.0.1:9200".into())
 }
 
-/// Fails loudly when a service's port does not answer.
+/// Fails loudly when a service's port (the first of a comma-separated list) does not answer.
 pub fn require(service: &str, addr: &str) {
     let hostport = addr
+        .split(',')
+        .next()
+        .unwrap()
         .rsplit('@')
         .next()
         .unwrap()
@@ -145,6 +148,38 @@ impl Scenario {
         loadgen::create_topic(&kafka_brokers(), &s.topic, partitions, 8 * 1024 * 1024)
             .await
             .expect("create topic");
+        s
+    }
+
+    /// [`Scenario::new`] on a topic with `replicas` replicas and `min.insync.replicas` (a
+    /// cluster's test topic).
+    pub async fn replicated(name: &str, partitions: i32, replicas: i32, min_isr: i32) -> Self {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        require_all();
+        let id = unique(name).to_lowercase();
+        let s = Scenario {
+            topic: format!("t_{id}"),
+            group: format!("g_{id}"),
+            schema: format!("s_{id}"),
+            index: format!("i-{}", id.replace('_', "-")),
+            partitions,
+        };
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", kafka_brokers())
+            .create()
+            .expect("admin client");
+        let isr = min_isr.to_string();
+        let topic = NewTopic::new(&s.topic, partitions, TopicReplication::Fixed(replicas))
+            .set("min.insync.replicas", &isr)
+            .set("max.message.bytes", "8388608");
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        for r in admin
+            .create_topics([&topic], &opts)
+            .await
+            .expect("create topic")
+        {
+            r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
+        }
         s
     }
 

@@ -24,7 +24,15 @@ for s in "${services[@]}"; do
   [[ -x "$INFRA_DIR/$s.sh" || "$verb" == env ]] || die "missing $INFRA_DIR/$s.sh"
 done
 
-run() { "$INFRA_DIR/$1.sh" "$2"; }
+# LP_TEST_SEARCH (opensearch-2|opensearch-3|elasticsearch-8|elasticsearch-9) puts a real
+# distribution in the search store's place (tests/infra/search-dist.sh); unset: the embedded node.
+run() {
+  if [[ "$1" == opensearch && -n "${LP_TEST_SEARCH:-}" ]]; then
+    "$INFRA_DIR/search-dist.sh" "$2"
+  else
+    "$INFRA_DIR/$1.sh" "$2"
+  fi
+}
 
 status_all() {
   local s rc=0

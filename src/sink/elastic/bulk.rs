@@ -121,6 +121,9 @@ impl ElasticSink {
         cancel: &CancellationToken,
         mut on_retry: impl FnMut(&str),
     ) -> Result<(), SinkError> {
+        if self.settings.data_stream {
+            return self.delete_in_streams(tp, records, cancel, on_retry).await;
+        }
         let mut body = Vec::new();
         for r in records {
             let action = json!({ "delete": { "_index": self.index_name(r), "_id": document_id(tp, r.offset) } });
@@ -154,7 +157,7 @@ impl ElasticSink {
     }
 
     /// One `_bulk` call: per-item results, or the error of the whole request.
-    async fn bulk(&self, body: Vec<u8>) -> Result<Bulk, SinkError> {
+    pub(super) async fn bulk(&self, body: Vec<u8>) -> Result<Bulk, SinkError> {
         let (status, text) = self.request(Method::Post, "/_bulk", Some(body)).await?;
         if status == 413 {
             return Ok(Bulk::TooLarge);
@@ -185,8 +188,18 @@ impl ElasticSink {
                         (Some(t), Some(r)) => format!("{t}: {r}"),
                         _ => e.to_string(),
                     };
+                    let status = result["status"].as_u64().unwrap_or(500) as u16;
+                    // Elasticsearch 8.15+ may divert a refused document into a data stream's
+                    // failure store and answer 2xx: the document is not in the stream.
+                    if result["failure_store"] == "used" {
+                        return Item {
+                            status: 400,
+                            error_type: Some("failure_store_used".into()),
+                            reason: format!("diverted to the failure store (HTTP {status})"),
+                        };
+                    }
                     Item {
-                        status: result["status"].as_u64().unwrap_or(500) as u16,
+                        status,
                         error_type,
                         reason: truncate(&reason, 2000),
                     }
@@ -197,17 +210,17 @@ impl ElasticSink {
 }
 
 /// The answer to one `_bulk` request.
-enum Bulk {
+pub(super) enum Bulk {
     Items(Vec<Item>),
     /// 413: the body exceeds the store's `http.max_content_length`.
     TooLarge,
 }
 
 /// One bulk item's result.
-struct Item {
-    status: u16,
+pub(super) struct Item {
+    pub(super) status: u16,
     error_type: Option<String>,
-    reason: String,
+    pub(super) reason: String,
 }
 
 /// Splits items into bulk bodies no larger than `max_bytes` (an item above it goes alone; the

@@ -8,10 +8,16 @@ use crate::model::{StoredRecord, TopicPartition, document_id};
 use super::ElasticSink;
 
 impl ElasticSink {
-    /// The action line and document line of one record.
+    /// The action line and document line of one record. Data streams take only `create`; a
+    /// replayed record then answers 409, which counts as stored.
     pub(super) fn bulk_lines(&self, tp: &TopicPartition, r: &StoredRecord) -> Vec<u8> {
-        let action =
-            json!({ "index": { "_index": self.index_name(r), "_id": document_id(tp, r.offset) } });
+        let op = if self.settings.data_stream {
+            "create"
+        } else {
+            "index"
+        };
+        let target = json!({ "_index": self.index_name(r), "_id": document_id(tp, r.offset) });
+        let action = Value::Object([(op.to_string(), target)].into_iter().collect());
         let mut out = action.to_string().into_bytes();
         out.push(b'\n');
         serde_json::to_writer(&mut out, &document(tp, r))

@@ -2,14 +2,23 @@
 //! deterministic ids, per-item results, retries for 429/5xx only.
 
 //!
-//! One concern a file: `template` (the index template and the server's version), `bulk` (the
-//! `_bulk` service with its per-item retries), `encode` (documents and bulk lines).
+//! One concern a file: `version` (which store and version answers), `template` (the index
+//! template), `bulk` (the `_bulk` service with its per-item retries), `encode` (documents and
+//! bulk lines).
+//!
+//! Compatibility: requests are plain `application/json` (`application/x-ndjson` for `_bulk`),
+//! without Elasticsearch's `compatible-with` media types, which OpenSearch refuses; only APIs
+//! and parameters both stores share are used (composable index templates, `_bulk`,
+//! `_refresh`, `_search`).
 
 mod bulk;
 mod encode;
+mod stream;
 mod template;
+mod version;
 
 pub use bulk::Rejection;
+pub use version::{Product, StoreInfo};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -38,6 +47,9 @@ pub struct EsSettings {
     pub url: String,
     pub index_pattern: String,
     pub bulk_max_bytes: usize,
+    /// Data-stream mode: `create` actions and a `data_stream` template.
+    pub data_stream: bool,
+    pub template_priority: u32,
     pub timeout: Duration,
     pub backoff: Backoff,
     pub tls: EsTls,
@@ -147,6 +159,19 @@ impl ElasticSink {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(u16, String), SinkError> {
+        self.request_with_product(method, path, body)
+            .await
+            .map(|(status, _, text)| (status, text))
+    }
+
+    /// A request, with the `X-Elastic-Product` header of the answer (Elasticsearch 7.14+ sends
+    /// it on every response; OpenSearch never does).
+    pub(super) async fn request_with_product(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, Option<String>, String), SinkError> {
         let mut headers = HeaderMap::new();
         if path == "/_bulk" {
             headers.insert(
@@ -170,11 +195,16 @@ impl ElasticSink {
                 message: scrub_urls(&with_causes(&e)),
             })?;
         let status = response.status_code().as_u16();
+        let product = response
+            .headers()
+            .get("x-elastic-product")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let text = response.text().await.map_err(|e| SinkError::Transient {
             store: STORE,
             message: scrub_urls(&e.to_string()),
         })?;
-        Ok((status, text))
+        Ok((status, product, text))
     }
 }
 
@@ -249,6 +279,8 @@ mod tests {
             url: "https://127.0.0.1:9200".into(),
             index_pattern: "logs-%Y".into(),
             bulk_max_bytes: 1 << 20,
+            data_stream: false,
+            template_priority: 501,
             timeout: Duration::from_secs(1),
             backoff: Backoff {
                 initial: Duration::from_millis(1),

@@ -1,7 +1,14 @@
-//! The index template that maps the recognised fields, and the server's version.
+//! The index template that maps the recognised fields (and, in data-stream mode, makes the
+//! indices data streams).
+//!
+//! Its priority (`LP_ES_TEMPLATE_PRIORITY`, default 501) sits above Elasticsearch's built-in
+//! templates (`logs-*-*`, `metrics-*-*`, ... at 100) and the Fleet-managed ones (up to 200):
+//! Elasticsearch refuses a template whose patterns overlap another's at the same priority,
+//! and the higher one wins at index creation. Its name has no `@`, which Elasticsearch
+//! reserves for its own.
 
 use elasticsearch::http::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::sink::SinkError;
 use crate::sink::retry::request_ok;
@@ -18,9 +25,9 @@ impl ElasticSink {
     pub async fn ensure_template(&self) -> Result<(), SinkError> {
         let prefix = self.template_prefix();
         let name = format!("log-processor-{}", prefix.trim_end_matches(['-', '.', '_']));
-        let body = json!({
+        let mut body = json!({
             "index_patterns": [format!("{prefix}*")],
-            "priority": 100,
+            "priority": self.settings.template_priority,
             "template": {
                 "settings": { "index.mapping.total_fields.limit": 2000 },
                 "mappings": {
@@ -40,6 +47,9 @@ impl ElasticSink {
                 }
             }
         });
+        if self.settings.data_stream {
+            body["data_stream"] = json!({});
+        }
         let (status, text) = self
             .request(
                 Method::Put,
@@ -47,7 +57,10 @@ impl ElasticSink {
                 Some(body.to_string().into_bytes()),
             )
             .await?;
-        let message = format!("template: HTTP {status}: {}", truncate(&text, 500));
+        let mut message = format!("template {name}: HTTP {status}: {}", truncate(&text, 500));
+        if text.contains("have the same priority") {
+            message.push_str(" (choose another LP_ES_TEMPLATE_PRIORITY)");
+        }
         match status {
             _ if request_ok(status) => Ok(()),
             429 | 500..=599 => Err(SinkError::Transient {
@@ -57,24 +70,6 @@ impl ElasticSink {
             _ => Err(SinkError::Permanent {
                 store: STORE,
                 message,
-            }),
-        }
-    }
-
-    /// The server's version string (`GET /`), for start-up logs.
-    pub async fn version(&self) -> Result<String, SinkError> {
-        let (status, text) = self.request(Method::Get, "/", None).await?;
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        match (status, v["version"]["number"].as_str()) {
-            (200, Some(n)) => Ok(format!(
-                "{} {n}",
-                v["version"]["distribution"]
-                    .as_str()
-                    .unwrap_or("elasticsearch")
-            )),
-            _ => Err(SinkError::Transient {
-                store: STORE,
-                message: format!("GET /: HTTP {status}"),
             }),
         }
     }
