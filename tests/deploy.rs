@@ -1552,7 +1552,9 @@ fn no_secret_values_are_committed() {
             // decoding of every manifest is `kustomization_lists_the_manifests_and_builds`).
             let keys: Vec<&str> = text.lines().map(str::trim_start).collect();
             assert!(
-                !keys.iter().any(|l| l.strip_prefix("kind:").map(str::trim) == Some("Secret")),
+                !keys
+                    .iter()
+                    .any(|l| l.strip_prefix("kind:").map(str::trim) == Some("Secret")),
                 "{f}: create the Secret with kubectl instead"
             );
             assert!(

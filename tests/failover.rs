@@ -74,9 +74,49 @@ fn busiest_leader(topic: &str, candidates: &[i32]) -> (i32, usize) {
         .unwrap()
 }
 
-/// Waits until PostgreSQL's watermark of every partition reaches `ends` (taken before the
-/// fault): records flow again on every partition, not only on those the fault spared.
-/// Returns how long that took.
+/// End offsets, retried while a new leader cannot answer yet (bounded).
+async fn settled_ends(s: &Scenario) -> BTreeMap<i32, i64> {
+    let started = Instant::now();
+    loop {
+        match s.try_end_offsets() {
+            Ok(ends) => return ends,
+            Err(e) if started.elapsed() < Duration::from_secs(60) => {
+                println!("chaos: end offsets not available yet ({e}); retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("end offsets of {} for 60 s: {e}", s.topic),
+        }
+    }
+}
+
+/// Waits until the topic's end has moved past `before` on every partition: records were
+/// produced after the fault, on whichever broker leads each partition now. Returns those ends.
+async fn ends_moved_past(
+    s: &Scenario,
+    before: &BTreeMap<i32, i64>,
+    what: &str,
+) -> BTreeMap<i32, i64> {
+    let started = Instant::now();
+    loop {
+        // Just after a leader change the new leader may not answer yet (OffsetNotAvailable).
+        let now = s.try_end_offsets().unwrap_or_default();
+        if before
+            .iter()
+            .all(|(p, e)| now.get(p).copied().unwrap_or(0) > *e)
+        {
+            return now;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{what}: the load produced nothing new on some partition within 120 s (before {before:?}, now {now:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until PostgreSQL's watermark of every partition reaches `ends` (records produced
+/// after the fault): records flow again on every partition, not only on those the fault
+/// spared. Returns how long that took.
 async fn wait_all_partitions_past(
     s: &Scenario,
     d: &mut Daemon,
@@ -150,31 +190,42 @@ async fn leader_failover() {
             let l = leaders(&s.topic);
             (planned, l.values().filter(|&&x| x == planned).count())
         };
-        let ends = s.end_offsets();
+        // The fault must hit a leader: the point is the daemon's partitions moving to another.
+        assert!(
+            led > 0,
+            "node {node} led no partition of {}: no failover to observe",
+            s.topic
+        );
+        let before = settled_ends(&s).await;
         if full {
             cluster(&["kill", &node.to_string()]);
         } else {
             cluster(&["stop", &node.to_string()]);
         }
+        let stopped_at = Instant::now();
         faults += 1;
         println!(
             "chaos: {name} node={node} led={led} stopped t={:.0}s",
             started.elapsed().as_secs_f64()
         );
-        // Past the records produced before the fault on every partition, with one broker gone.
-        let took = wait_all_partitions_past(&s, &mut d, &ends, &format!("node {node} down")).await;
+        // Records produced after the fault, stored on every partition with one broker gone.
+        let after = ends_moved_past(&s, &before, &format!("node {node} down")).await;
+        wait_all_partitions_past(&s, &mut d, &after, &format!("node {node} down")).await;
+        let took = stopped_at.elapsed();
         recovered.push(took.as_secs_f64());
         println!(
-            "chaos: {name} node={node} records flowing on every partition {:.1} s after the stop",
+            "chaos: {name} node={node} records produced after the stop stored on every partition {:.1} s after it",
             took.as_secs_f64()
         );
         tokio::time::sleep(Duration::from_secs(if full { 10 } else { 3 })).await;
+        let before = settled_ends(&s).await;
         cluster(&["start", &node.to_string()]);
-        let ends = s.end_offsets();
-        let took = wait_all_partitions_past(&s, &mut d, &ends, &format!("node {node} back")).await;
+        let started_at = Instant::now();
+        let after = ends_moved_past(&s, &before, &format!("node {node} back")).await;
+        wait_all_partitions_past(&s, &mut d, &after, &format!("node {node} back")).await;
         println!(
-            "chaos: {name} node={node} restarted, every partition flowing {:.1} s later (t={:.0}s)",
-            took.as_secs_f64(),
+            "chaos: {name} node={node} restarted, records produced since stored on every partition {:.1} s later (t={:.0}s)",
+            started_at.elapsed().as_secs_f64(),
             started.elapsed().as_secs_f64()
         );
         done.push(node);
