@@ -223,7 +223,7 @@ async fn sigint_drains_and_a_second_signal_aborts_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signal_during_startup_exits_promptly() {
     let s = Scenario::new("sd_startup", 1).await;
-    // Elasticsearch unreachable: start-up waits on the index template, before joining the group.
+    // Elasticsearch unreachable: start-up waits on its version detection, before joining the group.
     let es = Proxy::start(elasticsearch_url().trim_start_matches("http://")).await;
     es.set(Mode::Down);
     let env = with(
@@ -235,7 +235,7 @@ async fn signal_during_startup_exits_promptly() {
     );
     let mut d = Daemon::start(&env);
     d.wait_for_line(
-        "elasticsearch index template failed",
+        "elasticsearch version detection failed",
         Duration::from_secs(30),
     );
     let sent = Instant::now();
