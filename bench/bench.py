@@ -867,7 +867,10 @@ OUTPUTS = ("bench/results/", "docs/batch-size.png", "README.md")
 
 
 def code_state():
-    dirty = [l for l in git("status", "--porcelain", "--untracked-files=all").splitlines()]
+    # Not through git(): its strip() would eat the leading space of the first " M path" line.
+    out = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=all"],
+                         capture_output=True, text=True).stdout
+    dirty = [l for l in out.splitlines() if l.strip()]
     return git("rev-parse", "HEAD"), dirty
 
 
