@@ -58,6 +58,8 @@ PEER_TUNED = {"BATCH": 2000, "CHECKPOINT_LIMIT": 20000, "IN_FLIGHT": 8, "PG_CONN
 # log-processor at its best documented configuration (README, "Benchmarks": larger batches pay
 # up to 5,000 records, at the cost of SIGTERM-to-exit time); everything else at its default.
 LP_BEST = {"LP_BATCH_MAX_RECORDS": "5000"}
+# --compare-base: another build of log-processor, run alternately with LP at LP_BEST.
+BASE_LP = None
 CLK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -232,11 +234,30 @@ def service_cpu():
     return {name: tree_cpu(pid) for name, pid in SERVICE_PIDS.items()}
 
 
+def hwm_kib(pid):
+    """The process's own peak RSS so far (VmHWM), or 0 once it has exited."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def reap(p, timeout):
     """Waits for a child started here (SIGKILL after `timeout` s). Returns exit code, CPU
-    seconds of its whole life (reaped descendants included) and peak RSS in KiB."""
+    seconds of its whole life (reaped descendants included) and peak RSS in KiB.
+
+    Peak RSS is the process's VmHWM, read every 20 ms until it exits (and by callers while it
+    runs, see track_rss), never wait4's ru_maxrss: a child spawned with vfork carries this
+    Python process's own high-water mark into ru_maxrss at exec, so every row showed the
+    harness's size once it had grown."""
     deadline = time.monotonic() + timeout
+    peak = RSS_SEEN.pop(p.pid, 0)
     while True:
+        peak = max(peak, hwm_kib(p.pid))
         pid, status, ru = os.wait4(p.pid, os.WNOHANG)
         if pid == p.pid:
             break
@@ -246,7 +267,16 @@ def reap(p, timeout):
             break
         time.sleep(0.02)
     p.returncode = os.waitstatus_to_exitcode(status)
-    return p.returncode, ru.ru_utime + ru.ru_stime, ru.ru_maxrss
+    return p.returncode, ru.ru_utime + ru.ru_stime, peak
+
+
+# Peak RSS (KiB) read so far per live child pid, by track_rss.
+RSS_SEEN = {}
+
+
+def track_rss(p):
+    """Records the child's peak RSS so far; call it while polling, so reap() misses nothing."""
+    RSS_SEEN[p.pid] = max(RSS_SEEN.get(p.pid, 0), hwm_kib(p.pid))
 
 
 def run_measured(cmd, **kw):
@@ -361,10 +391,12 @@ def peer_prepare(ident):
 
 
 def start(kind, ident, topic, logf, extra_env=None, session_timeout=None):
-    """kind: lp (defaults), lp_best, peer (tuned) or peer_defaults."""
+    """kind: lp (defaults), lp_best, lp_best_base (--compare-base's binary), peer (tuned) or
+    peer_defaults."""
     if kind.startswith("lp"):
-        env = dict(LP_BEST if kind == "lp_best" else {}, **(extra_env or {}))
-        return subprocess.Popen([LP, "run"], env=lp_env(ident, topic, env),
+        env = dict(LP_BEST if kind.startswith("lp_best") else {}, **(extra_env or {}))
+        binary = BASE_LP if kind == "lp_best_base" else LP
+        return subprocess.Popen([binary, "run"], env=lp_env(ident, topic, env),
                                 stdout=logf, stderr=logf)
     cfg = peer_config(ident, topic, kind == "peer", session_timeout)
     return subprocess.Popen([PEER, "-c", cfg], stdout=logf, stderr=logf)
@@ -397,6 +429,7 @@ def e2e_run(kind, ident, topic, n, extra_env=None, poll=0.5, timeout=1800):
     samples = []
     while True:
         time.sleep(poll)
+        track_rss(p)
         if p.poll() is not None:
             raise RuntimeError(f"{kind} exited early ({p.returncode}); see {logf.name}")
         pc = pg_count(ident) if pc < n else pc
@@ -524,6 +557,7 @@ def batch_run(ident, topic, batch, k):
     first = None
     while True:
         time.sleep(0.25)
+        track_rss(p)
         if p.poll() is not None:
             raise RuntimeError(f"lp exited early; see {logf.name}")
         c = min(pg_count(ident), es_count(prefix))
@@ -904,6 +938,8 @@ def main():
     ap.add_argument("--label")
     ap.add_argument("--lp-binary", help="log-processor binary to measure (default target/release/log-processor), "
                     "e.g. a build of another commit for a before/after comparison of one phase")
+    ap.add_argument("--compare-base", help="a before/after comparison of one change: the e2e phase runs only "
+                    "this binary and --lp-binary at the best configuration, alternating, --runs times each")
     ap.add_argument("--merge", action="store_true",
                     help="keep the phases not run from the existing results file (their commit is recorded)")
     a = ap.parse_args()
@@ -922,7 +958,10 @@ def main():
     SERVICE_PIDS.update(service_pids())
     stamp = datetime.datetime.now().strftime("%m%d%H%M%S")
     topic = f"bench_{stamp}"
-    label = a.label or ("smoke" if a.smoke else ("full" if n == 1_000_000 and runs >= 3 else "reduced"))
+    if a.compare_base:
+        global BASE_LP
+        BASE_LP = os.path.abspath(a.compare_base)
+    label = a.label or ("compare" if a.compare_base else "smoke" if a.smoke else ("full" if n == 1_000_000 and runs >= 3 else "reduced"))
     commit, dirty = code_state()
     res = {"label": label,
            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -985,6 +1024,12 @@ def main():
         res["ratio_combined"] = ratio(best.get("records_per_s"), comb.get("records_per_s"))
         res["ratio_peer"] = ratio(best.get("records_per_s"), tuned.get("records_per_s"))
         res["single_commit"] = len(set(res["phase_commits"].values())) <= 1
+        if BASE_LP:
+            res["compare"] = {k: {"median_records_per_s": statistics.median(r["records_per_s"] for r in runs),
+                                  "median_cpu_s_per_million": statistics.median(r["cpu_s_per_million"] for r in runs),
+                                  "max_peak_rss_mib": max(r["peak_rss_mib"] for r in runs)}
+                              for k, runs in (("before", res["e2e"]["compare_base"]),
+                                              ("after", res["e2e"]["log_processor_best"])) if runs}
         with open(os.path.join(out_dir, f"latest{suffix}.json"), "w") as f:
             json.dump(res, f, indent=2)
         with open(os.path.join(out_dir, f"latest{suffix}.md"), "w") as f:
@@ -1009,8 +1054,12 @@ def main():
         if "e2e" in phases:
             phase("e2e")
             order = [("lp_best", "log_processor_best", n), ("peer", "peer_tuned", n)]
+            if BASE_LP:
+                order = [("lp_best_base", "compare_base", n), ("lp_best", "log_processor_best", n)]
+                res["e2e"]["compare_base"] = []
+                res["compare_base_binary"] = os.path.relpath(BASE_LP, ROOT)
             plan = [order] * runs
-            for i in range(a.default_runs):
+            for i in range(0 if BASE_LP else a.default_runs):
                 plan[i % len(plan)] = plan[i % len(plan)] + [("lp", "log_processor_defaults", n),
                                                               ("peer_defaults", "peer_defaults", peer_default_n)]
             for i, step in enumerate(plan):
