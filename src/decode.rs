@@ -16,7 +16,7 @@
 use chrono::{DateTime, Datelike, SubsecRound, TimeZone, Timelike, Utc};
 use serde_json::{Map, Value};
 
-use crate::model::{LogEntry, RawRecord};
+use crate::model::{Fields, LogEntry, RawRecord};
 use crate::redact::Redactor;
 
 const TIMESTAMP_FIELDS: [&str; 2] = ["timestamp", "@timestamp"];
@@ -56,13 +56,16 @@ pub fn decode(raw: &RawRecord, max_bytes: usize, redactor: &Redactor) -> Result<
             .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
             .ok_or("no timestamp: neither timestamp nor @timestamp, and none from Kafka")?,
     };
+    let level = take_string(&mut object, "level");
+    let service = take_string(&mut object, "service");
+    let message = take_string(&mut object, "message");
     Ok(LogEntry {
         // Both stores keep microseconds; cut here so they cannot round differently.
         timestamp: timestamp.trunc_subsecs(6),
-        level: take_string(&mut object, "level"),
-        service: take_string(&mut object, "service"),
-        message: take_string(&mut object, "message"),
-        fields: object,
+        level,
+        service,
+        message,
+        fields: Fields::from_map(&object),
     })
 }
 
@@ -209,7 +212,7 @@ mod tests {
         assert_eq!(e.service.as_deref(), Some("api"));
         assert_eq!(e.message.as_deref(), Some("hi"));
         assert_eq!(
-            Value::Object(e.fields),
+            Value::Object(e.fields.to_map()),
             serde_json::json!({"user": {"id": 1}})
         );
     }
@@ -218,7 +221,7 @@ mod tests {
     fn non_string_recognised_fields_stay_in_fields() {
         let e = dec(br#"{"level":3,"message":{"a":1}}"#).unwrap();
         assert_eq!(e.level, None);
-        assert_eq!(e.fields.len(), 2);
+        assert_eq!(e.fields.to_map().len(), 2);
     }
 
     #[test]
@@ -265,9 +268,8 @@ mod tests {
             br#"{"big":123456789012345678901234567890,"f":0.1000000000000000055511151231257827}"#,
         )
         .unwrap();
-        let text = serde_json::to_string(&e.fields).unwrap();
         assert_eq!(
-            text,
+            e.fields.as_str(),
             r#"{"big":123456789012345678901234567890,"f":0.1000000000000000055511151231257827}"#
         );
     }

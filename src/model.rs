@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -97,7 +98,39 @@ pub struct LogEntry {
     pub service: Option<String>,
     pub message: Option<String>,
     /// Every other field of the JSON object, unchanged (except for configured redaction).
-    pub fields: Map<String, Value>,
+    pub fields: Fields,
+}
+
+/// The JSON text of a record's other fields, serialised once when the record is decoded and
+/// written as it is into the row and into the document: one encoding per record, and the two
+/// stores cannot receive different texts.
+#[derive(Clone, Debug)]
+pub struct Fields(Box<RawValue>);
+
+impl Fields {
+    pub fn from_map(map: &Map<String, Value>) -> Self {
+        Fields(serde_json::value::to_raw_value(map).expect("a JSON map serialises"))
+    }
+
+    /// The JSON object's text.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    pub fn as_raw(&self) -> &RawValue {
+        &self.0
+    }
+
+    /// The fields as a map again (tests and tools; the pipeline never needs it).
+    pub fn to_map(&self) -> Map<String, Value> {
+        serde_json::from_str(self.as_str()).expect("the text of a JSON map")
+    }
+}
+
+impl PartialEq for Fields {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
 }
 
 /// A decoded record with its Kafka provenance, ready for both stores.

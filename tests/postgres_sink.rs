@@ -86,7 +86,7 @@ fn stored(raw: &RawRecord) -> StoredRecord {
             level: None,
             service: None,
             message,
-            fields,
+            fields: log_processor::model::Fields::from_map(&fields),
         },
     }
 }

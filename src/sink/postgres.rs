@@ -502,10 +502,7 @@ async fn insert_records(
     let levels: Vec<Option<&str>> = records.iter().map(|r| r.entry.level.as_deref()).collect();
     let services: Vec<Option<&str>> = records.iter().map(|r| r.entry.service.as_deref()).collect();
     let messages: Vec<Option<&str>> = records.iter().map(|r| r.entry.message.as_deref()).collect();
-    let fields: Vec<String> = records
-        .iter()
-        .map(|r| serde_json::to_string(&r.entry.fields).expect("a JSON map serialises"))
-        .collect();
+    let fields: Vec<&str> = records.iter().map(|r| r.entry.fields.as_str()).collect();
     let keys: Vec<Option<&[u8]>> = records.iter().map(|r| r.key.as_deref()).collect();
     let kafka_ts: Vec<Option<DateTime<Utc>>> = records
         .iter()

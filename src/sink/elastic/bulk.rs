@@ -32,7 +32,7 @@ impl ElasticSink {
         cancel: &CancellationToken,
         mut on_retry: impl FnMut(&str),
     ) -> Result<Vec<Rejection>, SinkError> {
-        let lines: Vec<Vec<u8>> = records.iter().map(|r| self.bulk_lines(tp, r)).collect();
+        let lines = self.encode(tp, records);
         let mut pending: Vec<usize> = (0..records.len()).collect();
         let mut rejected = Vec::new();
         let mut max_bytes = self.settings.bulk_max_bytes;
@@ -40,11 +40,8 @@ impl ElasticSink {
         while !pending.is_empty() {
             let mut again = Vec::new();
             let mut why = String::new();
-            for chunk in chunks(&pending, &lines, max_bytes) {
-                let body: Vec<u8> = chunk
-                    .iter()
-                    .flat_map(|&i| lines[i].iter().copied())
-                    .collect();
+            for chunk in chunks(&pending, |i| lines.len_of(i), max_bytes) {
+                let body = lines.body(&chunk);
                 let size = body.len();
                 let outcome = tokio::select! {
                     r = self.bulk(body) => r,
@@ -158,55 +155,91 @@ impl ElasticSink {
 
     /// One `_bulk` call: per-item results, or the error of the whole request.
     pub(super) async fn bulk(&self, body: Vec<u8>) -> Result<Bulk, SinkError> {
-        let (status, text) = self.request(Method::Post, "/_bulk", Some(body)).await?;
-        if status == 413 {
-            return Ok(Bulk::TooLarge);
-        }
-        if !request_ok(status) {
-            // The whole request failed; even a 4xx here says nothing about single documents.
-            return Err(SinkError::Transient {
-                store: STORE,
-                message: format!("_bulk: HTTP {status}: {}", truncate(&text, 300)),
-            });
-        }
-        let v: Value = serde_json::from_str(&text).map_err(|e| SinkError::Transient {
-            store: STORE,
-            message: format!("_bulk: unreadable response: {e}"),
-        })?;
-        let items = v["items"].as_array().map(Vec::as_slice).unwrap_or_default();
-        Ok(Bulk::Items(
-            items
-                .iter()
-                .map(|item| {
-                    let result = item
-                        .as_object()
-                        .and_then(|o| o.values().next())
-                        .unwrap_or(&Value::Null);
-                    let e = &result["error"];
-                    let error_type = e["type"].as_str().map(str::to_owned);
-                    let reason = match (e["type"].as_str(), e["reason"].as_str()) {
-                        (Some(t), Some(r)) => format!("{t}: {r}"),
-                        _ => e.to_string(),
-                    };
-                    let status = result["status"].as_u64().unwrap_or(500) as u16;
-                    // Elasticsearch 8.15+ may divert a refused document into a data stream's
-                    // failure store and answer 2xx: the document is not in the stream.
-                    if result["failure_store"] == "used" {
-                        return Item {
-                            status: 400,
-                            error_type: Some("failure_store_used".into()),
-                            reason: format!("diverted to the failure store (HTTP {status})"),
-                        };
-                    }
-                    Item {
-                        status,
-                        error_type,
-                        reason: truncate(&reason, 2000),
-                    }
-                })
-                .collect(),
-        ))
+        let (status, text) = self.request(Method::Post, BULK_PATH, Some(body)).await?;
+        parse_bulk(status, &text)
     }
+}
+
+/// `_bulk` asked to answer only what `parse_bulk` reads: the per-item status, error and
+/// failure-store marker, not the index, id, version and shard counts of every item.
+pub(super) const BULK_PATH: &str = "/_bulk?filter_path=items.*.status,items.*.error,items.*.failure_store";
+
+#[derive(serde::Deserialize)]
+struct BulkResponse {
+    #[serde(default)]
+    items: Vec<ItemOp>,
+}
+
+/// An item is an object with one key, the action it answers.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ItemOp {
+    Index(ItemResult),
+    Create(ItemResult),
+    Delete(ItemResult),
+    Update(ItemResult),
+}
+
+#[derive(serde::Deserialize)]
+struct ItemResult {
+    status: Option<u16>,
+    /// Present only on a failed item, so successful ones cost no allocation.
+    #[serde(default)]
+    error: Option<Value>,
+    #[serde(default)]
+    failure_store: Option<String>,
+}
+
+/// Reads a `_bulk` answer. A successful item carries only its status (see `BULK_PATH`), so
+/// an answer without errors is read without building a JSON tree or a string per item.
+fn parse_bulk(status: u16, text: &str) -> Result<Bulk, SinkError> {
+    if status == 413 {
+        return Ok(Bulk::TooLarge);
+    }
+    if !request_ok(status) {
+        // The whole request failed; even a 4xx here says nothing about single documents.
+        return Err(SinkError::Transient {
+            store: STORE,
+            message: format!("_bulk: HTTP {status}: {}", truncate(text, 300)),
+        });
+    }
+    let response: BulkResponse = serde_json::from_str(text).map_err(|e| SinkError::Transient {
+        store: STORE,
+        message: format!("_bulk: unreadable response: {e}"),
+    })?;
+    // Items are read even when `errors` is false: a non-2xx item without an error is retried.
+    let items = response.items.into_iter().map(|op| {
+        let (ItemOp::Index(r) | ItemOp::Create(r) | ItemOp::Delete(r) | ItemOp::Update(r)) = op;
+        let status = r.status.unwrap_or(500);
+        // Elasticsearch 8.15+ may divert a refused document into a data stream's failure
+        // store and answer 2xx: the document is not in the stream.
+        if r.failure_store.as_deref() == Some("used") {
+            return Item {
+                status: 400,
+                error_type: Some("failure_store_used".into()),
+                reason: format!("diverted to the failure store (HTTP {status})"),
+            };
+        }
+        match r.error {
+            Some(e) => {
+                let reason = match (e["type"].as_str(), e["reason"].as_str()) {
+                    (Some(t), Some(r)) => format!("{t}: {r}"),
+                    _ => e.to_string(),
+                };
+                Item {
+                    status,
+                    error_type: e["type"].as_str().map(str::to_owned),
+                    reason: truncate(&reason, 2000),
+                }
+            }
+            None => Item {
+                status,
+                error_type: None,
+                reason: String::new(),
+            },
+        }
+    });
+    Ok(Bulk::Items(items.collect()))
 }
 
 /// The answer to one `_bulk` request.
@@ -225,12 +258,12 @@ pub(super) struct Item {
 
 /// Splits items into bulk bodies no larger than `max_bytes` (an item above it goes alone; the
 /// configuration guarantees accepted records fit).
-fn chunks(pending: &[usize], lines: &[Vec<u8>], max_bytes: usize) -> Vec<Vec<usize>> {
+fn chunks(pending: &[usize], len: impl Fn(usize) -> usize, max_bytes: usize) -> Vec<Vec<usize>> {
     let mut out = Vec::new();
     let mut current = Vec::new();
     let mut size = 0;
     for &i in pending {
-        let len = lines[i].len();
+        let len = len(i);
         if !current.is_empty() && size + len > max_bytes {
             out.push(std::mem::take(&mut current));
             size = 0;
@@ -249,13 +282,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn bulk_answers_are_read_item_by_item() {
+        let text = r#"{"items":[{"index":{"status":201}},{"create":{"status":409,"error":{"type":"version_conflict_engine_exception","reason":"exists"}}},{"index":{"status":400,"error":{"type":"mapper_parsing_exception","reason":"failed to parse field [n]"}}},{"index":{"status":429,"error":"too many"}},{"create":{"status":201,"failure_store":"used"}},{"delete":{"status":404}},{"index":{}}]}"#;
+        let Ok(Bulk::Items(items)) = parse_bulk(200, text) else {
+            panic!("not read");
+        };
+        let seen: Vec<(u16, Option<&str>, &str)> = items
+            .iter()
+            .map(|i| (i.status, i.error_type.as_deref(), i.reason.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (201, None, ""),
+                (409, Some("version_conflict_engine_exception"), "version_conflict_engine_exception: exists"),
+                (400, Some("mapper_parsing_exception"), "mapper_parsing_exception: failed to parse field [n]"),
+                (429, None, "\"too many\""),
+                (400, Some("failure_store_used"), "diverted to the failure store (HTTP 201)"),
+                (404, None, ""),
+                (500, None, ""),
+            ]
+        );
+        assert!(matches!(parse_bulk(413, ""), Ok(Bulk::TooLarge)));
+        assert!(matches!(parse_bulk(503, "busy"), Err(SinkError::Transient { .. })));
+        assert!(matches!(parse_bulk(200, "<html>"), Err(SinkError::Transient { .. })));
+        assert!(matches!(parse_bulk(200, "{}"), Ok(Bulk::Items(i)) if i.is_empty()));
+    }
+
+    #[test]
     fn chunks_respect_the_byte_bound() {
         let lines: Vec<Vec<u8>> = [40, 40, 40, 100, 10, 10]
             .iter()
             .map(|&n| vec![b'x'; n])
             .collect();
         let pending: Vec<usize> = (0..lines.len()).collect();
-        let c = chunks(&pending, &lines, 100);
+        let c = chunks(&pending, |i| lines[i].len(), 100);
         assert_eq!(c, vec![vec![0, 1], vec![2], vec![3], vec![4, 5]]);
         for chunk in &c {
             let size: usize = chunk.iter().map(|&i| lines[i].len()).sum();

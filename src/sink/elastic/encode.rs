@@ -1,30 +1,91 @@
 //! What a record looks like in the search store: its bulk lines and its document. PostgreSQL
 //! holds the same fields.
+//!
+//! A batch is encoded once into one buffer; a retry or a split sends slices of it again.
+//! `fields` is the text decode serialised once (`model::Fields`), copied in as it is.
 
-use serde_json::{Value, json};
+use std::io::Write;
+use std::ops::Range;
 
-use crate::model::{StoredRecord, TopicPartition, document_id};
+use serde_json::value::RawValue;
+
+use crate::model::{StoredRecord, TopicPartition};
 
 use super::ElasticSink;
 
+/// The bulk lines (action and document) of a batch's records, back to back.
+pub(super) struct Encoded {
+    buf: Vec<u8>,
+    /// Where record i's two lines end in `buf` (they start where record i-1's end).
+    ends: Vec<usize>,
+}
+
+impl Encoded {
+    pub(super) fn span(&self, i: usize) -> Range<usize> {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        start..self.ends[i]
+    }
+
+    pub(super) fn len_of(&self, i: usize) -> usize {
+        self.span(i).len()
+    }
+
+    /// A `_bulk` body of the given records, in order.
+    pub(super) fn body(&self, items: &[usize]) -> Vec<u8> {
+        let size = items.iter().map(|&i| self.len_of(i)).sum();
+        let mut body = Vec::with_capacity(size);
+        for &i in items {
+            body.extend_from_slice(&self.buf[self.span(i)]);
+        }
+        body
+    }
+}
+
 impl ElasticSink {
-    /// The action line and document line of one record. Data streams take only `create`; a
-    /// replayed record then answers 409, which counts as stored.
-    pub(super) fn bulk_lines(&self, tp: &TopicPartition, r: &StoredRecord) -> Vec<u8> {
+    /// The bulk lines of every record. Data streams take only `create`; a replayed record
+    /// then answers 409, which counts as stored.
+    pub(super) fn encode(&self, tp: &TopicPartition, records: &[StoredRecord]) -> Encoded {
+        let mut buf = Vec::with_capacity(records.len() * 512);
+        let mut ends = Vec::with_capacity(records.len());
+        for r in records {
+            self.bulk_lines(tp, r, &mut buf);
+            ends.push(buf.len());
+        }
+        Encoded { buf, ends }
+    }
+
+    /// Appends one record's action line and document line to `out`.
+    pub(super) fn bulk_lines(&self, tp: &TopicPartition, r: &StoredRecord, out: &mut Vec<u8>) {
         let op = if self.settings.data_stream {
             "create"
         } else {
             "index"
         };
-        let target = json!({ "_index": self.index_name(r), "_id": document_id(tp, r.offset) });
-        let action = Value::Object([(op.to_string(), target)].into_iter().collect());
-        let mut out = action.to_string().into_bytes();
+        let index = self.index_name(r);
+        let action = Action {
+            index: &index,
+            id: format_args!("{}-{}-{}", tp.topic, tp.partition, r.offset),
+        };
+        let json = "serialising JSON to memory cannot fail";
+        write!(out, "{{\"{op}\":").expect(json);
+        serde_json::to_writer(&mut *out, &action).expect(json);
+        out.extend_from_slice(b"}\n");
+        serde_json::to_writer(&mut *out, &document(tp, r)).expect(json);
         out.push(b'\n');
-        serde_json::to_writer(&mut out, &document(tp, r))
-            .expect("serialising JSON to memory cannot fail");
-        out.push(b'\n');
-        out
     }
+}
+
+/// The target of one bulk action. `id` is `model::document_id`, written without a String.
+#[derive(serde::Serialize)]
+struct Action<'a, D: std::fmt::Display> {
+    #[serde(rename = "_index")]
+    index: &'a str,
+    #[serde(rename = "_id", serialize_with = "display")]
+    id: D,
+}
+
+fn display<D: std::fmt::Display, S: serde::Serializer>(d: &D, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(d)
 }
 
 /// The document for a record. PostgreSQL holds the same fields. Borrowed, so serialising a
@@ -36,7 +97,7 @@ struct Document<'a> {
     level: &'a Option<String>,
     service: &'a Option<String>,
     message: &'a Option<String>,
-    fields: &'a serde_json::Map<String, Value>,
+    fields: &'a RawValue,
     kafka: KafkaMeta<'a>,
 }
 
@@ -56,11 +117,83 @@ fn document<'a>(tp: &'a TopicPartition, r: &'a StoredRecord) -> Document<'a> {
         level: &r.entry.level,
         service: &r.entry.service,
         message: &r.entry.message,
-        fields: &r.entry.fields,
+        fields: r.entry.fields.as_raw(),
         kafka: KafkaMeta {
             topic: &tp.topic,
             partition: tp.partition,
             offset: r.offset,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::model::{Fields, LogEntry, document_id};
+    use crate::sink::elastic::{EsAuth, EsSettings, EsTls};
+    use crate::sink::retry::Backoff;
+
+    fn sink(data_stream: bool) -> ElasticSink {
+        ElasticSink::new(EsSettings {
+            url: "http://127.0.0.1:9".into(),
+            index_pattern: "logs-%Y.%m.%d".into(),
+            bulk_max_bytes: 1 << 20,
+            data_stream,
+            template_priority: 501,
+            timeout: Duration::from_secs(1),
+            backoff: Backoff {
+                initial: Duration::from_millis(1),
+                max: Duration::from_millis(2),
+            },
+            tls: EsTls::default(),
+            auth: EsAuth::FromUrl,
+        })
+        .unwrap()
+    }
+
+    fn record(offset: i64, fields: &str) -> StoredRecord {
+        StoredRecord {
+            offset,
+            key: None,
+            kafka_timestamp_ms: None,
+            entry: LogEntry {
+                timestamp: "2026-11-30T10:00:00.123456Z".parse().unwrap(),
+                level: Some("warn".into()),
+                service: None,
+                message: Some("a \"quoted\" message".into()),
+                fields: Fields::from_map(&serde_json::from_str(fields).unwrap()),
+            },
+        }
+    }
+
+    #[test]
+    fn bulk_lines_carry_the_deterministic_id_and_the_fields_text_unchanged() {
+        let tp = TopicPartition::new("app-logs", 3);
+        let fields = r#"{"n":123456789012345678901234567890,"user":{"id":"é"}}"#;
+        let records = [record(41, fields), record(42, "{}")];
+        for (data_stream, op) in [(false, "index"), (true, "create")] {
+            let encoded = sink(data_stream).encode(&tp, &records);
+            let body = String::from_utf8(encoded.body(&[0, 1])).unwrap();
+            let lines: Vec<&str> = body.lines().collect();
+            assert_eq!(lines.len(), 4);
+            let action: Value = serde_json::from_str(lines[0]).unwrap();
+            assert_eq!(
+                action,
+                json!({ op: { "_index": "logs-2026.11.30", "_id": document_id(&tp, 41) } })
+            );
+            assert!(lines[1].contains(&format!("\"fields\":{fields}")), "{}", lines[1]);
+            let doc: Value = serde_json::from_str(lines[1]).unwrap();
+            assert_eq!(doc["@timestamp"], "2026-11-30T10:00:00.123456Z");
+            assert_eq!(doc["message"], "a \"quoted\" message");
+            assert_eq!(doc["kafka"], json!({"topic": "app-logs", "partition": 3, "offset": 41}));
+            let second: Value = serde_json::from_str(lines[2]).unwrap();
+            assert_eq!(second[op]["_id"], document_id(&tp, 42));
+            assert_eq!(encoded.body(&[1]).len(), encoded.len_of(1));
+            assert_eq!(encoded.body(&[1]), body[encoded.span(1)].as_bytes());
+        }
     }
 }

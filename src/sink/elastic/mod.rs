@@ -80,6 +80,8 @@ pub enum EsAuth {
 pub struct ElasticSink {
     client: Elasticsearch,
     settings: EsSettings,
+    /// `settings.index_pattern` parsed once, not once per record.
+    index_items: Vec<chrono::format::Item<'static>>,
 }
 
 impl ElasticSink {
@@ -138,9 +140,13 @@ impl ElasticSink {
         let transport = builder
             .build()
             .map_err(|e| bad(format!("cannot build client: {e}")))?;
+        let index_items = chrono::format::StrftimeItems::new(&settings.index_pattern)
+            .parse_to_owned()
+            .map_err(|e| bad(format!("LP_ES_INDEX {:?}: {e}", settings.index_pattern)))?;
         Ok(Self {
             client: Elasticsearch::new(transport),
             settings,
+            index_items,
         })
     }
 
@@ -149,7 +155,7 @@ impl ElasticSink {
         record
             .entry
             .timestamp
-            .format(&self.settings.index_pattern)
+            .format_with_items(self.index_items.iter())
             .to_string()
     }
 
@@ -173,7 +179,7 @@ impl ElasticSink {
         body: Option<Vec<u8>>,
     ) -> Result<(u16, Option<String>, String), SinkError> {
         let mut headers = HeaderMap::new();
-        if path == "/_bulk" {
+        if path.starts_with("/_bulk") {
             headers.insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("application/x-ndjson"),
