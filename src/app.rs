@@ -160,7 +160,8 @@ pub async fn run(
         }
         Err(e) => return Err(e.into()),
     }
-    tracing::info!("stores ready");
+    let runtime_threads = tokio::runtime::Handle::current().metrics().num_workers();
+    tracing::info!(runtime_threads, "stores ready");
 
     let redactor = Redactor::new(
         settings.redact_drop.clone(),

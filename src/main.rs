@@ -156,6 +156,10 @@ fn report(r: anyhow::Result<()>) -> ExitCode {
     }
 }
 
+/// One runtime thread per CPU the process may use: tokio's default is
+/// `std::thread::available_parallelism`, which honours the cgroup's CPU quota (`cpu.max`), so
+/// a pod limited to one CPU runs one thread, not one per core of the node all contending for
+/// that CPU's time (`TOKIO_WORKER_THREADS` overrides it). `run` logs the number.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -184,6 +184,35 @@ async fn the_watermark_never_jumps_a_batch_that_is_not_durable() {
     assert_eq!((f.watermark().await, f.rows().await), (30, 30));
 }
 
+/// The batch insert assumes its rows are new (no conflict check, see `Rows::Fresh`); rows
+/// another writer put there first make it write again, leaving theirs alone.
+#[tokio::test]
+async fn rows_another_writer_stored_first_are_left_alone_and_the_batch_completes() {
+    let f = fixture("sink_conflict").await;
+    f.write(Position::Assigned(Some(0)), &raws(0, 10, &[]), &[])
+        .await
+        .unwrap();
+    f.exec("INSERT INTO {s}.log_records (topic, kafka_partition, kafka_offset, ts, message, fields) \
+            VALUES ('t', 0, 12, now(), 'other writer', '{}'), ('t', 0, 15, now(), 'other writer', '{}')")
+        .await;
+    let w = f
+        .write(Position::After(10), &raws(10, 20, &[]), &[])
+        .await
+        .unwrap();
+    assert!(w.store_dead_letters.is_empty() && !w.already_durable);
+    assert_eq!((f.watermark().await, f.rows().await), (20, 20));
+    let others = f
+        .scalar("SELECT count(*) FROM {s}.log_records WHERE message = 'other writer' AND kafka_offset IN (12, 15)")
+        .await;
+    assert_eq!(others, 2, "the rows already there are kept as they were");
+    let ours = f
+        .scalar("SELECT count(*) FROM {s}.log_records WHERE message = 'm' || kafka_offset AND kafka_offset BETWEEN 10 AND 19")
+        .await;
+    assert_eq!(ours, 8);
+    let dead = f.scalar("SELECT count(*) FROM {s}.dead_letters").await;
+    assert_eq!(dead, 0);
+}
+
 #[tokio::test]
 async fn bisection_dead_letters_exactly_the_refused_rows_with_their_raw_bytes() {
     let f = fixture("sink_bisect").await;

@@ -151,42 +151,51 @@ pub fn spawn(
 /// (see `State::commit`): the bound on how long a failed asynchronous commit stays unrepaired.
 const FULL_COMMIT_INTERVAL: Duration = Duration::from_secs(10);
 
+/// While records stream in, the loop's bookkeeping (acks, linger expiry, dispatch, pause and
+/// resume, commits, the group watch) runs this often rather than once per record. A poll that
+/// returns nothing, a record that completes a batch and a used-up memory budget bring it
+/// forward, so batches are never held back and the budget is enforced at once.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(5);
+
 fn run(mut consumer: Kafka) -> ConsumerReport {
     let commit_interval = consumer.context().settings.commit_interval;
     let mut next_commit = Instant::now() + commit_interval;
     let mut next_full_commit = Instant::now() + FULL_COMMIT_INTERVAL;
     let mut poll_errors = 0u64;
+    let mut topics = TopicNames::default();
+    let mut next_housekeeping = Instant::now();
+    let mut due = true;
     while !consumer.context().shutdown.drain.is_cancelled() {
-        let bridge = consumer.context();
-        bridge.metrics.consumer_beat();
         crate::failpoint::hit_blocking("consumer_wedge");
         let now = Instant::now();
-        let wait = {
-            let mut st = bridge.lock();
-            st.drain_acks(&bridge.metrics);
-            for (tp, records) in st.batcher.expired(now) {
-                st.enqueue(tp, records);
+        let wait = if due || now >= next_housekeeping {
+            due = false;
+            next_housekeeping = now + HOUSEKEEPING_INTERVAL;
+            let replacement = housekeeping(
+                &consumer,
+                now,
+                &mut next_commit,
+                commit_interval,
+                &mut next_full_commit,
+            );
+            if let Some((why, stalled_for)) = replacement {
+                consumer = replace(consumer, &why, stalled_for);
+                continue;
             }
-            st.dispatch();
-            st.apply_pause(&consumer);
-            if now >= next_commit {
-                let all = now >= next_full_commit;
-                if all {
-                    next_full_commit = now + FULL_COMMIT_INTERVAL;
-                }
-                st.commit(&consumer, all, &bridge.metrics);
-                next_commit = now + commit_interval;
-            }
+            let st = consumer.context().lock();
             st.batcher
                 .next_expiry()
                 .map_or(Duration::from_millis(50), |t| {
                     t.saturating_duration_since(now)
                 })
                 .min(Duration::from_millis(50))
+        } else {
+            next_housekeeping - now
         };
+        let bridge = consumer.context();
         match consumer.poll(wait) {
             Some(Ok(m)) => {
-                let tp = TopicPartition::new(m.topic(), m.partition());
+                let tp = topics.partition(m.topic(), m.partition());
                 let record = RawRecord {
                     offset: m.offset(),
                     key: m.key().map(<[u8]>::to_vec),
@@ -201,7 +210,9 @@ fn run(mut consumer: Kafka) -> ConsumerReport {
                     st.budget.take(record.size());
                     for full in st.batcher.push(&tp, record, Instant::now()) {
                         st.enqueue(tp.clone(), full);
+                        due = true;
                     }
+                    due |= st.budget.exhausted();
                 }
             }
             Some(Err(e)) => {
@@ -211,24 +222,68 @@ fn run(mut consumer: Kafka) -> ConsumerReport {
                     tracing::warn!(error = %e, count = poll_errors, "kafka poll error");
                 }
             }
-            None => {}
-        }
-        let stalled = bridge
-            .watch()
-            .stalled(Instant::now())
-            .map(|(s, d)| (s.to_owned(), d));
-        let rejoin = {
-            let mut st = bridge.lock();
-            match &st.rejoin_at {
-                Some((at, _)) if *at <= Instant::now() => st.rejoin_at.take(),
-                _ => None,
-            }
-        };
-        if let Some((why, stalled_for)) = stalled {
-            consumer = replace(consumer, &why, stalled_for);
-        } else if let Some((_, why)) = rejoin {
-            consumer = replace(consumer, &why, Duration::ZERO);
+            None => due = true,
         }
     }
     close(consumer)
+}
+
+/// The loop's bookkeeping (see `HOUSEKEEPING_INTERVAL`). Returns why and for how long the
+/// consumer is stuck when the group watch or a failed start asks for a new one.
+fn housekeeping(
+    consumer: &Kafka,
+    now: Instant,
+    next_commit: &mut Instant,
+    commit_interval: Duration,
+    next_full_commit: &mut Instant,
+) -> Option<(String, Duration)> {
+    let bridge = consumer.context();
+    bridge.metrics.consumer_beat();
+    {
+        let mut st = bridge.lock();
+        st.drain_acks(&bridge.metrics);
+        for (tp, records) in st.batcher.expired(now) {
+            st.enqueue(tp, records);
+        }
+        st.dispatch();
+        st.apply_pause(consumer);
+        if now >= *next_commit {
+            let all = now >= *next_full_commit;
+            if all {
+                *next_full_commit = now + FULL_COMMIT_INTERVAL;
+            }
+            st.commit(consumer, all, &bridge.metrics);
+            *next_commit = now + commit_interval;
+        }
+    }
+    let stalled = bridge.watch().stalled(now).map(|(s, d)| (s.to_owned(), d));
+    let rejoin = {
+        let mut st = bridge.lock();
+        match &st.rejoin_at {
+            Some((at, _)) if *at <= now => st.rejoin_at.take(),
+            _ => None,
+        }
+    };
+    stalled.or_else(|| rejoin.map(|(_, why)| (why, Duration::ZERO)))
+}
+
+/// Topic names as shared strings, so a record's partition costs no allocation.
+#[derive(Default)]
+struct TopicNames(Vec<Arc<str>>);
+
+impl TopicNames {
+    fn partition(&mut self, topic: &str, partition: i32) -> TopicPartition {
+        let name = match self.0.iter().find(|t| &***t == topic) {
+            Some(t) => Arc::clone(t),
+            None => {
+                let t: Arc<str> = topic.into();
+                self.0.push(Arc::clone(&t));
+                t
+            }
+        };
+        TopicPartition {
+            topic: name,
+            partition,
+        }
+    }
 }

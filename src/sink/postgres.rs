@@ -206,24 +206,36 @@ impl PgSink {
     /// row PostgreSQL refuses with a data exception is found by bisection and dead-lettered;
     /// any other refusal is returned, with nothing written.
     pub async fn write_batch(&self, batch: &BatchWrite<'_>) -> Result<Written, SinkError> {
-        let first = self
-            .with_connection(
+        let attempt = async |rows: Rows| {
+            self.with_connection(
                 Some(self.attempt_timeout),
-                async |conn: &mut PgConnection| Ok(write_tx(conn, batch, None).await),
+                async |conn: &mut PgConnection| Ok(write_tx(conn, batch, None, rows).await),
             )
-            .await?;
+            .await
+        };
+        let mut first = attempt(Rows::Fresh).await?;
+        if matches!(first, Err(Refusal::Conflict)) {
+            tracing::info!(tp = %batch.tp, "rows of this batch exist already; writing it again, skipping them");
+            first = attempt(Rows::MayExist).await?;
+        }
         match first {
             Err(Refusal::RecordData(message)) => {
                 tracing::warn!(tp = %batch.tp, error = %message, "a row was refused with a data exception; bisecting the batch to find it");
                 // Bisection takes many statements: each is bounded, not the whole pass, so
                 // however many rows are bad it cannot run into one overall bound for ever.
                 let per_statement = Some(self.attempt_timeout);
-                self.with_connection(None, async |conn: &mut PgConnection| {
-                    write_tx(conn, batch, per_statement)
-                        .await
-                        .map_err(Refusal::into_sink_error)
-                })
-                .await
+                let written = self
+                    .with_connection(None, async |conn: &mut PgConnection| {
+                        write_tx(conn, batch, per_statement, Rows::MayExist)
+                            .await
+                            .map_err(Refusal::into_sink_error)
+                    })
+                    .await?;
+                if written.store_dead_letters.is_empty() {
+                    // Row by row every one was taken: what refused the batch was not a row.
+                    tracing::warn!(tp = %batch.tp, error = %message, "the batch's rows were refused together but none alone");
+                }
+                Ok(written)
             }
             other => other.map_err(Refusal::into_sink_error),
         }
@@ -292,6 +304,8 @@ impl Drop for DetachUnlessFinished {
 enum Refusal {
     /// A data exception (SQLSTATE class 22) from inserting rows: some record's own fault.
     RecordData(String),
+    /// A row of a [`Rows::Fresh`] insert exists already: write again with `Rows::MayExist`.
+    Conflict,
     /// Anything else: the store's or the batch's fault, never a record's.
     Store(SinkError),
 }
@@ -300,6 +314,10 @@ impl Refusal {
     fn into_sink_error(self) -> SinkError {
         match self {
             Refusal::RecordData(message) => permanent(message),
+            Refusal::Conflict => SinkError::Transient {
+                store: STORE,
+                message: "a row of the batch exists already".into(),
+            },
             Refusal::Store(e) => e,
         }
     }
@@ -315,6 +333,7 @@ impl From<sqlx::Error> for Refusal {
 fn row_refusal(e: sqlx::Error) -> Refusal {
     match code(&e) {
         Some(c) if c.starts_with("22") => Refusal::RecordData(e.to_string()),
+        Some(c) if c == "23505" => Refusal::Conflict,
         _ => Refusal::Store(classify(e)),
     }
 }
@@ -327,6 +346,7 @@ async fn write_tx(
     conn: &mut PgConnection,
     batch: &BatchWrite<'_>,
     per_statement: Option<Duration>,
+    rows: Rows,
 ) -> Result<Written, Refusal> {
     let limit = per_statement.unwrap_or(Duration::MAX);
     let mut tx = within(limit, conn.begin()).await?;
@@ -365,7 +385,7 @@ async fn write_tx(
     let mut refused = Vec::new();
     match per_statement {
         Some(limit) => insert_bisecting(&mut tx, batch, records, limit, &mut refused).await?,
-        None => insert_records(&mut tx, batch.tp, records)
+        None => insert_records(&mut tx, batch.tp, records, rows)
             .await
             .map_err(row_refusal)?,
     }
@@ -452,7 +472,8 @@ async fn insert_bisecting(
             continue;
         }
         within(limit, sqlx::raw_sql("SAVEPOINT bisect").execute(&mut **tx)).await?;
-        let inserted = tokio::time::timeout(limit, insert_records(tx, batch.tp, &records[lo..hi]))
+        let rows = insert_records(tx, batch.tp, &records[lo..hi], Rows::MayExist);
+        let inserted = tokio::time::timeout(limit, rows)
             .await
             .map_err(|_| {
                 Refusal::Store(SinkError::Transient {
@@ -489,10 +510,25 @@ async fn insert_bisecting(
     Ok(())
 }
 
+/// Whether rows of a batch may exist already.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Rows {
+    /// Rows are written in the transaction that moves the watermark, and the batch starts at
+    /// the stored watermark (see [`advance`]): none of its rows can exist, unless another
+    /// writer shares the table. A plain `INSERT`, without the per-row conflict check of
+    /// `ON CONFLICT` (a quarter of PostgreSQL's CPU per row here); a conflict fails it
+    /// (`Refusal::Conflict`).
+    Fresh,
+    /// `INSERT ... ON CONFLICT DO NOTHING`: rows already present are left alone (a retry after
+    /// a conflict, the bisection, a redrive).
+    MayExist,
+}
+
 async fn insert_records(
     tx: &mut Transaction<'_, Postgres>,
     tp: &TopicPartition,
     records: &[StoredRecord],
+    rows: Rows,
 ) -> Result<(), sqlx::Error> {
     if records.is_empty() {
         return Ok(());
@@ -508,13 +544,21 @@ async fn insert_records(
         .iter()
         .map(|r| kafka_time(r.kafka_timestamp_ms))
         .collect();
-    sqlx::query(
-        "INSERT INTO log_records (topic, kafka_partition, kafka_offset, ts, level, service, message, fields, kafka_key, kafka_ts) \
-         SELECT $1, $2, o, t, l, s, m, f::jsonb, k, kt \
-         FROM UNNEST($3::bigint[], $4::timestamptz[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bytea[], $10::timestamptz[]) \
-              AS u(o, t, l, s, m, f, k, kt) \
-         ON CONFLICT DO NOTHING",
-    )
+    macro_rules! insert {
+        ($tail:literal) => {
+            concat!(
+                "INSERT INTO log_records (topic, kafka_partition, kafka_offset, ts, level, service, message, fields, kafka_key, kafka_ts) \
+                 SELECT $1, $2, o, t, l, s, m, f::jsonb, k, kt \
+                 FROM UNNEST($3::bigint[], $4::timestamptz[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bytea[], $10::timestamptz[]) \
+                      AS u(o, t, l, s, m, f, k, kt)",
+                $tail
+            )
+        };
+    }
+    sqlx::query(match rows {
+        Rows::Fresh => insert!(""),
+        Rows::MayExist => insert!(" ON CONFLICT DO NOTHING"),
+    })
     .bind(&*tp.topic)
     .bind(tp.partition)
     .bind(&offsets)
