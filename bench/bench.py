@@ -58,8 +58,10 @@ PEER_TUNED = {"BATCH": 2000, "CHECKPOINT_LIMIT": 20000, "IN_FLIGHT": 8, "PG_CONN
 # log-processor at its best documented configuration (README, "Benchmarks": larger batches pay
 # up to 5,000 records, at the cost of SIGTERM-to-exit time); everything else at its default.
 LP_BEST = {"LP_BATCH_MAX_RECORDS": "5000"}
-# --compare-base: another build of log-processor, run alternately with LP at LP_BEST.
+# --compare-base: another build of log-processor, run alternately with LP at LP_BEST;
+# --after-env: settings added to LP's side only (a configuration change compared).
 BASE_LP = None
+AFTER_ENV = {}
 CLK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -395,6 +397,8 @@ def start(kind, ident, topic, logf, extra_env=None, session_timeout=None):
     peer_defaults."""
     if kind.startswith("lp"):
         env = dict(LP_BEST if kind.startswith("lp_best") else {}, **(extra_env or {}))
+        if kind == "lp_best" and BASE_LP:
+            env.update(AFTER_ENV)
         binary = BASE_LP if kind == "lp_best_base" else LP
         return subprocess.Popen([binary, "run"], env=lp_env(ident, topic, env),
                                 stdout=logf, stderr=logf)
@@ -940,6 +944,8 @@ def main():
                     "e.g. a build of another commit for a before/after comparison of one phase")
     ap.add_argument("--compare-base", help="a before/after comparison of one change: the e2e phase runs only "
                     "this binary and --lp-binary at the best configuration, alternating, --runs times each")
+    ap.add_argument("--after-env", action="append", default=[], metavar="K=V",
+                    help="with --compare-base: a setting for --lp-binary's runs only")
     ap.add_argument("--merge", action="store_true",
                     help="keep the phases not run from the existing results file (their commit is recorded)")
     a = ap.parse_args()
@@ -961,6 +967,7 @@ def main():
     if a.compare_base:
         global BASE_LP
         BASE_LP = os.path.abspath(a.compare_base)
+        AFTER_ENV.update(kv.split("=", 1) for kv in a.after_env)
     label = a.label or ("compare" if a.compare_base else "smoke" if a.smoke else ("full" if n == 1_000_000 and runs >= 3 else "reduced"))
     commit, dirty = code_state()
     res = {"label": label,
@@ -1058,6 +1065,7 @@ def main():
                 order = [("lp_best_base", "compare_base", n), ("lp_best", "log_processor_best", n)]
                 res["e2e"]["compare_base"] = []
                 res["compare_base_binary"] = os.path.relpath(BASE_LP, ROOT)
+                res["compare_after_env"] = AFTER_ENV
             plan = [order] * runs
             for i in range(0 if BASE_LP else a.default_runs):
                 plan[i % len(plan)] = plan[i % len(plan)] + [("lp", "log_processor_defaults", n),
