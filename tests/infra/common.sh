@@ -69,3 +69,40 @@ apt_install() {
   if [[ -z "${_LP_APT_UPDATED:-}" ]]; then apt-get update -qq >/dev/null; _LP_APT_UPDATED=1; fi
   apt-get install -y -qq "${missing[@]}" >/dev/null
 }
+
+# The KRaft properties every test broker shares: combined broker and controller, small
+# internal topics, records up to 8 MiB. Args: node id, controller.quorum.voters, listeners,
+# advertised listeners, listener.security.protocol.map, log dir, replicas (1 or 3).
+kafka_base_props() {
+  local id="$1" voters="$2" listeners="$3" adv="$4" map="$5" dir="$6" replicas="$7"
+  local isr=$((replicas > 1 ? 2 : 1))
+  cat <<EOF
+process.roles=broker,controller
+node.id=$id
+controller.quorum.voters=$voters
+listeners=$listeners
+advertised.listeners=$adv
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=$map
+log.dirs=$dir
+# Internal topics as replicated as the cluster allows, with few partitions: the first
+# consumer-group join creates them, and 50 is slow.
+offsets.topic.replication.factor=$replicas
+transaction.state.log.replication.factor=$replicas
+transaction.state.log.min.isr=$isr
+share.coordinator.state.topic.replication.factor=$replicas
+share.coordinator.state.topic.min.isr=$isr
+offsets.topic.num.partitions=4
+transaction.state.log.num.partitions=4
+share.coordinator.state.topic.num.partitions=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=true
+num.partitions=1
+default.replication.factor=$replicas
+min.insync.replicas=$isr
+# Tests send records up to 6 MiB (topics also set max.message.bytes).
+message.max.bytes=8388608
+replica.fetch.max.bytes=8388608
+EOF
+}
