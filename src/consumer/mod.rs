@@ -166,7 +166,6 @@ fn run(mut consumer: Kafka) -> ConsumerReport {
     let mut next_housekeeping = Instant::now();
     let mut due = true;
     while !consumer.context().shutdown.drain.is_cancelled() {
-        crate::failpoint::hit_blocking("consumer_wedge");
         let now = Instant::now();
         let wait = if due || now >= next_housekeeping {
             due = false;
@@ -193,6 +192,7 @@ fn run(mut consumer: Kafka) -> ConsumerReport {
             next_housekeeping - now
         };
         let bridge = consumer.context();
+        crate::failpoint::hit_blocking("consumer_wedge");
         match consumer.poll(wait) {
             Some(Ok(m)) => {
                 let tp = topics.partition(m.topic(), m.partition());
