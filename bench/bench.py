@@ -967,7 +967,12 @@ def main():
     if a.compare_base:
         global BASE_LP
         BASE_LP = os.path.abspath(a.compare_base)
-        AFTER_ENV.update(kv.split("=", 1) for kv in a.after_env)
+        for kv in a.after_env:
+            if "=" not in kv:
+                ap.error(f"--after-env {kv!r}: expected NAME=VALUE")
+            AFTER_ENV.update([kv.split("=", 1)])
+    elif a.after_env:
+        ap.error("--after-env needs --compare-base")
     label = a.label or ("compare" if a.compare_base else "smoke" if a.smoke else ("full" if n == 1_000_000 and runs >= 3 else "reduced"))
     commit, dirty = code_state()
     res = {"label": label,
@@ -1036,7 +1041,7 @@ def main():
             res["compare"] = {k: {"median_records_per_s": statistics.median(r["records_per_s"] for r in runs),
                                   "median_cpu_s_per_million": statistics.median(r["cpu_s_per_million"] for r in runs),
                                   "max_peak_rss_mib": max(r["peak_rss_mib"] for r in runs)}
-                              for k, runs in (("before", res["e2e"]["compare_base"]),
+                              for k, runs in (("before", res["e2e"].get("compare_base", [])),
                                               ("after", res["e2e"]["log_processor_best"])) if runs}
         with open(os.path.join(out_dir, f"latest{suffix}.json"), "w") as f:
             json.dump(res, f, indent=2)
@@ -1068,6 +1073,9 @@ def main():
                 res["compare_base_binary"] = os.path.relpath(BASE_LP, ROOT)
                 res["compare_after_env"] = AFTER_ENV
             plan = [order] * runs
+            if BASE_LP:
+                # Alternate which binary goes first, so neither always meets the warmer store.
+                plan = [order if i % 2 == 0 else order[::-1] for i in range(runs)]
             for i in range(0 if BASE_LP else a.default_runs):
                 plan[i % len(plan)] = plan[i % len(plan)] + [("lp", "log_processor_defaults", n),
                                                               ("peer_defaults", "peer_defaults", peer_default_n)]

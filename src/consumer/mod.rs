@@ -269,15 +269,15 @@ fn housekeeping(
 
 /// Topic names as shared strings, so a record's partition costs no allocation.
 #[derive(Default)]
-struct TopicNames(Vec<Arc<str>>);
+struct TopicNames(HashSet<Arc<str>>);
 
 impl TopicNames {
     fn partition(&mut self, topic: &str, partition: i32) -> TopicPartition {
-        let name = match self.0.iter().find(|t| &***t == topic) {
+        let name = match self.0.get(topic) {
             Some(t) => Arc::clone(t),
             None => {
                 let t: Arc<str> = topic.into();
-                self.0.push(Arc::clone(&t));
+                self.0.insert(Arc::clone(&t));
                 t
             }
         };

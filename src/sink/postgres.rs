@@ -65,6 +65,9 @@ pub struct PgSink {
     attempt_timeout: Duration,
     /// Bound on handing a connection back to the pool (its liveness check).
     return_timeout: Duration,
+    /// Partitions where rows of a batch existed already (another writer shares the table):
+    /// their batches are written with `Rows::MayExist` from then on, not tried plain first.
+    shared: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<TopicPartition>>>,
 }
 
 impl PgSink {
@@ -106,6 +109,7 @@ impl PgSink {
             // statement's bound plus a connect is talking to a dead connection.
             attempt_timeout: settings.statement_timeout + settings.connect_timeout,
             return_timeout: settings.connect_timeout,
+            shared: Default::default(),
         })
     }
 
@@ -213,9 +217,15 @@ impl PgSink {
             )
             .await
         };
-        let mut first = attempt(Rows::Fresh).await?;
+        let shared = || self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        let rows = match shared().contains(batch.tp) {
+            true => Rows::MayExist,
+            false => Rows::Fresh,
+        };
+        let mut first = attempt(rows).await?;
         if matches!(first, Err(Refusal::Conflict)) {
-            tracing::info!(tp = %batch.tp, "rows of this batch exist already; writing it again, skipping them");
+            tracing::warn!(tp = %batch.tp, "rows of this batch exist already (another writer shares the table?); writing it again skipping them, and so for this partition from now on");
+            shared().insert(batch.tp.clone());
             first = attempt(Rows::MayExist).await?;
         }
         match first {
@@ -224,18 +234,12 @@ impl PgSink {
                 // Bisection takes many statements: each is bounded, not the whole pass, so
                 // however many rows are bad it cannot run into one overall bound for ever.
                 let per_statement = Some(self.attempt_timeout);
-                let written = self
-                    .with_connection(None, async |conn: &mut PgConnection| {
-                        write_tx(conn, batch, per_statement, Rows::MayExist)
-                            .await
-                            .map_err(Refusal::into_sink_error)
-                    })
-                    .await?;
-                if written.store_dead_letters.is_empty() {
-                    // Row by row every one was taken: what refused the batch was not a row.
-                    tracing::warn!(tp = %batch.tp, error = %message, "the batch's rows were refused together but none alone");
-                }
-                Ok(written)
+                self.with_connection(None, async |conn: &mut PgConnection| {
+                    write_tx(conn, batch, per_statement, Rows::MayExist)
+                        .await
+                        .map_err(Refusal::into_sink_error)
+                })
+                .await
             }
             other => other.map_err(Refusal::into_sink_error),
         }
@@ -383,8 +387,17 @@ async fn write_tx(
         .cloned()
         .collect();
     let mut refused = Vec::new();
+    // Without a stored watermark nothing says which rows a batch may find (a new group on a
+    // table another group fills, rows kept after the watermark was deleted).
+    let rows = if matches!(step, Advance::Insert) { Rows::MayExist } else { rows };
     match per_statement {
-        Some(limit) => insert_bisecting(&mut tx, batch, records, limit, &mut refused).await?,
+        Some(limit) => {
+            insert_bisecting(&mut tx, batch, records, limit, &mut refused).await?;
+            if refused.is_empty() {
+                // Row by row every one was taken: what refused them together was not a row.
+                tracing::warn!(tp = %batch.tp, "the batch's rows were refused together but none alone");
+            }
+        }
         None => insert_records(&mut tx, batch.tp, records, rows)
             .await
             .map_err(row_refusal)?,
@@ -514,8 +527,8 @@ async fn insert_bisecting(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Rows {
     /// Rows are written in the transaction that moves the watermark, and the batch starts at
-    /// the stored watermark (see [`advance`]): none of its rows can exist, unless another
-    /// writer shares the table. A plain `INSERT`, without the per-row conflict check of
+    /// the stored watermark (`Advance::Update`, see [`advance`]): none of its rows can exist,
+    /// unless another writer shares the table. A plain `INSERT`, without the per-row conflict check of
     /// `ON CONFLICT` (a quarter of PostgreSQL's CPU per row here); a conflict fails it
     /// (`Refusal::Conflict`).
     Fresh,
