@@ -179,16 +179,6 @@ def proc_cpu(pid):
         return None
 
 
-def proc_hwm_kib(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-
-
 def thread_cpu(pid):
     """CPU seconds per thread name (threads with the same name summed)."""
     out = {}
