@@ -11,6 +11,19 @@ LOG_DIR="$STATE_DIR/logs"
 RUN_DIR="$STATE_DIR/run"       # pid files of the processes we started
 mkdir -p "$CACHE_DIR" "$DATA_DIR" "$LOG_DIR" "$RUN_DIR"
 
+# What a service running as another user must read or write (PostgreSQL's data, the search
+# stores' distributions, data and logs) lives outside the checkout: a clone under /root or in a
+# mode-700 folder is a path that user cannot enter. One rule for every such service: a folder per
+# checkout under /var/tmp (keyed by the state folder's path), which every user can traverse.
+SHARED_DIR="${LP_INFRA_SHARED:-/var/tmp/lp-infra-$(printf '%s' "$STATE_DIR" | sha256sum | cut -c1-12)}"
+
+# shared_dir NAME: create and print "$SHARED_DIR/NAME", its parents traversable by every user.
+shared_dir() {
+  mkdir -p "$SHARED_DIR/$1"
+  chmod 755 "$SHARED_DIR"
+  printf '%s\n' "$SHARED_DIR/$1"
+}
+
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
 PG_PORT="${PG_PORT:-5432}"

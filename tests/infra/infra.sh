@@ -42,6 +42,7 @@ status_all() {
 
 up() {
   local s i rc=0 pids=()
+  log "state in $STATE_DIR; files of services run as other users in $SHARED_DIR"
   # Installs one after another: apt (dpkg lock) and Maven (shared local repo) do not mix in parallel.
   for s in "${services[@]}"; do run "$s" install; done
   # Starts in parallel: separate ports and folders; the JVMs' warm-up overlaps.

@@ -15,15 +15,8 @@ PG_DB_PASS=logproc
 PG_DB_NAME=logproc
 pg_settings=(-c "listen_addresses=$PG_HOST" -c fsync=on -c shared_buffers=256MB -c max_connections=200)
 
-# The server runs as user postgres, which must reach the data dir. When the repo sits under a path
-# postgres cannot traverse (e.g. /root), the data goes to a per-checkout folder in /var/tmp instead.
-pg_data_dir() {
-  if ! id postgres >/dev/null 2>&1 || runuser -u postgres -- test -x "$DATA_DIR" 2>/dev/null; then
-    printf '%s\n' "$DATA_DIR/postgres"
-  else
-    printf '/var/tmp/lp-infra-%s/postgres\n' "$(printf '%s' "$STATE_DIR" | sha256sum | cut -c1-12)"
-  fi
-}
+# The server runs as user postgres: its data lives where that user can reach it (common.sh).
+pg_data_dir() { printf '%s\n' "$SHARED_DIR/postgres"; }
 
 pg_bin() {
   local ver

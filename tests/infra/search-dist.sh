@@ -22,8 +22,9 @@ esac
 VERSION="${LP_TEST_SEARCH_VERSION:-$VERSION}"
 GROUP="org.$PRODUCT.distribution.integ-test-zip"
 RUN_USER="${LP_SEARCH_USER:-lpsearch}"
-HOME_DIR="$CACHE_DIR/search/$PRODUCT-$VERSION"    # unzipped distribution, owned by RUN_USER
-SD_DATA="$DATA_DIR/search-$STORE"                  # data, logs, pid file (RUN_USER's)
+# RUN_USER's files live where it can reach them, outside the checkout ($SHARED_DIR, common.sh).
+HOME_DIR="$SHARED_DIR/search/$PRODUCT-$VERSION"   # unzipped distribution, owned by RUN_USER
+SD_DATA="$SHARED_DIR/search-$STORE"               # data, logs, pid file (RUN_USER's)
 SD_LOG="$LOG_DIR/search-$STORE.log"
 PID_NAME=search
 URL="http://127.0.0.1:$OPENSEARCH_PORT"
@@ -45,7 +46,8 @@ cmd_install() {
   mvn -B -q dependency:copy -Dartifact="$GROUP:$PRODUCT:$VERSION:zip" \
     -Dmaven.repo.local="$CACHE_DIR/m2" -DoutputDirectory="$CACHE_DIR/search/zips" 2>&1 \
     | sed 's/\x1b\[[0-9;]*m//g' >&2
-  local tmp="$CACHE_DIR/search/unzip-$$"
+  shared_dir search >/dev/null
+  local tmp="$SHARED_DIR/search/unzip-$$"
   rm -rf "$tmp" && mkdir -p "$tmp"
   unzip -q "$CACHE_DIR/search/zips/$PRODUCT-$VERSION.zip" -d "$tmp"
   rm -rf "$HOME_DIR"
@@ -86,7 +88,7 @@ cmd_start() {
   else
     java_env=(OPENSEARCH_JAVA_HOME="$JDK" OPENSEARCH_TMPDIR="$SD_DATA/tmp" OPENSEARCH_JAVA_OPTS="-Xms$HEAP -Xmx$HEAP")
   fi
-  log "$STORE: starting $PRODUCT $VERSION on $URL as $RUN_USER (heap $HEAP)"
+  log "$STORE: starting $PRODUCT $VERSION on $URL as $RUN_USER (heap $HEAP, files in $HOME_DIR and $SD_DATA)"
   # -d: the launcher forks the node and returns; the node writes its pid to the pid file.
   rm -f "$SD_DATA/pid"
   if ! runuser -u "$RUN_USER" -- env "${java_env[@]}" \
