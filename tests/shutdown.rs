@@ -326,3 +326,138 @@ async fn graceful_as_pid_1_in_its_own_pid_namespace() {
     );
     finish_and_verify(&s, "pid 1").await;
 }
+
+/// The broker's state of a consumer group (`Stable`, `PreparingRebalance`, ...).
+fn group_state(group: &str) -> String {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = producer_config().create().expect("client");
+    let list = c
+        .fetch_group_list(Some(group), Duration::from_secs(10))
+        .expect("describe group");
+    list.groups()
+        .first()
+        .map_or_else(String::new, |g| g.state().to_string())
+}
+
+/// Starts a second replica while the group's first member is frozen (SIGSTOP), so the broker
+/// holds the replica's JoinGroup (the rebalance waits for the frozen member to rejoin), and
+/// returns the two once the broker shows the rebalance under way: a signal now lands during
+/// the join.
+async fn replica_joining(s: &Scenario, env: &[(String, String)]) -> (Daemon, Daemon) {
+    s.produce(0, 2_000, 0.0);
+    let mut a = Daemon::start(env);
+    s.wait_all_stored(Duration::from_secs(120)).await;
+    a.wait_for_line("partitions assigned", Duration::from_secs(30));
+    a.signal("STOP");
+    let b = Daemon::start(env);
+    b.wait_for_line("stores ready", Duration::from_secs(30));
+    let start = Instant::now();
+    while group_state(&s.group) != "PreparingRebalance" {
+        if start.elapsed() > Duration::from_secs(10) {
+            a.signal("CONT");
+            a.kill();
+            panic!(
+                "the broker never showed the second replica's join (group {}); log:\n{}",
+                group_state(&s.group),
+                b.tail(20)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !b.has_line("partitions assigned"),
+        "the second replica was assigned partitions: the join was not held, nothing tested"
+    );
+    (a, b)
+}
+
+/// A pod stopped during a rolling update is often one still joining its group. The signal
+/// lands while the broker holds this replica's JoinGroup; the other member rejoins 200 ms
+/// later, as a live member does on its next heartbeat. The process must exit as soon as the
+/// join is answered and leave the group cleanly (librdkafka alone waited its 5 s LeaveGroup
+/// timeout), so that a replica started next is assigned the partitions at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_joining_the_group_exits_at_once_and_leaves_it() {
+    let s = Scenario::new("sd_join", 2).await;
+    // The default session timeout: a member left behind would hold its place for 30 s.
+    let env = with(&s.env(), &[("LP_SESSION_TIMEOUT_MS", "30000".into())]);
+    let (mut a, mut b) = replica_joining(&s, &env).await;
+    let sent = Instant::now();
+    b.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.signal("CONT");
+    let code = b.wait(Duration::from_secs(26));
+    let took = sent.elapsed();
+    println!(
+        "shutdown: signal during the group join to exit: {} ms",
+        took.as_millis()
+    );
+    assert_eq!(code, 0, "log:\n{}", b.tail(30));
+    assert!(
+        took < Duration::from_millis(1000),
+        "exit took {took:?} after a signal during the join; log:\n{}",
+        b.tail(30)
+    );
+    assert!(
+        b.has_line("shutdown: group left"),
+        "left without a LeaveGroup; log:\n{}",
+        b.tail(30)
+    );
+
+    // The first member leaves too; nobody is left in the group, so a new replica is assigned
+    // both partitions well inside one session timeout, and stores what follows.
+    a.signal("TERM");
+    assert_eq!(a.wait(Duration::from_secs(26)), 0, "log:\n{}", a.tail(30));
+    let started = Instant::now();
+    let mut c = Daemon::start(&env);
+    c.wait_for_line("partitions assigned", Duration::from_secs(30));
+    let assigned_after = started.elapsed();
+    println!(
+        "shutdown: replica started after the exit assigned in {} ms",
+        assigned_after.as_millis()
+    );
+    assert!(
+        assigned_after < Duration::from_secs(8),
+        "the next replica waited {assigned_after:?} for its partitions: a member was left behind"
+    );
+    s.produce(2_000, 500, 0.0);
+    s.wait_all_stored(Duration::from_secs(120)).await;
+    c.signal("TERM");
+    assert_eq!(c.wait(Duration::from_secs(26)), 0);
+    s.verify().await.assert_exact("signal during the join");
+    s.cleanup().await;
+}
+
+/// The same signal while the other member stays frozen: the join is never answered, so the
+/// LeaveGroup behind it cannot be either. The wait for it is bounded and named in the
+/// timeline; the process exits with code 0 (offsets were committed before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_a_join_is_held_for_good_exits_within_the_leave_bound() {
+    let s = Scenario::new("sd_join_held", 2).await;
+    let env = with(&s.env(), &[("LP_SESSION_TIMEOUT_MS", "30000".into())]);
+    let (mut a, mut b) = replica_joining(&s, &env).await;
+    let sent = Instant::now();
+    b.signal("TERM");
+    let code = b.wait(Duration::from_secs(26));
+    let took = sent.elapsed();
+    a.signal("CONT");
+    println!(
+        "shutdown: signal during a join held for good to exit: {} ms",
+        took.as_millis()
+    );
+    assert_eq!(code, 0, "log:\n{}", b.tail(30));
+    assert!(
+        took < Duration::from_millis(1500),
+        "exit took {took:?}; log:\n{}",
+        b.tail(30)
+    );
+    assert!(
+        b.has_line("shutdown: group leave abandoned"),
+        "log:\n{}",
+        b.tail(30)
+    );
+    a.signal("TERM");
+    assert_eq!(a.wait(Duration::from_secs(26)), 0);
+    s.verify().await.assert_exact("signal during a held join");
+    s.cleanup().await;
+}

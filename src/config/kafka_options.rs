@@ -62,7 +62,7 @@ const OWNED: &[(&str, &str)] = &[
     ("session.timeout.ms", "set LP_SESSION_TIMEOUT_MS"),
     (
         "heartbeat.interval.ms",
-        "derived from LP_SESSION_TIMEOUT_MS",
+        "derived from LP_SESSION_TIMEOUT_MS (a third, at most 500 ms)",
     ),
     ("max.poll.interval.ms", "set LP_MAX_POLL_INTERVAL_MS"),
     (

@@ -56,7 +56,7 @@ pub(super) fn connect(bridge: Bridge) -> Result<Kafka, KafkaError> {
         )
         .set(
             "heartbeat.interval.ms",
-            (settings.session_timeout_ms / 3).max(100).to_string(),
+            heartbeat_interval_ms(settings.session_timeout_ms).to_string(),
         )
         .set(
             "max.poll.interval.ms",
@@ -77,6 +77,21 @@ pub(super) fn connect(bridge: Bridge) -> Result<Kafka, KafkaError> {
     let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     Ok(consumer)
+}
+
+/// The longest interval between two heartbeats of a member.
+///
+/// Members of a classic group learn that a rebalance began only from a heartbeat's answer, and
+/// the broker holds every member's JoinGroup until all have rejoined: a replica that starts (or
+/// stops while joining) waits for the slowest member's next heartbeat. A third of a 30 s session
+/// would make that up to 10 s; a heartbeat every 500 ms costs the broker two small requests a
+/// second per member.
+pub(super) const HEARTBEAT_INTERVAL_MAX: Duration = Duration::from_millis(500);
+
+/// `heartbeat.interval.ms`: a third of the session timeout (librdkafka's advice), at most
+/// `HEARTBEAT_INTERVAL_MAX`.
+fn heartbeat_interval_ms(session_timeout_ms: u64) -> u64 {
+    (session_timeout_ms / 3).clamp(100, HEARTBEAT_INTERVAL_MAX.as_millis() as u64)
 }
 
 /// Replaces a stuck consumer (group membership not steady, or no broker known; see
@@ -243,5 +258,15 @@ impl ConsumerContext for Bridge {
             }
         };
         self.handle(consumer, event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn heartbeat_is_a_third_of_the_session_capped_so_rebalances_are_noticed_quickly() {
+        assert_eq!(super::heartbeat_interval_ms(30_000), 500);
+        assert_eq!(super::heartbeat_interval_ms(900), 300);
+        assert_eq!(super::heartbeat_interval_ms(150), 100);
     }
 }

@@ -389,7 +389,11 @@ async fn write_tx(
     let mut refused = Vec::new();
     // Without a stored watermark nothing says which rows a batch may find (a new group on a
     // table another group fills, rows kept after the watermark was deleted).
-    let rows = if matches!(step, Advance::Insert) { Rows::MayExist } else { rows };
+    let rows = if matches!(step, Advance::Insert) {
+        Rows::MayExist
+    } else {
+        rows
+    };
     match per_statement {
         Some(limit) => {
             insert_bisecting(&mut tx, batch, records, limit, &mut refused).await?;
@@ -486,14 +490,12 @@ async fn insert_bisecting(
         }
         within(limit, sqlx::raw_sql("SAVEPOINT bisect").execute(&mut **tx)).await?;
         let rows = insert_records(tx, batch.tp, &records[lo..hi], Rows::MayExist);
-        let inserted = tokio::time::timeout(limit, rows)
-            .await
-            .map_err(|_| {
-                Refusal::Store(SinkError::Transient {
-                    store: STORE,
-                    message: format!("no answer within {} ms", limit.as_millis()),
-                })
-            })?;
+        let inserted = tokio::time::timeout(limit, rows).await.map_err(|_| {
+            Refusal::Store(SinkError::Transient {
+                store: STORE,
+                message: format!("no answer within {} ms", limit.as_millis()),
+            })
+        })?;
         match inserted.map_err(row_refusal) {
             Ok(()) => {
                 within(
