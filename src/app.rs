@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::batcher::Limits;
-use crate::config::Settings;
+use crate::config::{Settings, StartWithoutWatermark};
 use crate::consumer::{self, ConsumerSettings, OffsetStore};
 use crate::dead_letter::DeadLetterPolicy;
 use crate::metrics::Metrics;
@@ -226,6 +226,10 @@ pub async fn run(
         revoke_drain_timeout: settings.revoke_drain_timeout(),
         group_stall_timeout: settings.group_stall_timeout(),
         client_properties: consumer::ClientProperties(settings.security.kafka_properties()?),
+        start_without_watermark: match settings.start_without_watermark {
+            StartWithoutWatermark::Earliest => consumer::NoWatermark::Earliest,
+            StartWithoutWatermark::Committed => consumer::NoWatermark::Committed,
+        },
     };
     let offsets = Arc::new(GroupOffsets {
         pg: pg.clone(),

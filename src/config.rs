@@ -73,6 +73,11 @@ pub struct Settings {
     /// timeouts.
     #[arg(long, env = "LP_GROUP_STALL_TIMEOUT_MS")]
     pub group_stall_timeout_ms: Option<u64>,
+    /// Where a partition with no watermark stored in PostgreSQL starts: `earliest` reads what
+    /// Kafka still holds (nothing is skipped, also after a restore from before the partition's
+    /// first batch); `committed` trusts the group's committed offset in Kafka.
+    #[arg(long, env = "LP_START_WITHOUT_WATERMARK", value_enum, default_value_t = StartWithoutWatermark::Earliest)]
+    pub start_without_watermark: StartWithoutWatermark,
 
     /// PostgreSQL URL, e.g. postgres://user:password@host:5432/db (the password is never logged).
     #[arg(
@@ -183,6 +188,15 @@ pub struct Settings {
 pub enum LogFormat {
     Human,
     Json,
+}
+
+/// `LP_START_WITHOUT_WATERMARK`: where a partition with no stored watermark starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StartWithoutWatermark {
+    /// The log's start: everything Kafka still holds.
+    Earliest,
+    /// The group's committed offset in Kafka, when it has one.
+    Committed,
 }
 
 /// `LP_MIGRATE`: what start-up does with the schema.

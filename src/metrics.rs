@@ -70,6 +70,9 @@ pub struct Metrics {
     pub commits: AtomicU64,
     pub commit_errors: AtomicU64,
     pub rebalances: AtomicU64,
+    /// Partitions started below where Kafka's committed offset says the group was: the
+    /// database went back in time (or lost a partition's watermark), and they are read again.
+    pub rewinds: AtomicU64,
     pub consumer_replacements: AtomicU64,
     pub pg_latency: Histogram,
     pub es_latency: Histogram,
@@ -247,6 +250,11 @@ impl Metrics {
                 "log_processor_rebalances",
                 "Partition assignments and revocations",
                 &self.rebalances,
+            ),
+            counter(
+                "log_processor_partition_rewinds",
+                "Partitions read again from below Kafka's committed offset because PostgreSQL's watermark is behind it or missing",
+                &self.rewinds,
             ),
             counter(
                 "log_processor_consumer_replacements",

@@ -14,7 +14,7 @@ mod rebalance;
 mod start;
 mod state;
 
-pub use start::{Start, start_offset};
+pub use start::{NoWatermark, Start, start_offset};
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -63,6 +63,8 @@ pub struct ConsumerSettings {
     pub group_stall_timeout: Duration,
     /// Security and pass-through librdkafka properties, set after the daemon's own.
     pub client_properties: ClientProperties,
+    /// Where a partition without a stored watermark starts.
+    pub start_without_watermark: NoWatermark,
 }
 
 /// librdkafka properties from the configuration. They may hold credentials (`sasl.password`),

@@ -48,20 +48,22 @@ impl Bridge {
             let committed = self.committed_offsets(consumer, tps);
             for tp in tps {
                 let kafka = committed.as_ref().map(|c| c.get(tp).copied());
-                let offset = match start_offset(stored.get(tp).copied(), kafka) {
+                let policy = self.settings.start_without_watermark;
+                let offset = match start_offset(stored.get(tp).copied(), kafka, policy) {
+                    Start::Rewound { stored, committed } => {
+                        tracing::warn!(partition = %tp, stored, committed, "Kafka's committed offset is ahead of PostgreSQL's watermark: the database went back in time (a restore, a failover to a lagging replica); reading [stored, committed) again");
+                        self.metrics.rewinds.fetch_add(1, Relaxed);
+                        self.start_stored(
+                            consumer,
+                            tp,
+                            stored,
+                            checks_until,
+                            &mut held,
+                            &mut started,
+                        )
+                    }
                     Start::Stored(pg) => {
-                        let end = (Instant::now() < checks_until)
-                            .then(|| end_offset(consumer, tp))
-                            .flatten();
-                        if let Some(end) = end.filter(|&end| end < pg) {
-                            held.push((tp.clone(), format!(
-                                "topic end offset {end} is below the stored watermark {pg}: was the topic \
-                                 deleted and recreated? Move away or delete this partition's rows in log_records, dead_letters and consumer_offsets (they hold the old topic's records under the same offsets), then restart"
-                            )));
-                        } else {
-                            started.push((tp.clone(), pg));
-                        }
-                        Offset::Offset(pg)
+                        self.start_stored(consumer, tp, pg, checks_until, &mut held, &mut started)
                     }
                     Start::Committed(k) => {
                         let end = (Instant::now() < checks_until)
@@ -77,7 +79,12 @@ impl Bridge {
                             Offset::Offset(k)
                         }
                     }
-                    Start::Beginning => Offset::Beginning,
+                    Start::Beginning { ignored: Some(k) } => {
+                        tracing::warn!(partition = %tp, committed = k, "no watermark stored for this partition, but the group has a committed offset in Kafka: the database lacks its progress (a new schema, or a restore from before its first batch); reading it from the log's start (LP_START_WITHOUT_WATERMARK=earliest)");
+                        self.metrics.rewinds.fetch_add(1, Relaxed);
+                        Offset::Beginning
+                    }
+                    Start::Beginning { ignored: None } => Offset::Beginning,
                     Start::AskKafka => Offset::Invalid,
                 };
                 start.push((tp, offset));
@@ -174,6 +181,31 @@ impl Bridge {
             tracing::warn!(error = %e, "unassign failed");
         }
         tracing::info!(partitions = ?tps.iter().map(ToString::to_string).collect::<Vec<_>>(), lost, took_ms = began.elapsed().as_millis() as u64, "partitions revoked");
+    }
+
+    /// A partition started at PostgreSQL's watermark `pg`, unless the topic's end lies below it
+    /// (the topic was deleted and recreated): then it is held.
+    fn start_stored(
+        &self,
+        consumer: &Kafka,
+        tp: &TopicPartition,
+        pg: i64,
+        checks_until: Instant,
+        held: &mut Vec<(TopicPartition, String)>,
+        started: &mut Vec<(TopicPartition, i64)>,
+    ) -> Offset {
+        let end = (Instant::now() < checks_until)
+            .then(|| end_offset(consumer, tp))
+            .flatten();
+        if let Some(end) = end.filter(|&end| end < pg) {
+            held.push((tp.clone(), format!(
+                "topic end offset {end} is below the stored watermark {pg}: was the topic \
+                 deleted and recreated? Move away or delete this partition's rows in log_records, dead_letters and consumer_offsets (they hold the old topic's records under the same offsets), then restart"
+            )));
+        } else {
+            started.push((tp.clone(), pg));
+        }
+        Offset::Offset(pg)
     }
 
     /// Assigns `tps` but holds them (paused, unread), and asks the loop to rejoin the group.

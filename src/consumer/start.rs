@@ -9,29 +9,55 @@ use crate::model::TopicPartition;
 
 use super::Kafka;
 
+/// Where a partition with no stored watermark starts (`LP_START_WITHOUT_WATERMARK`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoWatermark {
+    /// From the log's start: whatever Kafka still holds is read (again). The default: a
+    /// missing watermark is also what a database restored from before the partition's first
+    /// batch looks like, and Kafka's committed offset would then skip everything below it.
+    Earliest,
+    /// From Kafka's committed offset, when the group has one (records below it that the
+    /// database lacks are not read again).
+    Committed,
+}
+
 /// Where an assigned partition starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
-    /// PostgreSQL's watermark: written with the rows, so it is the truth. Kafka's committed
-    /// offset only trails it; one ahead of it (PostgreSQL restored from a backup) would skip
-    /// records PostgreSQL lacks.
+    /// PostgreSQL's watermark: written with the rows, so it is the truth.
     Stored(i64),
-    /// No watermark stored (a new schema): Kafka's committed offset.
+    /// PostgreSQL's watermark, behind Kafka's committed offset: the database went back in time
+    /// (restored from a backup, failed over to a lagging replica). Reading from Kafka's offset
+    /// would skip `[stored, committed)`, which PostgreSQL lacks; it is read again.
+    Rewound { stored: i64, committed: i64 },
+    /// No watermark stored, `NoWatermark::Committed`: Kafka's committed offset.
     Committed(i64),
-    /// Nothing stored or committed: `auto.offset.reset` (earliest).
-    Beginning,
-    /// Nothing stored and Kafka's committed offsets unknown: librdkafka fetches them.
+    /// From the log's start: no watermark stored and (`NoWatermark::Earliest`) whatever Kafka
+    /// has committed, shown in `ignored`, or nothing committed at all.
+    Beginning { ignored: Option<i64> },
+    /// No watermark, `NoWatermark::Committed`, and Kafka's committed offsets unknown:
+    /// librdkafka fetches them.
     AskKafka,
 }
 
-/// The start policy. `committed` is `None` when Kafka's committed offsets could not be read,
+/// The start rule. `committed` is `None` when Kafka's committed offsets could not be read,
 /// `Some(None)` when the group has none for the partition.
-pub fn start_offset(stored: Option<i64>, committed: Option<Option<i64>>) -> Start {
-    match (stored, committed) {
-        (Some(pg), _) => Start::Stored(pg),
-        (None, Some(Some(k))) => Start::Committed(k),
-        (None, Some(None)) => Start::Beginning,
-        (None, None) => Start::AskKafka,
+pub fn start_offset(
+    stored: Option<i64>,
+    committed: Option<Option<i64>>,
+    policy: NoWatermark,
+) -> Start {
+    match (stored, committed.flatten(), policy) {
+        (Some(stored), Some(committed), _) if committed > stored => {
+            Start::Rewound { stored, committed }
+        }
+        (Some(pg), _, _) => Start::Stored(pg),
+        (None, ignored, NoWatermark::Earliest) => Start::Beginning { ignored },
+        (None, Some(k), NoWatermark::Committed) => Start::Committed(k),
+        (None, None, NoWatermark::Committed) if committed.is_some() => {
+            Start::Beginning { ignored: None }
+        }
+        (None, None, NoWatermark::Committed) => Start::AskKafka,
     }
 }
 
@@ -49,15 +75,97 @@ pub(super) fn end_offset(consumer: &Kafka, tp: &TopicPartition) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use NoWatermark::*;
 
     #[test]
     fn postgres_watermark_wins_whenever_stored() {
-        assert_eq!(start_offset(Some(10), Some(Some(5))), Start::Stored(10));
-        // Kafka ahead of PostgreSQL (PostgreSQL restored): re-read from PostgreSQL's.
-        assert_eq!(start_offset(Some(10), Some(Some(50))), Start::Stored(10));
-        assert_eq!(start_offset(Some(10), None), Start::Stored(10));
-        assert_eq!(start_offset(None, Some(Some(7))), Start::Committed(7));
-        assert_eq!(start_offset(None, Some(None)), Start::Beginning);
-        assert_eq!(start_offset(None, None), Start::AskKafka);
+        for policy in [Earliest, Committed] {
+            assert_eq!(
+                start_offset(Some(10), Some(Some(5)), policy),
+                Start::Stored(10)
+            );
+            assert_eq!(
+                start_offset(Some(10), Some(Some(10)), policy),
+                Start::Stored(10)
+            );
+            assert_eq!(start_offset(Some(10), None, policy), Start::Stored(10));
+            assert_eq!(
+                start_offset(Some(10), Some(None), policy),
+                Start::Stored(10)
+            );
+        }
+    }
+
+    #[test]
+    fn kafka_ahead_of_postgres_is_a_database_that_went_back_and_is_read_again() {
+        for policy in [Earliest, Committed] {
+            assert_eq!(
+                start_offset(Some(10), Some(Some(50)), policy),
+                Start::Rewound {
+                    stored: 10,
+                    committed: 50
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn without_a_watermark_the_default_reads_from_the_start_whatever_kafka_committed() {
+        assert_eq!(
+            start_offset(None, Some(Some(7)), Earliest),
+            Start::Beginning { ignored: Some(7) }
+        );
+        assert_eq!(
+            start_offset(None, Some(None), Earliest),
+            Start::Beginning { ignored: None }
+        );
+        assert_eq!(
+            start_offset(None, None, Earliest),
+            Start::Beginning { ignored: None }
+        );
+    }
+
+    #[test]
+    fn trusting_kafka_without_a_watermark_is_an_explicit_choice() {
+        assert_eq!(
+            start_offset(None, Some(Some(7)), Committed),
+            Start::Committed(7)
+        );
+        assert_eq!(
+            start_offset(None, Some(None), Committed),
+            Start::Beginning { ignored: None }
+        );
+        assert_eq!(start_offset(None, None, Committed), Start::AskKafka);
+    }
+
+    /// Whatever the inputs, the start is never past PostgreSQL's watermark: a position the
+    /// database cannot back is never trusted.
+    #[test]
+    fn never_starts_past_a_stored_watermark() {
+        for stored in [None, Some(0), Some(5), Some(100)] {
+            for committed in [
+                None,
+                Some(None),
+                Some(Some(0)),
+                Some(Some(5)),
+                Some(Some(500)),
+            ] {
+                for policy in [Earliest, Committed] {
+                    let at = match start_offset(stored, committed, policy) {
+                        Start::Stored(o) => Some(o),
+                        Start::Rewound { stored, .. } => Some(stored),
+                        Start::Committed(k) => Some(k),
+                        Start::Beginning { .. } => Some(0),
+                        Start::AskKafka => None,
+                    };
+                    if let (Some(pg), Some(at)) = (stored, at) {
+                        assert!(at <= pg, "{stored:?} {committed:?} {policy:?}");
+                    }
+                    if stored.is_none() && policy == Earliest {
+                        assert_eq!(at, Some(0));
+                    }
+                }
+            }
+        }
     }
 }
