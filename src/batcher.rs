@@ -88,6 +88,11 @@ impl Batcher {
         self.open.remove(tp).map_or(0, |o| o.bytes)
     }
 
+    /// Whether records of `tp` wait in an open batch.
+    pub fn holds(&self, tp: &TopicPartition) -> bool {
+        self.open.contains_key(tp)
+    }
+
     pub fn partitions(&self) -> Vec<TopicPartition> {
         self.open.keys().cloned().collect()
     }

@@ -9,6 +9,7 @@ pub mod consumer;
 pub mod dead_letter;
 pub mod decode;
 pub mod failpoint;
+pub mod gaps;
 pub mod group_watch;
 pub mod http;
 pub mod loadgen;

@@ -73,6 +73,8 @@ pub struct Metrics {
     /// Partitions started below where Kafka's committed offset says the group was: the
     /// database went back in time (or lost a partition's watermark), and they are read again.
     pub rewinds: AtomicU64,
+    /// Offsets found without a record, by cause (`gaps::GapCause`: retention, no_record).
+    gap_offsets: [AtomicU64; 2],
     pub consumer_replacements: AtomicU64,
     pub pg_latency: Histogram,
     pub es_latency: Histogram,
@@ -107,6 +109,14 @@ impl Metrics {
         };
         debug_assert_eq!(STAGES[i], stage);
         self.dead_letters_by_stage[i].fetch_add(n, Relaxed);
+    }
+
+    /// Gaps found in a batch about to be written (see `gaps`).
+    pub fn gaps_found(&self, gaps: &[crate::gaps::Gap]) {
+        for gap in gaps {
+            let i = usize::from(gap.cause == crate::gaps::GapCause::NoRecord);
+            self.gap_offsets[i].fetch_add(gap.offsets() as u64, Relaxed);
+        }
     }
 
     /// The consumer joined its group: ready for work (and tell systemd, once).
@@ -261,6 +271,21 @@ impl Metrics {
                 "Kafka consumers replaced because their group membership stalled",
                 &self.consumer_replacements,
             ),
+            Family {
+                name: "log_processor_source_gap_offsets",
+                help: "Offsets found holding no record, by cause: retention (deleted from Kafka before they were read: lost outside the daemon) or no_record (transaction markers, aborted or compacted records)",
+                kind: Kind::Counter,
+                samples: ["retention", "no_record"]
+                    .iter()
+                    .zip(&self.gap_offsets)
+                    .map(|(cause, c)| {
+                        (
+                            vec![("cause", cause.to_string())],
+                            Value::Int(c.load(Relaxed) as i64),
+                        )
+                    })
+                    .collect(),
+            },
             Family {
                 name: "log_processor_dead_letters",
                 help: "Records dead-lettered, by stage",

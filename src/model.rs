@@ -61,6 +61,10 @@ pub struct Batch {
     /// Where the partition stands before this batch. PostgreSQL moves its stored watermark to
     /// `next_offset` only from there (see `sink::postgres::advance`).
     pub start: Position,
+    /// Offsets from where the partition stood (`start`) to `next_offset` that hold no record,
+    /// and why (`gaps`): written with the batch, so every offset below the stored watermark is
+    /// a row, a dead letter or a recorded gap.
+    pub gaps: Vec<crate::gaps::Gap>,
     /// Memory its records hold (`RawRecord::size` summed), released when it is acknowledged.
     pub bytes: usize,
     /// Cancelled when this consumer loses the partition: the worker must give the batch up
@@ -85,8 +89,13 @@ pub enum Position {
 }
 
 impl Batch {
+    /// The first record's offset; for a batch of gaps only (offsets the reader passed without
+    /// a record), where its first gap begins.
     pub fn first_offset(&self) -> i64 {
-        self.records.first().map_or(self.next_offset, |r| r.offset)
+        self.records.first().map_or_else(
+            || self.gaps.first().map_or(self.next_offset, |g| g.from),
+            |r| r.offset,
+        )
     }
 }
 

@@ -24,7 +24,7 @@ pub(super) fn close(consumer: Kafka) -> ConsumerReport {
         // whether each can still finish. Nothing new is fetched.
         for tp in st.batcher.partitions() {
             if let Some(records) = st.batcher.take(&tp) {
-                st.enqueue(tp, records);
+                st.enqueue(&consumer, tp, records);
             }
         }
     }

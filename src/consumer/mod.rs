@@ -211,7 +211,7 @@ fn run(mut consumer: Kafka) -> ConsumerReport {
                     st.fetched.insert(tp.clone(), record.offset + 1);
                     st.budget.take(record.size());
                     for full in st.batcher.push(&tp, record, Instant::now()) {
-                        st.enqueue(tp.clone(), full);
+                        st.enqueue(&consumer, tp.clone(), full);
                         due = true;
                     }
                     due |= st.budget.exhausted();
@@ -245,7 +245,7 @@ fn housekeeping(
         let mut st = bridge.lock();
         st.drain_acks(&bridge.metrics);
         for (tp, records) in st.batcher.expired(now) {
-            st.enqueue(tp, records);
+            st.enqueue(consumer, tp, records);
         }
         st.dispatch();
         st.apply_pause(consumer);
@@ -254,6 +254,7 @@ fn housekeeping(
             if all {
                 *next_full_commit = now + FULL_COMMIT_INTERVAL;
             }
+            st.account_passed_offsets(consumer);
             st.commit(consumer, all, &bridge.metrics);
             *next_commit = now + commit_interval;
         }

@@ -128,18 +128,20 @@ impl State {
     }
 
     /// Cuts a batch for a partition and queues it for its worker; the watermark registers it.
-    pub(super) fn enqueue(&mut self, tp: TopicPartition, records: Vec<RawRecord>) {
+    pub(super) fn enqueue(
+        &mut self,
+        consumer: &Kafka,
+        tp: TopicPartition,
+        records: Vec<RawRecord>,
+    ) {
         let bytes = records.iter().map(RawRecord::size).sum();
-        let Some(owned) = self.assigned.get(&tp) else {
+        if !self.assigned.contains_key(&tp) {
             self.budget.release(bytes);
             return;
-        };
-        let (revoked, drain) = (owned.revoked.child_token(), owned.draining.child_token());
-        let writing = Arc::clone(&owned.writing);
+        }
         let first = records[0].offset;
         let next_offset = records[records.len() - 1].offset + 1;
         let progress = self.watermarks.get_mut(&tp);
-        let start = progress.position();
         if let Some(start) = progress.next_expected().filter(|&s| first < s) {
             // The partition's offsets went back (librdkafka reset a position that no longer
             // exists to the earliest): the topic was recreated.
@@ -152,17 +154,83 @@ impl State {
             self.hold(tp, reason);
             return;
         }
-        progress.dispatched(first, next_offset);
+        let gaps = crate::gaps::of_batch(
+            progress.next_expected(),
+            records.iter().map(|r| r.offset),
+            log_start(consumer, &tp),
+        );
+        self.queue(tp, records, gaps, bytes, next_offset);
+    }
+
+    /// Offsets an idle partition's reader passed without a record (a transaction's commit
+    /// marker at the end of the log, records aborted or compacted away) are accounted for by a
+    /// batch of gaps alone, so that the stored watermark, and Kafka's committed offset, reach
+    /// the end. librdkafka moves a partition's position past control records as it serves
+    /// them, in order with the records, so `[expected, position)` holds nothing left to read.
+    pub(super) fn account_passed_offsets(&mut self, consumer: &Kafka) {
+        let idle = |st: &State, tp: &TopicPartition| {
+            !st.held.contains_key(tp)
+                && !st.batcher.holds(tp)
+                && st.pending.get(tp).is_none_or(VecDeque::is_empty)
+        };
+        if !self.assigned.keys().any(|tp| idle(self, tp)) {
+            return;
+        }
+        let Ok(positions) = consumer.position() else {
+            return;
+        };
+        for e in positions.elements() {
+            let Offset::Offset(position) = e.offset() else {
+                continue;
+            };
+            let tp = TopicPartition::new(e.topic(), e.partition());
+            if !self.assigned.contains_key(&tp) || !idle(self, &tp) {
+                continue;
+            }
+            let Some(expected) = self.watermarks.get_mut(&tp).next_expected() else {
+                continue;
+            };
+            if position > expected {
+                let gaps = crate::gaps::between(expected, position, log_start(consumer, &tp));
+                self.queue(tp, Vec::new(), gaps, 0, position);
+            }
+        }
+    }
+
+    /// Registers a batch `[first, next_offset)` (its records and gaps) with the watermark and
+    /// queues it for the partition's worker.
+    fn queue(
+        &mut self,
+        tp: TopicPartition,
+        records: Vec<RawRecord>,
+        gaps: Vec<crate::gaps::Gap>,
+        bytes: usize,
+        next_offset: i64,
+    ) {
+        let Some(owned) = self.assigned.get(&tp) else {
+            self.budget.release(bytes);
+            return;
+        };
+        let (revoked, drain) = (owned.revoked.child_token(), owned.draining.child_token());
+        let writing = Arc::clone(&owned.writing);
+        for gap in gaps.iter().filter(|g| g.cause.is_loss()) {
+            tracing::warn!(partition = %tp, from = gap.from, to = gap.to, offsets = gap.offsets(), cause = %gap.cause, "offsets deleted from Kafka before they were read: recorded in source_gaps");
+        }
+        self.metrics.gaps_found(&gaps);
+        let progress = self.watermarks.get_mut(&tp);
+        let start = progress.position();
         let batch = Batch {
             tp: tp.clone(),
             records,
             next_offset,
             start,
+            gaps,
             bytes,
             revoked,
             drain,
             writing,
         };
+        progress.dispatched(batch.first_offset(), next_offset);
         self.pending.entry(tp).or_default().push_back(batch);
     }
 
@@ -369,4 +437,24 @@ mod tests {
         st.own(TopicPartition::new("other", 0));
         assert_eq!(st.assigned[&TopicPartition::new("other", 0)].worker, w);
     }
+}
+
+/// The partition's first offset as the broker last reported it: librdkafka keeps the log start
+/// offset of each fetch response, so this costs no request. `None` before any was reported.
+fn log_start(consumer: &Kafka, tp: &TopicPartition) -> Option<i64> {
+    let topic = std::ffi::CString::new(&*tp.topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the handle is the live consumer's, the topic a NUL-terminated string that outlives
+    // the call, and both out-pointers point at local integers.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            tp.partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && low >= 0)
+        .then_some(low)
 }
