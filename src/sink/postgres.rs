@@ -15,6 +15,9 @@ use crate::config::{MigrateMode, mask_url, scrub_urls};
 use crate::model::{DeadLetter, Position, StoredRecord, TopicPartition};
 
 mod dead_letters;
+mod rows;
+
+use rows::{Rows, insert_records};
 
 pub use dead_letters::{DeadLetterFilter, Redriven, StillFailing, StoredDeadLetter, kafka_ms};
 
@@ -308,7 +311,8 @@ impl Drop for DetachUnlessFinished {
 enum Refusal {
     /// A data exception (SQLSTATE class 22) from inserting rows: some record's own fault.
     RecordData(String),
-    /// A row of a [`Rows::Fresh`] insert exists already: write again with `Rows::MayExist`.
+    /// A row of a [`Rows::Fresh`] insert exists already at its coordinates (our primary key):
+    /// write again with `Rows::MayExist`.
     Conflict,
     /// Anything else: the store's or the batch's fault, never a record's.
     Store(SinkError),
@@ -330,15 +334,6 @@ impl Refusal {
 impl From<sqlx::Error> for Refusal {
     fn from(e: sqlx::Error) -> Self {
         Refusal::Store(classify(e))
-    }
-}
-
-/// Inserting rows: only a data exception can be a record's fault.
-fn row_refusal(e: sqlx::Error) -> Refusal {
-    match code(&e) {
-        Some(c) if c.starts_with("22") => Refusal::RecordData(e.to_string()),
-        Some(c) if c == "23505" => Refusal::Conflict,
-        _ => Refusal::Store(classify(e)),
     }
 }
 
@@ -389,7 +384,11 @@ async fn write_tx(
     let mut refused = Vec::new();
     // Without a stored watermark nothing says which rows a batch may find (a new group on a
     // table another group fills, rows kept after the watermark was deleted).
-    let rows = if matches!(step, Advance::Insert) { Rows::MayExist } else { rows };
+    let rows = if matches!(step, Advance::Insert) {
+        Rows::MayExist
+    } else {
+        rows
+    };
     match per_statement {
         Some(limit) => {
             insert_bisecting(&mut tx, batch, records, limit, &mut refused).await?;
@@ -398,9 +397,7 @@ async fn write_tx(
                 tracing::warn!(tp = %batch.tp, "the batch's rows were refused together but none alone");
             }
         }
-        None => insert_records(&mut tx, batch.tp, records, rows)
-            .await
-            .map_err(row_refusal)?,
+        None => insert_records(&mut tx, batch.tp, records, rows).await?,
     }
     within(limit, insert_dead_letters(&mut tx, batch.tp, &dead)).await?;
     within(limit, insert_dead_letters(&mut tx, batch.tp, &refused)).await?;
@@ -486,15 +483,13 @@ async fn insert_bisecting(
         }
         within(limit, sqlx::raw_sql("SAVEPOINT bisect").execute(&mut **tx)).await?;
         let rows = insert_records(tx, batch.tp, &records[lo..hi], Rows::MayExist);
-        let inserted = tokio::time::timeout(limit, rows)
-            .await
-            .map_err(|_| {
-                Refusal::Store(SinkError::Transient {
-                    store: STORE,
-                    message: format!("no answer within {} ms", limit.as_millis()),
-                })
-            })?;
-        match inserted.map_err(row_refusal) {
+        let inserted = tokio::time::timeout(limit, rows).await.map_err(|_| {
+            Refusal::Store(SinkError::Transient {
+                store: STORE,
+                message: format!("no answer within {} ms", limit.as_millis()),
+            })
+        })?;
+        match inserted {
             Ok(()) => {
                 within(
                     limit,
@@ -523,70 +518,6 @@ async fn insert_bisecting(
     Ok(())
 }
 
-/// Whether rows of a batch may exist already.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Rows {
-    /// Rows are written in the transaction that moves the watermark, and the batch starts at
-    /// the stored watermark (`Advance::Update`, see [`advance`]): none of its rows can exist,
-    /// unless another writer shares the table. A plain `INSERT`, without the per-row conflict check of
-    /// `ON CONFLICT` (a quarter of PostgreSQL's CPU per row here); a conflict fails it
-    /// (`Refusal::Conflict`).
-    Fresh,
-    /// `INSERT ... ON CONFLICT DO NOTHING`: rows already present are left alone (a retry after
-    /// a conflict, the bisection, a redrive).
-    MayExist,
-}
-
-async fn insert_records(
-    tx: &mut Transaction<'_, Postgres>,
-    tp: &TopicPartition,
-    records: &[StoredRecord],
-    rows: Rows,
-) -> Result<(), sqlx::Error> {
-    if records.is_empty() {
-        return Ok(());
-    }
-    let offsets: Vec<i64> = records.iter().map(|r| r.offset).collect();
-    let ts: Vec<DateTime<Utc>> = records.iter().map(|r| r.entry.timestamp).collect();
-    let levels: Vec<Option<&str>> = records.iter().map(|r| r.entry.level.as_deref()).collect();
-    let services: Vec<Option<&str>> = records.iter().map(|r| r.entry.service.as_deref()).collect();
-    let messages: Vec<Option<&str>> = records.iter().map(|r| r.entry.message.as_deref()).collect();
-    let fields: Vec<&str> = records.iter().map(|r| r.entry.fields.as_str()).collect();
-    let keys: Vec<Option<&[u8]>> = records.iter().map(|r| r.key.as_deref()).collect();
-    let kafka_ts: Vec<Option<DateTime<Utc>>> = records
-        .iter()
-        .map(|r| kafka_time(r.kafka_timestamp_ms))
-        .collect();
-    macro_rules! insert {
-        ($tail:literal) => {
-            concat!(
-                "INSERT INTO log_records (topic, kafka_partition, kafka_offset, ts, level, service, message, fields, kafka_key, kafka_ts) \
-                 SELECT $1, $2, o, t, l, s, m, f::jsonb, k, kt \
-                 FROM UNNEST($3::bigint[], $4::timestamptz[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bytea[], $10::timestamptz[]) \
-                      AS u(o, t, l, s, m, f, k, kt)",
-                $tail
-            )
-        };
-    }
-    sqlx::query(match rows {
-        Rows::Fresh => insert!(""),
-        Rows::MayExist => insert!(" ON CONFLICT DO NOTHING"),
-    })
-    .bind(&*tp.topic)
-    .bind(tp.partition)
-    .bind(&offsets)
-    .bind(&ts)
-    .bind(&levels)
-    .bind(&services)
-    .bind(&messages)
-    .bind(&fields)
-    .bind(&keys)
-    .bind(&kafka_ts)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
 async fn insert_dead_letters(
     tx: &mut Transaction<'_, Postgres>,
     tp: &TopicPartition,
@@ -609,7 +540,7 @@ async fn insert_dead_letters(
         "INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, kafka_key, payload, kafka_ts, stage, reason, payload_encoding) \
          SELECT $1, $2, o, k, p, kt, s, r, e \
          FROM UNNEST($3::bigint[], $4::bytea[], $5::bytea[], $6::timestamptz[], $7::text[], $8::text[], $9::text[]) AS u(o, k, p, kt, s, r, e) \
-         ON CONFLICT DO NOTHING",
+         ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING",
     )
     .bind(&*tp.topic)
     .bind(tp.partition)

@@ -162,7 +162,8 @@ impl ElasticSink {
 
 /// `_bulk` asked to answer only what `parse_bulk` reads: the per-item status, error and
 /// failure-store marker, not the index, id, version and shard counts of every item.
-pub(super) const BULK_PATH: &str = "/_bulk?filter_path=items.*.status,items.*.error,items.*.failure_store";
+pub(super) const BULK_PATH: &str =
+    "/_bulk?filter_path=items.*.status,items.*.error,items.*.failure_store";
 
 #[derive(serde::Deserialize)]
 struct BulkResponse {
@@ -295,17 +296,35 @@ mod tests {
             seen,
             vec![
                 (201, None, ""),
-                (409, Some("version_conflict_engine_exception"), "version_conflict_engine_exception: exists"),
-                (400, Some("mapper_parsing_exception"), "mapper_parsing_exception: failed to parse field [n]"),
+                (
+                    409,
+                    Some("version_conflict_engine_exception"),
+                    "version_conflict_engine_exception: exists"
+                ),
+                (
+                    400,
+                    Some("mapper_parsing_exception"),
+                    "mapper_parsing_exception: failed to parse field [n]"
+                ),
                 (429, None, "\"too many\""),
-                (400, Some("failure_store_used"), "diverted to the failure store (HTTP 201)"),
+                (
+                    400,
+                    Some("failure_store_used"),
+                    "diverted to the failure store (HTTP 201)"
+                ),
                 (404, None, ""),
                 (500, None, ""),
             ]
         );
         assert!(matches!(parse_bulk(413, ""), Ok(Bulk::TooLarge)));
-        assert!(matches!(parse_bulk(503, "busy"), Err(SinkError::Transient { .. })));
-        assert!(matches!(parse_bulk(200, "<html>"), Err(SinkError::Transient { .. })));
+        assert!(matches!(
+            parse_bulk(503, "busy"),
+            Err(SinkError::Transient { .. })
+        ));
+        assert!(matches!(
+            parse_bulk(200, "<html>"),
+            Err(SinkError::Transient { .. })
+        ));
         assert!(matches!(parse_bulk(200, "{}"), Ok(Bulk::Items(i)) if i.is_empty()));
     }
 

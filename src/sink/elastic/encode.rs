@@ -185,11 +185,18 @@ mod tests {
                 action,
                 json!({ op: { "_index": "logs-2026.11.30", "_id": document_id(&tp, 41) } })
             );
-            assert!(lines[1].contains(&format!("\"fields\":{fields}")), "{}", lines[1]);
+            assert!(
+                lines[1].contains(&format!("\"fields\":{fields}")),
+                "{}",
+                lines[1]
+            );
             let doc: Value = serde_json::from_str(lines[1]).unwrap();
             assert_eq!(doc["@timestamp"], "2026-11-30T10:00:00.123456Z");
             assert_eq!(doc["message"], "a \"quoted\" message");
-            assert_eq!(doc["kafka"], json!({"topic": "app-logs", "partition": 3, "offset": 41}));
+            assert_eq!(
+                doc["kafka"],
+                json!({"topic": "app-logs", "partition": 3, "offset": 41})
+            );
             let second: Value = serde_json::from_str(lines[2]).unwrap();
             assert_eq!(second[op]["_id"], document_id(&tp, 42));
             assert_eq!(encoded.body(&[1]).len(), encoded.len_of(1));

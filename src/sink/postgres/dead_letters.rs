@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use super::{PgSink, Refusal, Rows, classify, insert_records, row_refusal, within};
+use super::{PgSink, Refusal, Rows, classify, insert_records, within};
 use crate::model::{RejectStage, StoredRecord, TopicPartition};
 use crate::sink::SinkError;
 
@@ -221,10 +221,7 @@ async fn redrive_tx(
     let mut out = Redriven::default();
     // All rows at once; on a data exception, one by one under savepoints to find the refused.
     within(limit, sqlx::raw_sql("SAVEPOINT redrive").execute(&mut *tx)).await?;
-    match insert_records(&mut tx, tp, &records, Rows::MayExist)
-        .await
-        .map_err(row_refusal)
-    {
+    match insert_records(&mut tx, tp, &records, Rows::MayExist).await {
         Ok(()) => out.stored = records.iter().map(|r| r.offset).collect(),
         Err(Refusal::RecordData(_)) => {
             within(
@@ -234,10 +231,7 @@ async fn redrive_tx(
             .await?;
             for r in &records {
                 within(limit, sqlx::raw_sql("SAVEPOINT one").execute(&mut *tx)).await?;
-                match insert_records(&mut tx, tp, std::slice::from_ref(r), Rows::MayExist)
-                    .await
-                    .map_err(row_refusal)
-                {
+                match insert_records(&mut tx, tp, std::slice::from_ref(r), Rows::MayExist).await {
                     Ok(()) => out.stored.push(r.offset),
                     Err(Refusal::RecordData(why)) => {
                         within(
