@@ -108,18 +108,37 @@ impl Fixture {
             let raw = raws.iter().find(|r| r.offset == offset).unwrap();
             policy.make(raw, RejectStage::Store, reason)
         };
-        self.sink
-            .write_batch(&BatchWrite {
-                group_id: GROUP,
-                tp: &self.tp,
-                records: &records,
-                dead_letters: dead,
-                start,
-                first_offset: raws[0].offset,
-                next_offset: raws.last().unwrap().offset + 1,
-                dead_letter: &make,
-            })
-            .await
+        // As the worker does: a batch with `store` dead letters is rolled back until their
+        // documents are removed (there is no search store here), then written again.
+        let mut removed = Vec::new();
+        let before = self.state().await;
+        loop {
+            let written = self
+                .sink
+                .write_batch(&BatchWrite {
+                    group_id: GROUP,
+                    tp: &self.tp,
+                    records: &records,
+                    dead_letters: dead,
+                    start,
+                    first_offset: raws[0].offset,
+                    next_offset: raws.last().unwrap().offset + 1,
+                    dead_letter: &make,
+                    documents_removed: &removed,
+                })
+                .await?;
+            if written.committed {
+                return Ok(written);
+            }
+            assert!(removed.is_empty(), "one pass removes them all");
+            assert!(!written.store_dead_letters.is_empty());
+            assert_eq!(
+                self.state().await,
+                before,
+                "nothing committed before the documents are removed"
+            );
+            removed = written.store_dead_letters;
+        }
     }
 
     async fn scalar(&self, sql: &str) -> i64 {
@@ -141,6 +160,12 @@ impl Fixture {
     async fn watermark(&self) -> i64 {
         self.scalar("SELECT coalesce(max(next_offset), -1) FROM {s}.consumer_offsets")
             .await
+    }
+
+    /// Watermark, rows and dead letters.
+    async fn state(&self) -> (i64, i64, i64) {
+        let dead = self.scalar("SELECT count(*) FROM {s}.dead_letters").await;
+        (self.watermark().await, self.rows().await, dead)
     }
 
     async fn rows(&self) -> i64 {
@@ -226,6 +251,7 @@ async fn other_writer(f: &Fixture, raws: &[RawRecord], change: &[&str]) {
             first_offset: raws[0].offset,
             next_offset: raws.last().unwrap().offset + 1,
             dead_letter: &make,
+            documents_removed: &[],
         })
         .await
         .unwrap();

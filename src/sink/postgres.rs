@@ -48,13 +48,20 @@ pub struct BatchWrite<'a> {
     /// The dead letter of a record whose own row PostgreSQL refuses (offset, reason): built by
     /// the caller, which holds the raw bytes and the redaction policy.
     pub dead_letter: &'a (dyn Fn(i64, String) -> DeadLetter + Sync),
+    /// Records whose documents the caller has removed from the search store already (sorted).
+    /// The transaction commits only when every `store` dead letter of the batch is among them.
+    pub documents_removed: &'a [i64],
 }
 
 /// What a committed batch transaction did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Written {
-    /// Records PostgreSQL refused with a data exception, dead-lettered at stage `store`.
+    /// Records PostgreSQL holds (or, uncommitted, would hold) as `store` dead letters: refused
+    /// with a data exception, by this run or an earlier one.
     pub store_dead_letters: Vec<i64>,
+    /// False when nothing was committed because documents of `store_dead_letters` that are not
+    /// in `documents_removed` must be removed first; then the batch is written again.
+    pub committed: bool,
     /// The stored watermark was already at or past this batch: a replay, nothing moved.
     pub already_durable: bool,
 }
@@ -444,10 +451,28 @@ async fn write_tx(
         )
         .await?
     };
+    // A `store` dead letter's document was indexed before PostgreSQL refused its row. It is
+    // removed before the commit, not after: a kill after the commit would otherwise leave the
+    // document without its row for good (the watermark has passed the batch), while a kill
+    // before the commit only means the batch is read again from Kafka and the same happens.
+    // The transaction is not held open across the search store (which may refuse for as long
+    // as it likes): it is rolled back, and written again once the documents are gone.
+    if store_dead_letters
+        .iter()
+        .any(|o| batch.documents_removed.binary_search(o).is_err())
+    {
+        within(limit, tx.rollback()).await?;
+        return Ok(Written {
+            store_dead_letters,
+            committed: false,
+            already_durable: false,
+        });
+    }
     crate::failpoint::hit("in_pg_transaction").await;
     within(limit, tx.commit()).await?;
     Ok(Written {
         store_dead_letters,
+        committed: true,
         already_durable: matches!(step, Advance::Replay),
     })
 }
