@@ -144,7 +144,7 @@ impl PgSink {
     async fn schema_ready(&self) -> Result<bool, SinkError> {
         const PROBES: [&str; 3] = [
             "SELECT topic, kafka_partition, kafka_offset, ts, level, service, message, fields, kafka_key, kafka_ts FROM log_records LIMIT 0",
-            "SELECT topic, kafka_partition, kafka_offset, kafka_key, payload, payload_encoding, kafka_ts, stage, reason FROM dead_letters LIMIT 0",
+            "SELECT topic, kafka_partition, kafka_offset, kafka_key, payload, payload_encoding, redaction, kafka_ts, stage, reason FROM dead_letters LIMIT 0",
             "SELECT group_id, topic, kafka_partition, next_offset FROM consumer_offsets LIMIT 0",
         ];
         for probe in PROBES {
@@ -561,10 +561,11 @@ async fn insert_dead_letters(
     let stages: Vec<&str> = dead.iter().map(|d| d.stage.as_str()).collect();
     let reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
     let encodings: Vec<&str> = dead.iter().map(|d| d.encoding.as_str()).collect();
+    let redactions: Vec<Option<&str>> = dead.iter().map(|d| d.redaction.as_deref()).collect();
     sqlx::query(
-        "INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, kafka_key, payload, kafka_ts, stage, reason, payload_encoding) \
-         SELECT $1, $2, o, k, p, kt, s, r, e \
-         FROM UNNEST($3::bigint[], $4::bytea[], $5::bytea[], $6::timestamptz[], $7::text[], $8::text[], $9::text[]) AS u(o, k, p, kt, s, r, e) \
+        "INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, kafka_key, payload, kafka_ts, stage, reason, payload_encoding, redaction) \
+         SELECT $1, $2, o, k, p, kt, s, r, e, x \
+         FROM UNNEST($3::bigint[], $4::bytea[], $5::bytea[], $6::timestamptz[], $7::text[], $8::text[], $9::text[], $10::text[]) AS u(o, k, p, kt, s, r, e, x) \
          ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING",
     )
     .bind(&*tp.topic)
@@ -576,6 +577,7 @@ async fn insert_dead_letters(
     .bind(&stages)
     .bind(&reasons)
     .bind(&encodings)
+    .bind(&redactions)
     .execute(&mut **tx)
     .await?;
     Ok(())
