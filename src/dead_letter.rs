@@ -61,6 +61,7 @@ impl DeadLetterPolicy {
             key: raw.key.clone(),
             payload,
             encoding,
+            redaction: self.redactor.policy(),
             kafka_timestamp_ms: raw.kafka_timestamp_ms,
             stage,
             reason: reason.into(),

@@ -10,7 +10,10 @@
 //! consumer thread in its loop. Without the feature every call is an empty inline function: release binaries carry
 //! none of this.
 
-/// The points, in the order a batch meets them.
+/// The points, in the order a batch meets them. Two more are met only by a batch with rows
+/// PostgreSQL refuses: `refused_documents_removed` (their documents removed, the transaction
+/// rolled back, not yet written again) and `after_refused_commit` (committed, where their
+/// documents used to be removed); `tests/record_faults.rs` kills at both.
 pub const POINTS: [&str; 5] = [
     "after_es_bulk",       // documents indexed, PostgreSQL transaction not started
     "in_pg_transaction",   // rows inserted, transaction open, not committed

@@ -204,6 +204,8 @@ pub struct DeadLetter {
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
     pub encoding: PayloadEncoding,
+    /// The redaction it was written under (`Redactor::policy`), `None` without redaction.
+    pub redaction: Option<String>,
     pub kafka_timestamp_ms: Option<i64>,
     pub stage: RejectStage,
     pub reason: String,

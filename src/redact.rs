@@ -43,6 +43,42 @@ impl Redactor {
         }
     }
 
+    /// What this redacts, as a dead letter records it (`dead_letters.redaction`): the field
+    /// names and whether hashing is keyed, never the key. `None` when nothing is redacted.
+    pub fn policy(&self) -> Option<String> {
+        if self.is_empty() {
+            return None;
+        }
+        let policy = Policy {
+            drop: self.drop.clone(),
+            hash: self.hash.clone(),
+            keyed: !self.key.is_empty(),
+        };
+        Some(serde_json::to_string(&policy).expect("a policy serialises"))
+    }
+
+    /// The settings this lacks to redact at least as much as `recorded` (a [`Self::policy`]):
+    /// a field dropped then must be dropped now, a field hashed then hashed or dropped now,
+    /// and a keyed hash keyed now (the key itself is not recorded, so not compared). Empty when this redacts as much or more.
+    pub fn missing(&self, recorded: &str) -> Result<Vec<String>, String> {
+        let then: Policy = serde_json::from_str(recorded)
+            .map_err(|e| format!("unreadable redaction policy {recorded:?}: {e}"))?;
+        let mut missing = Vec::new();
+        for f in then.drop.iter().filter(|f| !self.drop.contains(f)) {
+            missing.push(format!("LP_REDACT_DROP lacks {f}"));
+        }
+        for f in then.hash.iter() {
+            if !self.hash.contains(f) && !self.drop.contains(f) {
+                missing.push(format!("LP_REDACT_HASH lacks {f}"));
+            }
+        }
+        // An unkeyed hash of a guessable value is as good as the value; a dropped one is gone.
+        if then.keyed && self.key.is_empty() && then.hash.iter().any(|f| !self.drop.contains(f)) {
+            missing.push("LP_REDACT_KEY is not set".into());
+        }
+        Ok(missing)
+    }
+
     /// HMAC-SHA256 of the value's JSON text: equal values still match, the value is unreadable.
     fn keyed_hash(&self, value: &Value) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
@@ -55,6 +91,14 @@ impl Redactor {
         }
         out
     }
+}
+
+/// A redaction as a dead letter records it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Policy {
+    drop: Vec<String>,
+    hash: Vec<String>,
+    keyed: bool,
 }
 
 #[cfg(test)]
@@ -85,6 +129,27 @@ mod tests {
         let mut c = json!({"email":"a@b"}).as_object().unwrap().clone();
         other.apply(&mut c);
         assert_ne!(a["email"], c["email"], "the hash depends on the key");
+    }
+
+    #[test]
+    fn less_redaction_than_recorded_is_named() {
+        let then = Redactor::new(vec!["password".into()], vec!["email".into()], Some("k"))
+            .policy()
+            .unwrap();
+        assert_eq!(Redactor::default().policy(), None);
+        assert_eq!(
+            Redactor::default().missing(&then).unwrap(),
+            [
+                "LP_REDACT_DROP lacks password",
+                "LP_REDACT_HASH lacks email",
+                "LP_REDACT_KEY is not set"
+            ]
+        );
+        let more = Redactor::new(vec!["password".into(), "email".into()], vec![], None);
+        assert!(more.missing(&then).unwrap().is_empty());
+        let same = Redactor::new(vec!["password".into()], vec!["email".into()], Some("x"));
+        assert!(same.missing(&then).unwrap().is_empty());
+        assert!(Redactor::default().missing("nonsense").is_err());
     }
 
     #[test]

@@ -193,20 +193,43 @@ impl Worker {
             ctx.dead_letters
                 .make(raw_at(batch, offset), RejectStage::Store, reason)
         };
-        let write = BatchWrite {
-            group_id: &ctx.group_id,
-            tp: &batch.tp,
-            records: &records,
-            dead_letters: &dead,
-            start: batch.start,
-            first_offset: batch.first_offset(),
-            next_offset: batch.next_offset,
-            dead_letter: &make_dead,
-        };
+        // Offsets whose documents are removed already: the transaction commits only once every
+        // `store` dead letter of the batch is among them (see `postgres::write_tx`).
+        let mut removed: Vec<i64> = Vec::new();
         let mut attempt = 0;
         let written = loop {
+            let write = BatchWrite {
+                group_id: &ctx.group_id,
+                tp: &batch.tp,
+                records: &records,
+                dead_letters: &dead,
+                start: batch.start,
+                first_offset: batch.first_offset(),
+                next_offset: batch.next_offset,
+                dead_letter: &make_dead,
+                documents_removed: &removed,
+            };
             match ctx.pg.write_batch(&write).await {
-                Ok(written) => break written,
+                Ok(written) if written.committed => break written,
+                Ok(written) => {
+                    // Rolled back: their documents go first, then the batch is written again.
+                    let gone: Vec<&StoredRecord> = records
+                        .iter()
+                        .filter(|r| written.store_dead_letters.binary_search(&r.offset).is_ok())
+                        .collect();
+                    ctx.es
+                        .delete(&batch.tp, &gone, cancel, |why| {
+                            ctx.metrics.retries_es.fetch_add(1, Relaxed);
+                            hold(&format!("elasticsearch: {why}"));
+                        })
+                        .await?;
+                    crate::failpoint::hit("refused_documents_removed").await;
+                    // All of them: one this run did not index (not in `records`) has no document
+                    // of this run to remove.
+                    removed.extend(&written.store_dead_letters);
+                    removed.sort_unstable();
+                    removed.dedup();
+                }
                 Err(SinkError::Cancelled) => return Err(SinkError::Cancelled),
                 Err(e) => {
                     attempt += 1;
@@ -223,13 +246,23 @@ impl Worker {
         };
         ctx.metrics.pg_latency.observe(t.elapsed());
         if !written.store_dead_letters.is_empty() {
-            // Their documents were indexed before PostgreSQL refused the rows.
-            let gone: Vec<&StoredRecord> = records
-                .iter()
-                .filter(|r| written.store_dead_letters.binary_search(&r.offset).is_ok())
-                .collect();
-            ctx.es
-                .delete(&batch.tp, &gone, cancel, |why| {
+            // Where the removal of their documents used to be (a kill here left them without
+            // their rows): now they are gone before the commit.
+            crate::failpoint::hit("after_refused_commit").await;
+        }
+        // A row PostgreSQL refused before the removal and took after it (its column types
+        // changed in between): its document goes back, so no row is left without it either.
+        let back: Vec<StoredRecord> = records
+            .iter()
+            .filter(|r| removed.binary_search(&r.offset).is_ok())
+            .filter(|r| written.store_dead_letters.binary_search(&r.offset).is_err())
+            .cloned()
+            .collect();
+        if !back.is_empty() {
+            // It was taken before; a refusal now changes nothing the row could follow.
+            let _refused = ctx
+                .es
+                .index(&batch.tp, &back, cancel, |why| {
                     ctx.metrics.retries_es.fetch_add(1, Relaxed);
                     hold(&format!("elasticsearch: {why}"));
                 })

@@ -327,3 +327,99 @@ async fn dead_letters_are_listed_and_replayed_exactly_once() {
     );
     s.cleanup().await;
 }
+
+/// A dead letter sealed (aes-256-gcm) under redaction keeps that protection on replay: replayed
+/// with the key but without the redaction settings, replay refuses, names what is missing,
+/// exits non-zero and writes nothing; with the settings it stores the record redacted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_dead_letter_is_never_replayed_with_less_redaction() {
+    let s = Scenario::new("replay_sealed", 1).await;
+    let secret = "hunter2-do-not-store";
+    // Valid, but too large under the daemon's first limit: a dead letter, sealed.
+    let sealed = format!(
+        r#"{{"timestamp":"2026-11-30T06:00:00Z","message":"login","password":"{secret}","pad":"{}"}}"#,
+        "x".repeat(600)
+    );
+    s.produce_raw(&[(Some(b"sealed".to_vec()), sealed.clone().into_bytes())]);
+    s.produce(0, 10, 0.0);
+    let key = ("LP_DEAD_LETTER_KEY", "ab".repeat(32));
+    let redacting = with(
+        &s.env(),
+        &[
+            ("LP_MAX_RECORD_BYTES", "500".into()),
+            ("LP_REDACT_DROP", "password".into()),
+            key.clone(),
+        ],
+    );
+    process_all(&s, &redacting).await;
+
+    let pool = s.pg().await;
+    let dead = async || -> Vec<(i64, String, Vec<u8>, Option<String>)> {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT kafka_offset, payload_encoding, payload, redaction FROM {}.dead_letters",
+            s.schema
+        )))
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    let in_clear = async || -> (i64, usize) {
+        let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {}.log_records WHERE fields::text LIKE '%' || $1 || '%' \
+             OR message LIKE '%' || $1 || '%'",
+            s.schema
+        )))
+        .bind(secret)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        let docs = es_documents(&format!("{}-*", s.index))
+            .await
+            .iter()
+            .filter(|d| d.to_string().contains(secret))
+            .count();
+        (rows, docs)
+    };
+    // The fault: the record is a sealed dead letter, its password unreadable there.
+    let before = dead().await;
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(before[0].1, "aes-256-gcm");
+    assert!(!String::from_utf8_lossy(&before[0].2).contains(secret));
+    assert!(
+        before[0]
+            .3
+            .as_deref()
+            .is_some_and(|r| r.contains("password")),
+        "the redaction it was written under: {:?}",
+        before[0].3
+    );
+    let counts = s.pg_counts().await;
+
+    // The cause fixed (a larger limit) and the key given, but no redaction settings.
+    let unredacted = with(
+        &s.env(),
+        &[("LP_MAX_RECORD_BYTES", "100000".into()), key.clone()],
+    );
+    let (code, out, err) = lp(&unredacted, &["dead-letters", "replay"]);
+    println!("replay without redaction: exit {code}: {}", err.trim());
+    assert_ne!(code, 0, "{out}\n{err}");
+    assert!(err.contains("LP_REDACT_DROP lacks password"), "{err}");
+    assert_eq!(in_clear().await, (0, 0), "the password stored in clear");
+    assert_eq!(dead().await, before, "the dead letter is still there");
+    assert_eq!(s.pg_counts().await, counts, "nothing written");
+
+    // With the redaction it was written under, it is replayed, redacted.
+    let fixed = with(&unredacted, &[("LP_REDACT_DROP", "password".into())]);
+    let out = ok(&fixed, &["dead-letters", "replay"]);
+    assert!(out.contains("replayed=1 still_failing=0"), "{out}");
+    assert_eq!(in_clear().await, (0, 0), "the password stored in clear");
+    assert!(dead().await.is_empty());
+    s.verify_with(&Expectation {
+        max_record_bytes: 100_000,
+        redact_drop: vec!["password".into()],
+        ..Expectation::default()
+    })
+    .await
+    .assert_exact("sealed replay");
+    s.cleanup().await;
+}

@@ -108,18 +108,37 @@ impl Fixture {
             let raw = raws.iter().find(|r| r.offset == offset).unwrap();
             policy.make(raw, RejectStage::Store, reason)
         };
-        self.sink
-            .write_batch(&BatchWrite {
-                group_id: GROUP,
-                tp: &self.tp,
-                records: &records,
-                dead_letters: dead,
-                start,
-                first_offset: raws[0].offset,
-                next_offset: raws.last().unwrap().offset + 1,
-                dead_letter: &make,
-            })
-            .await
+        // As the worker does: a batch with `store` dead letters is rolled back until their
+        // documents are removed (there is no search store here), then written again.
+        let mut removed = Vec::new();
+        let before = self.state().await;
+        loop {
+            let written = self
+                .sink
+                .write_batch(&BatchWrite {
+                    group_id: GROUP,
+                    tp: &self.tp,
+                    records: &records,
+                    dead_letters: dead,
+                    start,
+                    first_offset: raws[0].offset,
+                    next_offset: raws.last().unwrap().offset + 1,
+                    dead_letter: &make,
+                    documents_removed: &removed,
+                })
+                .await?;
+            if written.committed {
+                return Ok(written);
+            }
+            assert!(removed.is_empty(), "one pass removes them all");
+            assert!(!written.store_dead_letters.is_empty());
+            assert_eq!(
+                self.state().await,
+                before,
+                "nothing committed before the documents are removed"
+            );
+            removed = written.store_dead_letters;
+        }
     }
 
     async fn scalar(&self, sql: &str) -> i64 {
@@ -141,6 +160,12 @@ impl Fixture {
     async fn watermark(&self) -> i64 {
         self.scalar("SELECT coalesce(max(next_offset), -1) FROM {s}.consumer_offsets")
             .await
+    }
+
+    /// Watermark, rows and dead letters.
+    async fn state(&self) -> (i64, i64, i64) {
+        let dead = self.scalar("SELECT count(*) FROM {s}.dead_letters").await;
+        (self.watermark().await, self.rows().await, dead)
     }
 
     async fn rows(&self) -> i64 {
@@ -184,33 +209,164 @@ async fn the_watermark_never_jumps_a_batch_that_is_not_durable() {
     assert_eq!((f.watermark().await, f.rows().await), (30, 30));
 }
 
-/// The batch insert assumes its rows are new (no conflict check, see `Rows::Fresh`); rows
-/// another writer put there first make it write again, leaving theirs alone.
+/// The batch insert assumes its rows are new (no conflict check, see `Rows::Fresh`); the same
+/// rows another writer put there first make it write again, leaving theirs alone.
 #[tokio::test]
 async fn rows_another_writer_stored_first_are_left_alone_and_the_batch_completes() {
     let f = fixture("sink_conflict").await;
     f.write(Position::Assigned(Some(0)), &raws(0, 10, &[]), &[])
         .await
         .unwrap();
-    f.exec("INSERT INTO {s}.log_records (topic, kafka_partition, kafka_offset, ts, message, fields) \
-            VALUES ('t', 0, 12, now(), 'other writer', '{}'), ('t', 0, 15, now(), 'other writer', '{}')")
-        .await;
+    // Another writer (a second group, say) stored records 12 and 15 as we would.
+    other_writer(&f, &raws(12, 13, &[]), &[]).await;
+    other_writer(&f, &raws(15, 16, &[]), &[]).await;
     let w = f
         .write(Position::After(10), &raws(10, 20, &[]), &[])
         .await
         .unwrap();
     assert!(w.store_dead_letters.is_empty() && !w.already_durable);
     assert_eq!((f.watermark().await, f.rows().await), (20, 20));
-    let others = f
-        .scalar("SELECT count(*) FROM {s}.log_records WHERE message = 'other writer' AND kafka_offset IN (12, 15)")
-        .await;
-    assert_eq!(others, 2, "the rows already there are kept as they were");
     let ours = f
         .scalar("SELECT count(*) FROM {s}.log_records WHERE message = 'm' || kafka_offset AND kafka_offset BETWEEN 10 AND 19")
         .await;
-    assert_eq!(ours, 8);
+    assert_eq!(ours, 10);
     let dead = f.scalar("SELECT count(*) FROM {s}.dead_letters").await;
     assert_eq!(dead, 0);
+}
+
+/// Stores `raws` as the daemon would, in a schema of their own group, then copies the rows
+/// into `f`'s table: rows equal to ours but written by someone else. `change` is SQL applied to
+/// the copies first (`SET message = ...`), for rows that differ.
+async fn other_writer(f: &Fixture, raws: &[RawRecord], change: &[&str]) {
+    let other = PgSink::new(&settings(&database_url(), &f.schema)).unwrap();
+    let records: Vec<StoredRecord> = raws.iter().map(stored).collect();
+    let make = |_: i64, _: String| unreachable!("no row of these is refused");
+    other
+        .write_batch(&BatchWrite {
+            group_id: "other-writer",
+            tp: &f.tp,
+            records: &records,
+            dead_letters: &[],
+            start: Position::Assigned(Some(raws[0].offset)),
+            first_offset: raws[0].offset,
+            next_offset: raws.last().unwrap().offset + 1,
+            dead_letter: &make,
+            documents_removed: &[],
+        })
+        .await
+        .unwrap();
+    for sql in change {
+        f.exec(&format!(
+            "UPDATE {{s}}.log_records {sql} WHERE kafka_offset BETWEEN {} AND {}",
+            raws[0].offset,
+            raws.last().unwrap().offset
+        ))
+        .await;
+    }
+    f.exec("DELETE FROM {s}.consumer_offsets WHERE group_id = 'other-writer'")
+        .await;
+}
+
+/// A stored row at our coordinates with other content (another cluster, or an earlier
+/// incarnation of the topic, writing into this schema) is not taken for ours: the batch is
+/// refused, held by the worker, with an error naming the record, and nothing is written.
+#[tokio::test]
+async fn a_stored_row_with_other_content_at_our_coordinates_holds_the_batch() {
+    let f = fixture("sink_conflict_differs").await;
+    f.write(Position::Assigned(Some(0)), &raws(0, 10, &[]), &[])
+        .await
+        .unwrap();
+    other_writer(&f, &raws(12, 13, &[]), &["SET message = 'another cluster'"]).await;
+    other_writer(&f, &raws(15, 16, &[]), &[]).await;
+    for _ in 0..2 {
+        // The fast path (plain INSERT, then the retry skipping existing rows) and, the second
+        // time, the partition's batches written with the conflict check from the start.
+        let err = f
+            .write(Position::After(10), &raws(10, 20, &[]), &[])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, SinkError::Permanent { .. }),
+            "held and retried by the worker: {err:?}"
+        );
+        assert!(err.to_string().contains("t/0@12"), "{err}");
+        assert!(
+            !err.to_string().contains("t/0@15"),
+            "the same content: {err}"
+        );
+        assert_eq!((f.watermark().await, f.rows().await), (10, 12));
+        assert_eq!(f.scalar("SELECT count(*) FROM {s}.dead_letters").await, 0);
+    }
+    // Without a stored watermark (a new group) rows may exist: checked the same way.
+    f.exec("DELETE FROM {s}.consumer_offsets").await;
+    let err = f
+        .write(Position::Assigned(Some(0)), &raws(0, 20, &[]), &[])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("t/0@12"), "{err}");
+    assert_eq!((f.watermark().await, f.rows().await), (-1, 12));
+
+    // Once the operator moves the foreign row away, the batch goes through.
+    f.exec("DELETE FROM {s}.log_records WHERE kafka_offset = 12")
+        .await;
+    f.write(Position::Assigned(Some(0)), &raws(0, 20, &[]), &[])
+        .await
+        .unwrap();
+    assert_eq!((f.watermark().await, f.rows().await), (20, 20));
+    let ours = f
+        .scalar("SELECT count(*) FROM {s}.log_records WHERE message = 'm' || kafka_offset")
+        .await;
+    assert_eq!(ours, 20);
+}
+
+/// A unique index an operator adds to `log_records` is the store's rule, like a CHECK: two
+/// records with the same message hold the batch, in the plain insert and in the
+/// insert that skips our own rows, instead of the second one vanishing.
+#[tokio::test]
+async fn a_unique_index_of_the_operator_holds_the_batch_instead_of_dropping_a_row() {
+    let f = fixture("sink_unique").await;
+    f.exec("CREATE UNIQUE INDEX same_message ON {s}.log_records (message)")
+        .await;
+    let same = |o: i64| RawRecord {
+        offset: o,
+        key: Some(format!("k{o}").into_bytes()),
+        payload: Some(format!(r#"{{"message":"same","n":{o}}}"#).into_bytes()),
+        kafka_timestamp_ms: Some(1_764_000_000_000 + o),
+    };
+    // The first batch of a new group is written with the conflict check (rows may exist).
+    let mut first = raws(0, 10, &[]);
+    first[3] = same(3);
+    first[7] = same(7);
+    let err = f
+        .write(Position::Assigned(Some(0)), &first, &[])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, SinkError::Permanent { .. }) && err.to_string().contains("same_message"),
+        "{err:?}"
+    );
+    assert_eq!((f.watermark().await, f.rows().await), (-1, 0));
+    assert_eq!(f.scalar("SELECT count(*) FROM {s}.dead_letters").await, 0);
+
+    // A later batch starts at the watermark: the plain insert, no fallback on another index.
+    first[7] = raws(7, 8, &[]).remove(0);
+    f.write(Position::Assigned(Some(0)), &first, &[])
+        .await
+        .unwrap();
+    let mut next = raws(10, 20, &[]);
+    next[2] = same(12);
+    let err = f.write(Position::After(10), &next, &[]).await.unwrap_err();
+    assert!(err.to_string().contains("same_message"), "{err:?}");
+    assert_eq!((f.watermark().await, f.rows().await), (10, 10));
+    assert_eq!(f.scalar("SELECT count(*) FROM {s}.dead_letters").await, 0);
+
+    f.exec("DROP INDEX {s}.same_message").await;
+    f.write(Position::After(10), &next, &[]).await.unwrap();
+    assert_eq!((f.watermark().await, f.rows().await), (20, 20));
+    let same_rows = f
+        .scalar("SELECT count(*) FROM {s}.log_records WHERE message = 'same'")
+        .await;
+    assert_eq!(same_rows, 2, "records 3 and 12, each its own row");
 }
 
 #[tokio::test]

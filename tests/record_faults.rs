@@ -92,3 +92,105 @@ async fn refused_row(name: &str, settings: &[(&str, String)]) {
     );
     s.cleanup().await;
 }
+
+/// A SIGKILL on either side of the commit of a batch with rows PostgreSQL refuses: after their
+/// documents were removed but before the commit, and right after the commit (where the
+/// removal used to be). No kill may leave a durable offset with a document but no row, and
+/// after a clean run the dead letters are exactly the refused records, checked against Kafka.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_kill_around_the_commit_leaves_a_document_without_its_row() {
+    let s = Scenario::new("record_fault_kill", 1).await;
+    let bad = [5i64, 37, 38, 90];
+    let payload = |i: i64| match (i, bad.contains(&i)) {
+        // The first record maps `fields.n` as text, so the search store takes the overflowing
+        // numbers; PostgreSQL's jsonb cannot hold them.
+        (0, _) => br#"{"message":"first","n":"text"}"#.to_vec(),
+        (_, true) => format!(r#"{{"message":"overflow {i}","n":1e200000}}"#).into_bytes(),
+        _ => format!(r#"{{"message":"m{i}","n":"v{i}"}}"#).into_bytes(),
+    };
+    let records: Vec<(Option<Vec<u8>>, Vec<u8>)> = (0..120)
+        .map(|i| (Some(format!("r{i}").into_bytes()), payload(i)))
+        .collect();
+    s.produce_raw(&records);
+    let env = with(&s.env(), &[("LP_BATCH_LINGER_MS", "1000".into())]);
+    let pool = s.pg().await;
+    for point in ["refused_documents_removed", "after_refused_commit"] {
+        let mut d = Daemon::start(&with(&env, &[("LP_FAILPOINTS", format!("{point}=1"))]));
+        chaos_kit::wait_line_alive(&mut d, "failpoint reached", Duration::from_secs(60)).await;
+        assert!(d.has_line(point), "stopped at {point}:\n{}", d.tail(20));
+        d.kill();
+        assert!(
+            d.has_line("bisecting the batch"),
+            "the fault: PostgreSQL refused a row\n{}",
+            d.tail(20)
+        );
+        let watermark: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT max(next_offset) FROM {}.consumer_offsets",
+            s.schema
+        )))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        let rows: BTreeSet<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT kafka_offset FROM {}.log_records",
+            s.schema
+        )))
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+        let store_dead: BTreeSet<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT kafka_offset FROM {}.dead_letters WHERE stage = 'store'",
+            s.schema
+        )))
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+        let docs: BTreeSet<i64> = es_documents(&format!("{}-*", s.index))
+            .await
+            .iter()
+            .map(|d| d["kafka"]["offset"].as_i64().unwrap())
+            .collect();
+        let durable = watermark.unwrap_or(0);
+        let orphans: Vec<i64> = docs
+            .iter()
+            .copied()
+            .filter(|o| *o < durable && !rows.contains(o))
+            .collect();
+        println!(
+            "record fault kill at {point}: watermark {watermark:?}, {} rows, store dead letters {store_dead:?}, {} documents",
+            rows.len(),
+            docs.len()
+        );
+        assert_eq!(
+            orphans,
+            Vec::<i64>::new(),
+            "{point}: documents without their rows"
+        );
+        match point {
+            // Killed before the commit: nothing of the batch is durable, its refused documents
+            // are gone already.
+            "refused_documents_removed" => {
+                assert!(durable <= bad[0], "killed before the commit: {watermark:?}");
+                assert!(docs.iter().all(|o| !bad.contains(o)), "{docs:?}");
+            }
+            // Killed after it: the refused records are dead letters, their documents gone.
+            _ => {
+                assert!(durable > bad[0], "killed after the commit: {watermark:?}");
+                let expect: BTreeSet<i64> = bad.iter().copied().filter(|o| *o < durable).collect();
+                assert_eq!(store_dead, expect);
+            }
+        }
+    }
+    chaos_kit::final_clean_run(&s, &env, "record fault kill").await;
+    let expect = Expectation {
+        refused_by_store: bad.iter().map(|&i| payload(i)).collect(),
+        ..Expectation::default()
+    };
+    let v = chaos_kit::verify_and_report_with(&s, "record_fault_kill", 2, &expect).await;
+    assert_eq!(v.dead_lettered, bad.len() as u64);
+    s.cleanup().await;
+}

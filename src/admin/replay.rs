@@ -105,6 +105,23 @@ pub fn recover(d: &StoredDeadLetter, key: Option<&[u8; 32]>) -> Result<Option<Ve
     }
 }
 
+/// What the current settings lack to redact a sealed dead letter as much as when it was
+/// written (`recorded`, its `redaction` column): empty when they redact as much or more.
+/// Decrypting gives the record's bytes before redaction, so replaying them with less would
+/// store in clear what the daemon was told to keep out of both stores.
+fn lacking(recorded: Option<&str>, redactor: &Redactor) -> Vec<String> {
+    match recorded {
+        Some(policy) => redactor.missing(policy).unwrap_or_else(|e| vec![e]),
+        // Sealed before the policy was recorded: only that redaction was on is known.
+        None if redactor.is_empty() => vec![
+            "sealed before its redaction was recorded, and no redaction is set: set \
+             LP_REDACT_DROP / LP_REDACT_HASH as they were when it was written"
+                .into(),
+        ],
+        None => Vec::new(),
+    }
+}
+
 pub async fn replay(args: &ReplayArgs) -> Result<Summary, AdminError> {
     let s = &args.settings;
     let filter = args.filter.filter(s);
@@ -123,6 +140,23 @@ pub async fn replay(args: &ReplayArgs) -> Result<Summary, AdminError> {
         s.redact_key.as_deref(),
     );
     let pg = super::pg(s)?;
+    // Refused up front, before anything is written, rather than dead letter by dead letter.
+    let mut missing = std::collections::BTreeSet::new();
+    for recorded in pg.sealed_redactions(&filter).await? {
+        missing.extend(lacking(recorded.as_deref(), &redactor));
+    }
+    if !missing.is_empty() {
+        return Err(ConfigError {
+            field: "LP_REDACT_DROP / LP_REDACT_HASH / LP_REDACT_KEY",
+            message: format!(
+                "selected dead letters were sealed (aes-256-gcm) under more redaction than \
+                 these settings apply, so their records would be stored unredacted: {}; \
+                 nothing was replayed",
+                missing.into_iter().collect::<Vec<_>>().join("; ")
+            ),
+        }
+        .into());
+    }
     let es = if args.dry_run {
         None
     } else {
@@ -160,7 +194,16 @@ pub async fn replay(args: &ReplayArgs) -> Result<Summary, AdminError> {
             let mut failing = Vec::new();
             for d in group {
                 summary.selected += 1;
-                let payload = match recover(d, key.as_ref()) {
+                // A dead letter sealed after the check above (the daemon runs meanwhile).
+                let weaker = lacking(d.redaction.as_deref(), &redactor);
+                let recovered = match d.payload_encoding.as_str() {
+                    "aes-256-gcm" if !weaker.is_empty() => Err(format!(
+                        "sealed under more redaction than these settings: {}",
+                        weaker.join("; ")
+                    )),
+                    _ => recover(d, key.as_ref()),
+                };
+                let payload = match recovered {
                     Ok(p) => p,
                     Err(why) => {
                         summary.not_replayable += 1;
@@ -306,6 +349,7 @@ mod tests {
             kafka_key: None,
             payload,
             payload_encoding: encoding.as_str().into(),
+            redaction: None,
             kafka_ts: None,
             stage: "decode".into(),
             reason: "r".into(),

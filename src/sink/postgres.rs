@@ -15,6 +15,9 @@ use crate::config::{MigrateMode, mask_url, scrub_urls};
 use crate::model::{DeadLetter, Position, StoredRecord, TopicPartition};
 
 mod dead_letters;
+mod rows;
+
+use rows::{Rows, insert_records};
 
 pub use dead_letters::{DeadLetterFilter, Redriven, StillFailing, StoredDeadLetter, kafka_ms};
 
@@ -45,13 +48,20 @@ pub struct BatchWrite<'a> {
     /// The dead letter of a record whose own row PostgreSQL refuses (offset, reason): built by
     /// the caller, which holds the raw bytes and the redaction policy.
     pub dead_letter: &'a (dyn Fn(i64, String) -> DeadLetter + Sync),
+    /// Records whose documents the caller has removed from the search store already (sorted).
+    /// The transaction commits only when every `store` dead letter of the batch is among them.
+    pub documents_removed: &'a [i64],
 }
 
 /// What a committed batch transaction did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Written {
-    /// Records PostgreSQL refused with a data exception, dead-lettered at stage `store`.
+    /// Records PostgreSQL holds (or, uncommitted, would hold) as `store` dead letters: refused
+    /// with a data exception, by this run or an earlier one.
     pub store_dead_letters: Vec<i64>,
+    /// False when nothing was committed because documents of `store_dead_letters` that are not
+    /// in `documents_removed` must be removed first; then the batch is written again.
+    pub committed: bool,
     /// The stored watermark was already at or past this batch: a replay, nothing moved.
     pub already_durable: bool,
 }
@@ -134,7 +144,7 @@ impl PgSink {
     async fn schema_ready(&self) -> Result<bool, SinkError> {
         const PROBES: [&str; 3] = [
             "SELECT topic, kafka_partition, kafka_offset, ts, level, service, message, fields, kafka_key, kafka_ts FROM log_records LIMIT 0",
-            "SELECT topic, kafka_partition, kafka_offset, kafka_key, payload, payload_encoding, kafka_ts, stage, reason FROM dead_letters LIMIT 0",
+            "SELECT topic, kafka_partition, kafka_offset, kafka_key, payload, payload_encoding, redaction, kafka_ts, stage, reason FROM dead_letters LIMIT 0",
             "SELECT group_id, topic, kafka_partition, next_offset FROM consumer_offsets LIMIT 0",
         ];
         for probe in PROBES {
@@ -308,7 +318,8 @@ impl Drop for DetachUnlessFinished {
 enum Refusal {
     /// A data exception (SQLSTATE class 22) from inserting rows: some record's own fault.
     RecordData(String),
-    /// A row of a [`Rows::Fresh`] insert exists already: write again with `Rows::MayExist`.
+    /// A row of a [`Rows::Fresh`] insert exists already at its coordinates (our primary key):
+    /// write again with `Rows::MayExist`.
     Conflict,
     /// Anything else: the store's or the batch's fault, never a record's.
     Store(SinkError),
@@ -330,15 +341,6 @@ impl Refusal {
 impl From<sqlx::Error> for Refusal {
     fn from(e: sqlx::Error) -> Self {
         Refusal::Store(classify(e))
-    }
-}
-
-/// Inserting rows: only a data exception can be a record's fault.
-fn row_refusal(e: sqlx::Error) -> Refusal {
-    match code(&e) {
-        Some(c) if c.starts_with("22") => Refusal::RecordData(e.to_string()),
-        Some(c) if c == "23505" => Refusal::Conflict,
-        _ => Refusal::Store(classify(e)),
     }
 }
 
@@ -402,9 +404,7 @@ async fn write_tx(
                 tracing::warn!(tp = %batch.tp, "the batch's rows were refused together but none alone");
             }
         }
-        None => insert_records(&mut tx, batch.tp, records, rows)
-            .await
-            .map_err(row_refusal)?,
+        None => insert_records(&mut tx, batch.tp, records, rows).await?,
     }
     within(limit, insert_dead_letters(&mut tx, batch.tp, &dead)).await?;
     within(limit, insert_dead_letters(&mut tx, batch.tp, &refused)).await?;
@@ -451,10 +451,28 @@ async fn write_tx(
         )
         .await?
     };
+    // A `store` dead letter's document was indexed before PostgreSQL refused its row. It is
+    // removed before the commit, not after: a kill after the commit would otherwise leave the
+    // document without its row for good (the watermark has passed the batch), while a kill
+    // before the commit only means the batch is read again from Kafka and the same happens.
+    // The transaction is not held open across the search store (which may refuse for as long
+    // as it likes): it is rolled back, and written again once the documents are gone.
+    if store_dead_letters
+        .iter()
+        .any(|o| batch.documents_removed.binary_search(o).is_err())
+    {
+        within(limit, tx.rollback()).await?;
+        return Ok(Written {
+            store_dead_letters,
+            committed: false,
+            already_durable: false,
+        });
+    }
     crate::failpoint::hit("in_pg_transaction").await;
     within(limit, tx.commit()).await?;
     Ok(Written {
         store_dead_letters,
+        committed: true,
         already_durable: matches!(step, Advance::Replay),
     })
 }
@@ -496,7 +514,7 @@ async fn insert_bisecting(
                 message: format!("no answer within {} ms", limit.as_millis()),
             })
         })?;
-        match inserted.map_err(row_refusal) {
+        match inserted {
             Ok(()) => {
                 within(
                     limit,
@@ -525,70 +543,6 @@ async fn insert_bisecting(
     Ok(())
 }
 
-/// Whether rows of a batch may exist already.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Rows {
-    /// Rows are written in the transaction that moves the watermark, and the batch starts at
-    /// the stored watermark (`Advance::Update`, see [`advance`]): none of its rows can exist,
-    /// unless another writer shares the table. A plain `INSERT`, without the per-row conflict check of
-    /// `ON CONFLICT` (a quarter of PostgreSQL's CPU per row here); a conflict fails it
-    /// (`Refusal::Conflict`).
-    Fresh,
-    /// `INSERT ... ON CONFLICT DO NOTHING`: rows already present are left alone (a retry after
-    /// a conflict, the bisection, a redrive).
-    MayExist,
-}
-
-async fn insert_records(
-    tx: &mut Transaction<'_, Postgres>,
-    tp: &TopicPartition,
-    records: &[StoredRecord],
-    rows: Rows,
-) -> Result<(), sqlx::Error> {
-    if records.is_empty() {
-        return Ok(());
-    }
-    let offsets: Vec<i64> = records.iter().map(|r| r.offset).collect();
-    let ts: Vec<DateTime<Utc>> = records.iter().map(|r| r.entry.timestamp).collect();
-    let levels: Vec<Option<&str>> = records.iter().map(|r| r.entry.level.as_deref()).collect();
-    let services: Vec<Option<&str>> = records.iter().map(|r| r.entry.service.as_deref()).collect();
-    let messages: Vec<Option<&str>> = records.iter().map(|r| r.entry.message.as_deref()).collect();
-    let fields: Vec<&str> = records.iter().map(|r| r.entry.fields.as_str()).collect();
-    let keys: Vec<Option<&[u8]>> = records.iter().map(|r| r.key.as_deref()).collect();
-    let kafka_ts: Vec<Option<DateTime<Utc>>> = records
-        .iter()
-        .map(|r| kafka_time(r.kafka_timestamp_ms))
-        .collect();
-    macro_rules! insert {
-        ($tail:literal) => {
-            concat!(
-                "INSERT INTO log_records (topic, kafka_partition, kafka_offset, ts, level, service, message, fields, kafka_key, kafka_ts) \
-                 SELECT $1, $2, o, t, l, s, m, f::jsonb, k, kt \
-                 FROM UNNEST($3::bigint[], $4::timestamptz[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bytea[], $10::timestamptz[]) \
-                      AS u(o, t, l, s, m, f, k, kt)",
-                $tail
-            )
-        };
-    }
-    sqlx::query(match rows {
-        Rows::Fresh => insert!(""),
-        Rows::MayExist => insert!(" ON CONFLICT DO NOTHING"),
-    })
-    .bind(&*tp.topic)
-    .bind(tp.partition)
-    .bind(&offsets)
-    .bind(&ts)
-    .bind(&levels)
-    .bind(&services)
-    .bind(&messages)
-    .bind(&fields)
-    .bind(&keys)
-    .bind(&kafka_ts)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
 async fn insert_dead_letters(
     tx: &mut Transaction<'_, Postgres>,
     tp: &TopicPartition,
@@ -607,11 +561,12 @@ async fn insert_dead_letters(
     let stages: Vec<&str> = dead.iter().map(|d| d.stage.as_str()).collect();
     let reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
     let encodings: Vec<&str> = dead.iter().map(|d| d.encoding.as_str()).collect();
+    let redactions: Vec<Option<&str>> = dead.iter().map(|d| d.redaction.as_deref()).collect();
     sqlx::query(
-        "INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, kafka_key, payload, kafka_ts, stage, reason, payload_encoding) \
-         SELECT $1, $2, o, k, p, kt, s, r, e \
-         FROM UNNEST($3::bigint[], $4::bytea[], $5::bytea[], $6::timestamptz[], $7::text[], $8::text[], $9::text[]) AS u(o, k, p, kt, s, r, e) \
-         ON CONFLICT DO NOTHING",
+        "INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, kafka_key, payload, kafka_ts, stage, reason, payload_encoding, redaction) \
+         SELECT $1, $2, o, k, p, kt, s, r, e, x \
+         FROM UNNEST($3::bigint[], $4::bytea[], $5::bytea[], $6::timestamptz[], $7::text[], $8::text[], $9::text[], $10::text[]) AS u(o, k, p, kt, s, r, e, x) \
+         ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING",
     )
     .bind(&*tp.topic)
     .bind(tp.partition)
@@ -622,6 +577,7 @@ async fn insert_dead_letters(
     .bind(&stages)
     .bind(&reasons)
     .bind(&encodings)
+    .bind(&redactions)
     .execute(&mut **tx)
     .await?;
     Ok(())

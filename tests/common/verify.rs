@@ -37,6 +37,9 @@ pub struct Expectation {
     /// Payloads that decode but that the search store refuses for their own content (mapping
     /// conflicts, too many fields): dead letters too.
     pub refused_by_index: Vec<Vec<u8>>,
+    /// Payloads that decode and index but whose row PostgreSQL refuses for its own content (a
+    /// number jsonb cannot hold): dead letters too, and no document may stay.
+    pub refused_by_store: Vec<Vec<u8>>,
 }
 
 impl Default for Expectation {
@@ -47,6 +50,7 @@ impl Default for Expectation {
             redact_hash: Vec::new(),
             redact_key: String::new(),
             refused_by_index: Vec::new(),
+            refused_by_store: Vec::new(),
         }
     }
 }
@@ -107,6 +111,9 @@ pub fn fate(r: &KafkaRecord, expect: &Expectation) -> Fate {
         Err(why) => Fate::Dead(why),
         Ok(_) if expect.refused_by_index.contains(&r.payload) => {
             Fate::Dead("refused by the index for its content".into())
+        }
+        Ok(_) if expect.refused_by_store.contains(&r.payload) => {
+            Fate::Dead("its row refused by PostgreSQL for its content".into())
         }
         Ok(entry) => Fate::Stored(entry),
     }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use super::{PgSink, Refusal, Rows, classify, insert_records, row_refusal, within};
+use super::{PgSink, Refusal, Rows, classify, insert_records, within};
 use crate::model::{RejectStage, StoredRecord, TopicPartition};
 use crate::sink::SinkError;
 
@@ -32,6 +32,8 @@ pub struct StoredDeadLetter {
     pub kafka_key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
     pub payload_encoding: String,
+    /// The redaction it was written under (`Redactor::policy`).
+    pub redaction: Option<String>,
     pub kafka_ts: Option<DateTime<Utc>>,
     pub stage: String,
     pub reason: String,
@@ -70,7 +72,7 @@ const WHERE: &str = "topic = ANY($1::text[]) \
      AND ($6::timestamptz IS NULL OR failed_at < $6)";
 
 const COLUMNS: &str = "topic, kafka_partition, kafka_offset, kafka_key, payload, payload_encoding, \
-     kafka_ts, stage, reason, failed_at";
+     redaction, kafka_ts, stage, reason, failed_at";
 
 fn bind_filter<'q, O>(
     q: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
@@ -138,6 +140,24 @@ impl PgSink {
             .fetch_all(&self.pool)
             .await
             .map_err(classify)
+    }
+
+    /// The redactions (`dead_letters.redaction`) the selected sealed (`aes-256-gcm`) dead
+    /// letters were written under, `None` for those written before it was recorded.
+    pub async fn sealed_redactions(
+        &self,
+        filter: &DeadLetterFilter,
+    ) -> Result<Vec<Option<String>>, SinkError> {
+        let sql = format!(
+            "SELECT DISTINCT redaction FROM dead_letters WHERE {WHERE} \
+             AND payload_encoding = 'aes-256-gcm'"
+        );
+        let rows: Vec<(Option<String>,)> =
+            bind_filter(sqlx::query_as(sqlx::AssertSqlSafe(sql)), filter)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(classify)?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
     /// Up to `limit` selected dead letters after `after` (topic, partition, offset), in that
@@ -221,10 +241,7 @@ async fn redrive_tx(
     let mut out = Redriven::default();
     // All rows at once; on a data exception, one by one under savepoints to find the refused.
     within(limit, sqlx::raw_sql("SAVEPOINT redrive").execute(&mut *tx)).await?;
-    match insert_records(&mut tx, tp, &records, Rows::MayExist)
-        .await
-        .map_err(row_refusal)
-    {
+    match insert_records(&mut tx, tp, &records, Rows::MayExist).await {
         Ok(()) => out.stored = records.iter().map(|r| r.offset).collect(),
         Err(Refusal::RecordData(_)) => {
             within(
@@ -234,10 +251,7 @@ async fn redrive_tx(
             .await?;
             for r in &records {
                 within(limit, sqlx::raw_sql("SAVEPOINT one").execute(&mut *tx)).await?;
-                match insert_records(&mut tx, tp, std::slice::from_ref(r), Rows::MayExist)
-                    .await
-                    .map_err(row_refusal)
-                {
+                match insert_records(&mut tx, tp, std::slice::from_ref(r), Rows::MayExist).await {
                     Ok(()) => out.stored.push(r.offset),
                     Err(Refusal::RecordData(why)) => {
                         within(
