@@ -123,6 +123,7 @@ impl Fixture {
                     start,
                     first_offset: raws[0].offset,
                     next_offset: raws.last().unwrap().offset + 1,
+                    gaps: &[],
                     dead_letter: &make,
                     documents_removed: &removed,
                 })
@@ -250,6 +251,7 @@ async fn other_writer(f: &Fixture, raws: &[RawRecord], change: &[&str]) {
             start: Position::Assigned(Some(raws[0].offset)),
             first_offset: raws[0].offset,
             next_offset: raws.last().unwrap().offset + 1,
+            gaps: &[],
             dead_letter: &make,
             documents_removed: &[],
         })

@@ -12,6 +12,7 @@ use sqlx::{Connection, Postgres, Transaction};
 
 use super::SinkError;
 use crate::config::{MigrateMode, mask_url, scrub_urls};
+use crate::gaps::Gap;
 use crate::model::{DeadLetter, Position, StoredRecord, TopicPartition};
 
 mod dead_letters;
@@ -43,8 +44,11 @@ pub struct BatchWrite<'a> {
     pub dead_letters: &'a [DeadLetter],
     /// Where the partition stands before this batch (`Batch::start`).
     pub start: Position,
+    /// The first offset the batch accounts for: its first gap's or its first record's.
     pub first_offset: i64,
     pub next_offset: i64,
+    /// Offsets of the batch without a record (see `gaps`), recorded in `source_gaps`.
+    pub gaps: &'a [Gap],
     /// The dead letter of a record whose own row PostgreSQL refuses (offset, reason): built by
     /// the caller, which holds the raw bytes and the redaction policy.
     pub dead_letter: &'a (dyn Fn(i64, String) -> DeadLetter + Sync),
@@ -142,10 +146,11 @@ impl PgSink {
     /// True when every table and column the daemon uses is there and readable. Needs only
     /// SELECT on the tables, not the migration history.
     async fn schema_ready(&self) -> Result<bool, SinkError> {
-        const PROBES: [&str; 3] = [
+        const PROBES: [&str; 4] = [
             "SELECT topic, kafka_partition, kafka_offset, ts, level, service, message, fields, kafka_key, kafka_ts FROM log_records LIMIT 0",
             "SELECT topic, kafka_partition, kafka_offset, kafka_key, payload, payload_encoding, redaction, kafka_ts, stage, reason FROM dead_letters LIMIT 0",
             "SELECT group_id, topic, kafka_partition, next_offset FROM consumer_offsets LIMIT 0",
+            "SELECT topic, kafka_partition, from_offset, to_offset, cause FROM source_gaps LIMIT 0",
         ];
         for probe in PROBES {
             if let Err(e) = sqlx::query(probe).execute(&self.pool).await {
@@ -408,6 +413,7 @@ async fn write_tx(
     }
     within(limit, insert_dead_letters(&mut tx, batch.tp, &dead)).await?;
     within(limit, insert_dead_letters(&mut tx, batch.tp, &refused)).await?;
+    within(limit, insert_gaps(&mut tx, batch.tp, batch.gaps, from)).await?;
     let sql = match step {
         Advance::Replay | Advance::Hole(_) => None,
         // A concurrent first insert makes this one fail with a unique violation: retried.
@@ -540,6 +546,42 @@ async fn insert_bisecting(
             Err(store) => return Err(store),
         }
     }
+    Ok(())
+}
+
+/// Records the gaps of a batch from `from` on (what lies below is accounted for already).
+async fn insert_gaps(
+    tx: &mut Transaction<'_, Postgres>,
+    tp: &TopicPartition,
+    gaps: &[Gap],
+    from: i64,
+) -> Result<(), sqlx::Error> {
+    let gaps: Vec<Gap> = gaps
+        .iter()
+        .filter(|g| g.to > from)
+        .map(|g| Gap {
+            from: g.from.max(from),
+            ..*g
+        })
+        .collect();
+    if gaps.is_empty() {
+        return Ok(());
+    }
+    let froms: Vec<i64> = gaps.iter().map(|g| g.from).collect();
+    let tos: Vec<i64> = gaps.iter().map(|g| g.to).collect();
+    let causes: Vec<&str> = gaps.iter().map(|g| g.cause.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO source_gaps (topic, kafka_partition, from_offset, to_offset, cause) \
+         SELECT $1, $2, f, t, c FROM UNNEST($3::bigint[], $4::bigint[], $5::text[]) AS g(f, t, c) \
+         ON CONFLICT (topic, kafka_partition, from_offset) DO NOTHING",
+    )
+    .bind(&*tp.topic)
+    .bind(tp.partition)
+    .bind(&froms)
+    .bind(&tos)
+    .bind(&causes)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 

@@ -211,9 +211,11 @@ fn hmac_hex(key: &str, text: &str) -> String {
     format!("hmac:{hex}")
 }
 
-/// Reads every record below `ends` back from the topic: assign() from offset 0, no group
-/// membership (librdkafka's assign() wants a group id; this one never joins, reads or commits
-/// offsets).
+/// Reads every record below `ends` back from the topic: assign() from the log's start (offsets
+/// that retention deleted are no records any more), no group membership (librdkafka's assign()
+/// wants a group id; this one never joins, reads or commits offsets). Done when the reader's
+/// position reaches `ends`: it moves past transaction markers and aborted records too, which
+/// are never handed over (the reader is `read_committed`, librdkafka's default).
 pub fn read_topic(topic: &str, ends: &BTreeMap<i32, i64>) -> HashMap<(i32, i64), KafkaRecord> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", kafka_brokers())
@@ -225,19 +227,29 @@ pub fn read_topic(topic: &str, ends: &BTreeMap<i32, i64>) -> HashMap<(i32, i64),
         .expect("readback consumer");
     let mut tpl = TopicPartitionList::new();
     for &p in ends.keys() {
-        tpl.add_partition_offset(topic, p, Offset::Offset(0))
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
             .unwrap();
     }
     c.assign(&tpl).expect("assign");
     let mut next: BTreeMap<i32, i64> = ends.keys().map(|&p| (p, 0)).collect();
     let mut out = HashMap::new();
     let started = Instant::now();
-    while next.iter().any(|(p, n)| n < &ends[p]) {
+    let behind = |next: &BTreeMap<i32, i64>| {
+        if next.iter().all(|(p, n)| n >= &ends[p]) {
+            return false;
+        }
+        let position = c.position().expect("position");
+        ends.iter().any(|(&p, &end)| {
+            next[&p] < end
+                && !matches!(position.find_partition(topic, p).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= end)
+        })
+    };
+    while behind(&next) {
         assert!(
             started.elapsed() < Duration::from_secs(300),
             "reading {topic} back: at {next:?} of {ends:?}"
         );
-        let Some(m) = c.poll(Duration::from_secs(1)) else {
+        let Some(m) = c.poll(Duration::from_millis(200)) else {
             continue;
         };
         let m = m.expect("read the topic back");
@@ -431,6 +443,19 @@ type Row = (
 );
 
 impl Scenario {
+    /// The recorded gaps (offsets without a record) of this scenario's topic.
+    pub async fn source_gaps(&self) -> Vec<(i32, i64, i64)> {
+        let pool = self.pg().await;
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT kafka_partition, from_offset, to_offset FROM {}.source_gaps WHERE topic = $1",
+            self.schema
+        )))
+        .bind(&self.topic)
+        .fetch_all(&pool)
+        .await
+        .unwrap_or_default()
+    }
+
     /// Every record of the topic below the end offsets.
     pub fn read_back(&self, ends: &BTreeMap<i32, i64>) -> HashMap<(i32, i64), KafkaRecord> {
         read_topic(&self.topic, ends)
@@ -446,6 +471,16 @@ impl Scenario {
     pub async fn verify_with(&self, expect: &Expectation) -> Verdict {
         let ends = self.end_offsets();
         let kafka = self.read_back(&ends);
+        self.verify_against(kafka, expect).await
+    }
+
+    /// [`Scenario::verify_with`] against records read from Kafka earlier (`kafka`): for a
+    /// topic that lost records since, by retention, after some were stored.
+    pub async fn verify_against(
+        &self,
+        kafka: HashMap<(i32, i64), KafkaRecord>,
+        expect: &Expectation,
+    ) -> Verdict {
         let fates: HashMap<(i32, i64), Fate> =
             kafka.iter().map(|(k, r)| (*k, fate(r, expect))).collect();
         let pool = self.pg().await;
@@ -573,18 +608,25 @@ impl Scenario {
                 problems.add("offset both a row and a dead letter", || at(p, o));
             }
         }
+        // Every record Kafka handed over is stored (offsets without a record, such as
+        // transaction markers, are not records to lose; `source_gaps` must account for them).
         let mut lost = 0u64;
-        for (&p, &end) in &ends {
-            let have = stored.get(&p);
-            let missing: Vec<i64> = (0..end)
-                .filter(|o| !have.is_some_and(|h| h.contains(o)))
-                .collect();
-            if !missing.is_empty() {
-                lost += missing.len() as u64;
-                problems.add("lost", || format!("partition {p}: [{}]", ranges(&missing)));
+        let mut by_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+        for &(p, o) in kafka.keys() {
+            if !stored.get(&p).is_some_and(|h| h.contains(&o)) {
+                by_partition.entry(p).or_default().push(o);
             }
         }
-        let (watermark_gaps, lines) = against_watermark(&self.pg_watermarks().await, &stored);
+        for (p, mut missing) in by_partition {
+            missing.sort_unstable();
+            lost += missing.len() as u64;
+            problems.add("lost", || format!("partition {p}: [{}]", ranges(&missing)));
+        }
+        let mut accounted = stored.clone();
+        for (p, from, to) in self.source_gaps().await {
+            accounted.entry(p).or_default().extend(from..to);
+        }
+        let (watermark_gaps, lines) = against_watermark(&self.pg_watermarks().await, &accounted);
         for l in lines {
             problems.add("watermark does not cover exactly the stored offsets", || l);
         }

@@ -1,0 +1,244 @@
+//! Offsets without a record: every offset below a partition's stored watermark is a row, a
+//! dead letter or a recorded gap (`source_gaps`), and a gap says whether records were lost
+//! outside the daemon (deleted by retention before they were read) or never existed as records
+//! (transaction markers, aborted records). Checked against what Kafka holds.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+/// The gaps stored for the scenario: partition -> [(from, to, cause)].
+async fn gaps(s: &Scenario) -> BTreeMap<i32, Vec<(i64, i64, String)>> {
+    let pool = s.pg().await;
+    let rows: Vec<(i32, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT kafka_partition, from_offset, to_offset, cause FROM {}.source_gaps ORDER BY 1, 2",
+        s.schema
+    )))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let mut out: BTreeMap<i32, Vec<_>> = BTreeMap::new();
+    for (p, from, to, cause) in rows {
+        out.entry(p).or_default().push((from, to, cause));
+    }
+    out
+}
+
+/// Every offset below each partition's watermark is exactly one of: a row, a dead letter, an
+/// offset inside a recorded gap.
+async fn assert_every_offset_accounted(s: &Scenario) {
+    let pool = s.pg().await;
+    let q = format!(
+        "SELECT o.kafka_partition, o.next_offset, \
+           (SELECT count(*) FROM {0}.log_records r WHERE r.kafka_partition = o.kafka_partition AND r.kafka_offset < o.next_offset) \
+         + (SELECT count(*) FROM {0}.dead_letters d WHERE d.kafka_partition = o.kafka_partition AND d.kafka_offset < o.next_offset) \
+         + (SELECT coalesce(sum(least(g.to_offset, o.next_offset) - g.from_offset), 0)::bigint FROM {0}.source_gaps g \
+              WHERE g.kafka_partition = o.kafka_partition AND g.from_offset < o.next_offset) \
+         FROM {0}.consumer_offsets o WHERE o.group_id = $1",
+        s.schema
+    );
+    let rows: Vec<(i32, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(q))
+        .bind(&s.group)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert!(!rows.is_empty(), "no watermark stored");
+    for (p, next, accounted) in rows {
+        assert_eq!(
+            accounted, next,
+            "partition {p}: {accounted} offsets accounted for below the watermark {next}"
+        );
+    }
+}
+
+/// Waits until PostgreSQL's watermarks reach the end offsets (a count of rows cannot: some
+/// offsets hold no record).
+async fn wait_watermarks_at_end(s: &Scenario, d: &Daemon, timeout: Duration) {
+    let ends = s.end_offsets();
+    let start = Instant::now();
+    loop {
+        let w = s.pg_watermarks().await;
+        if ends.iter().all(|(p, e)| w.get(p) == Some(e)) {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "watermarks {w:?} never reached the end offsets {ends:?}; log:\n{}",
+            d.tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn metric(d: &Daemon, prefix: &str) -> Option<i64> {
+    let (_, text) = http("GET", &format!("http://{}/metrics", d.http_addr()), None).await;
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_deleted_before_they_were_read_are_recorded_as_a_retention_gap() {
+    let s = Scenario::new("gap_retention", 2).await;
+    s.produce(0, 2_000, 0.01);
+    let mut d = Daemon::start(&s.env());
+    s.wait_all_stored(Duration::from_secs(120)).await;
+    d.signal("TERM");
+    assert_eq!(d.wait(Duration::from_secs(30)), 0);
+    let before = s.pg_watermarks().await;
+
+    // While the daemon is down: more records, then partition 0 trimmed past its watermark
+    // (what retention or `kafka-delete-records` does to records nobody read yet).
+    s.produce(2_000, 3_000, 0.01);
+    let ends = s.end_offsets();
+    let w0 = before[&0];
+    let cut = w0 + (ends[&0] - w0) / 2;
+    assert!(cut > w0 && cut < ends[&0]);
+    // What the stores must hold in the end: every record as produced, but the unread ones that
+    // are about to be deleted.
+    let mut expected = s.read_back(&ends);
+    expected.retain(|&(p, o), _| !(p == 0 && (w0..cut).contains(&o)));
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&s.topic, 0, Offset::Offset(cut))
+        .unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let result = admin
+        .delete_records(&tpl, &opts)
+        .await
+        .expect("delete records");
+    assert_eq!(
+        result.elements()[0].offset(),
+        Offset::Offset(cut),
+        "the fault: the log of partition 0 now starts at {cut}, past its watermark {w0}"
+    );
+
+    let mut d = Daemon::start(&s.env());
+    wait_watermarks_at_end(&s, &d, Duration::from_secs(120)).await;
+    assert!(
+        d.has_line("offsets deleted from Kafka before they were read"),
+        "no WARN line for the loss:\n{}",
+        d.tail(30)
+    );
+    let counted = metric(
+        &d,
+        "log_processor_source_gap_offsets_total{cause=\"retention\"}",
+    )
+    .await;
+    d.signal("TERM");
+    assert_eq!(d.wait(Duration::from_secs(30)), 0);
+
+    // Exactly the deleted range, on exactly that partition.
+    let g = gaps(&s).await;
+    assert_eq!(
+        g,
+        BTreeMap::from([(0, vec![(w0, cut, "retention".to_string())])]),
+        "recorded gaps"
+    );
+    assert_eq!(
+        counted,
+        Some(cut - w0),
+        "the metric counts the lost offsets"
+    );
+    assert_every_offset_accounted(&s).await;
+    // Everything Kafka still holds is stored, each row and document equal to its record.
+    s.verify_against(expected, &Expectation::default())
+        .await
+        .assert_exact("retention gap");
+    println!(
+        "source gaps: retention [{w0}, {cut}) on partition 0 recorded, {} offsets counted",
+        cut - w0
+    );
+    s.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_markers_and_aborted_records_are_no_loss_and_commits_reach_the_end() {
+    let s = Scenario::new("gap_txn", 1).await;
+    let producer: BaseProducer = producer_config()
+        .set("transactional.id", format!("tx-{}", s.topic))
+        .create()
+        .expect("transactional producer");
+    producer
+        .init_transactions(Duration::from_secs(30))
+        .expect("init transactions");
+    // Committed, aborted, committed: 300 readable records, 100 aborted, three markers.
+    let mut seq = 0;
+    for (n, commit) in [(150u64, true), (100, false), (150, true)] {
+        producer.begin_transaction().unwrap();
+        for _ in 0..n {
+            send_generated(&producer, &s.topic, seq, 0.0);
+            seq += 1;
+        }
+        producer.flush(Duration::from_secs(30)).unwrap();
+        if commit {
+            producer
+                .commit_transaction(Duration::from_secs(30))
+                .unwrap();
+        } else {
+            producer.abort_transaction(Duration::from_secs(30)).unwrap();
+        }
+    }
+    let end = s.end_offsets()[&0];
+    assert_eq!(
+        end, 403,
+        "the fault: 400 records and three markers in the log"
+    );
+
+    let mut d = Daemon::start(&s.env());
+    wait_watermarks_at_end(&s, &d, Duration::from_secs(60)).await;
+    // Kafka's committed offset reaches the end too (past the last commit marker).
+    let start = Instant::now();
+    while s.committed().get(&0) != Some(&end) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "committed offset {:?} never reached the end {end}",
+            s.committed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let lost = metric(
+        &d,
+        "log_processor_source_gap_offsets_total{cause=\"retention\"}",
+    )
+    .await;
+    assert!(
+        !d.has_line("offsets deleted from Kafka before they were read"),
+        "a gap reported as a loss:\n{}",
+        d.tail(30)
+    );
+    d.signal("TERM");
+    assert_eq!(d.wait(Duration::from_secs(30)), 0);
+
+    assert_eq!(lost, Some(0), "no offset counted as lost");
+    let g = gaps(&s).await;
+    let all: Vec<_> = g.get(&0).cloned().unwrap_or_default();
+    assert!(
+        all.iter().all(|(_, _, cause)| cause == "no_record"),
+        "{all:?}"
+    );
+    let gap_offsets: i64 = all.iter().map(|(f, t, _)| t - f).sum();
+    assert_eq!(
+        gap_offsets, 103,
+        "100 aborted records and 3 markers: {all:?}"
+    );
+    assert_every_offset_accounted(&s).await;
+    // The committed records, each stored once and equal to Kafka's; no aborted one.
+    let v = s.verify().await;
+    v.assert_exact("transactional topic");
+    assert_eq!(v.records, 300);
+    println!("source gaps: transactional topic, no_record gaps {all:?}");
+    s.cleanup().await;
+}
