@@ -153,6 +153,23 @@ async fn records_deleted_before_they_were_read_are_recorded_as_a_retention_gap()
         "the metric counts the lost offsets"
     );
     assert_every_offset_accounted(&s).await;
+    // `status` names the loss.
+    let out = std::process::Command::new(binary())
+        .arg("status")
+        .envs(s.env())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "status failed: {text}");
+    assert!(
+        text.contains(&format!(
+            "{}/0: {} offsets were deleted from Kafka",
+            s.topic,
+            cut - w0
+        )) && text.contains(&format!("lost={}", cut - w0)),
+        "status does not show the loss:\n{text}"
+    );
+    println!("{text}");
     // Everything Kafka still holds is stored, each row and document equal to its record.
     s.verify_against(expected, &Expectation::default())
         .await

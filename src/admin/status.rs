@@ -16,6 +16,7 @@ use serde::Serialize;
 use super::AdminError;
 use crate::config::Settings;
 use crate::model::TopicPartition;
+use crate::sink::postgres::GapCounts;
 
 #[derive(Args, Clone, Debug)]
 pub struct StatusArgs {
@@ -49,6 +50,10 @@ pub struct PartitionStatus {
     /// committed offset, or the log's start).
     pub lag: Option<i64>,
     pub dead_letters: i64,
+    /// Offsets deleted from Kafka before the daemon read them (`source_gaps`, `retention`).
+    pub lost_offsets: i64,
+    /// Offsets without a record to read: transaction markers, aborted or compacted records.
+    pub no_record_offsets: i64,
     pub warnings: Vec<String>,
 }
 
@@ -77,10 +82,11 @@ pub async fn status(settings: &Settings) -> Result<Status, AdminError> {
     let pg = super::pg(settings)?;
     let watermarks = pg.watermarks(&settings.group_id, &topics).await?;
     let dead = pg.dead_letter_counts(&topics).await?;
+    let gaps = pg.gap_counts(&topics).await?;
     pg.close().await;
     Ok(Status {
         group: settings.group_id.clone(),
-        partitions: assemble(&kafka, &watermarks, &dead),
+        partitions: assemble(&kafka, &watermarks, &dead, &gaps),
     })
 }
 
@@ -89,6 +95,7 @@ pub fn assemble(
     kafka: &BTreeMap<TopicPartition, KafkaPartition>,
     watermarks: &HashMap<TopicPartition, i64>,
     dead: &HashMap<TopicPartition, i64>,
+    gaps: &HashMap<TopicPartition, GapCounts>,
 ) -> Vec<PartitionStatus> {
     let mut tps: Vec<&TopicPartition> = kafka.keys().chain(watermarks.keys()).collect();
     tps.sort();
@@ -120,6 +127,14 @@ pub fn assemble(
                 ),
                 _ => {}
             }
+            let g = gaps.get(tp).copied().unwrap_or_default();
+            if g.lost > 0 {
+                warnings.push(format!(
+                    "{} offsets were deleted from Kafka (retention, delete-records) before the \
+                     daemon read them: lost outside the daemon, ranges in source_gaps",
+                    g.lost
+                ));
+            }
             let from = watermark.or(committed).or(k.map(|k| k.start));
             PartitionStatus {
                 topic: tp.topic.to_string(),
@@ -129,6 +144,8 @@ pub fn assemble(
                 watermark,
                 lag: end.zip(from).map(|(e, f)| (e - f).max(0)),
                 dead_letters: dead.get(tp).copied().unwrap_or(0),
+                lost_offsets: g.lost,
+                no_record_offsets: g.no_record,
                 warnings,
             }
         })
@@ -205,8 +222,9 @@ impl fmt::Display for Status {
             "WATERMARK",
             "LAG",
             "DEAD_LETTERS",
+            "LOST",
         ];
-        let rows: Vec<[String; 7]> = self
+        let rows: Vec<[String; 8]> = self
             .partitions
             .iter()
             .map(|p| {
@@ -218,6 +236,7 @@ impl fmt::Display for Status {
                     opt(p.watermark),
                     opt(p.lag),
                     p.dead_letters.to_string(),
+                    p.lost_offsets.to_string(),
                 ]
             })
             .collect();
@@ -247,13 +266,17 @@ impl fmt::Display for Status {
                 writeln!(f, "warning: {}/{}: {w}", p.topic, p.partition)?;
             }
         }
-        let (lag, dead) = self.partitions.iter().fold((0, 0), |(l, d), p| {
-            (l + p.lag.unwrap_or(0), d + p.dead_letters)
+        let (lag, dead, lost) = self.partitions.iter().fold((0, 0, 0), |(l, d, x), p| {
+            (
+                l + p.lag.unwrap_or(0),
+                d + p.dead_letters,
+                x + p.lost_offsets,
+            )
         });
         let warnings: usize = self.partitions.iter().map(|p| p.warnings.len()).sum();
         write!(
             f,
-            "total: partitions={} lag={lag} dead_letters={dead} warnings={warnings}",
+            "total: partitions={} lag={lag} dead_letters={dead} lost={lost} warnings={warnings}",
             self.partitions.len()
         )
     }
@@ -302,7 +325,14 @@ mod tests {
         ]);
         let wm = HashMap::from([(tp(0), 6), (tp(1), 8), (tp(2), 5)]);
         let dead = HashMap::from([(tp(1), 2)]);
-        let rows = assemble(&kafka, &wm, &dead);
+        let gaps = HashMap::from([(
+            tp(3),
+            GapCounts {
+                lost: 2,
+                no_record: 1,
+            },
+        )]);
+        let rows = assemble(&kafka, &wm, &dead, &gaps);
         assert!(rows[0].warnings[0].contains("committed offset 10 is ahead"));
         assert_eq!(rows[0].lag, Some(4));
         assert!(rows[1].warnings.is_empty());
@@ -310,5 +340,7 @@ mod tests {
         assert!(rows[2].warnings[0].contains("ends at 3, below"));
         assert_eq!(rows[2].lag, Some(0));
         assert_eq!((rows[3].watermark, rows[3].lag), (None, Some(5)));
+        assert_eq!((rows[3].lost_offsets, rows[3].no_record_offsets), (2, 1));
+        assert!(rows[3].warnings[0].contains("2 offsets were deleted from Kafka"));
     }
 }

@@ -16,7 +16,10 @@ use crate::gaps::Gap;
 use crate::model::{DeadLetter, Position, StoredRecord, TopicPartition};
 
 mod dead_letters;
+mod gaps;
 mod rows;
+
+pub use gaps::GapCounts;
 
 use rows::{Rows, insert_records};
 
