@@ -22,6 +22,8 @@ same commit (checked before each phase; the run stops if the code changes under 
             records: records/s, MiB/s, CPU per record, peak RSS.
   crash     10 SIGKILLs (with restarts) during a run of each, on a second topic of as many
             records (--crash-records); then lost and duplicated records counted from the stores.
+  shutdown  SIGTERM at random moments, --shutdown-rounds rounds (100) in each of five variants
+            (bench/shutdown_bench.py): signal-to-exit percentiles, exit codes, dominant phase.
 --phases picks phases; --merge keeps the others from the existing results file (phase_commits
 then says which commit ran which phase).
 Writes bench/results/latest.json and latest.md (top level: ratio_combined, ratio_peer), then
@@ -45,6 +47,8 @@ import subprocess
 import sys
 import time
 import urllib.parse
+
+import shutdown_bench
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 WORK = os.path.join(ROOT, "bench", "work")
@@ -899,6 +903,9 @@ def markdown(res):
         for key, r in res["crash"].items():
             L.append(f"| {key} | {r['records']:,} | {r['kills']} | {r['seconds']} | {r['pg_rows']:,} | {r['es_docs']:,} | "
                      f"{r['lost_in_neither_store']} | {r['missing_pg']} | {r['missing_es']} | {r['duplicates_pg']} | {r['duplicates_es']} |")
+    if res.get("shutdown"):
+        L += ["", "## Shutdown (SIGTERM at random moments, log-processor at defaults)", "",
+              shutdown_bench.markdown(res["shutdown"]).rstrip()]
     if res.get("notes"):
         L += ["", "## Notes", ""] + [f"* {x}" for x in res["notes"]]
     return "\n".join(L) + "\n"
@@ -944,7 +951,8 @@ def main():
     ap.add_argument("--peer-default-records", type=int, help="records the peer at defaults moves (default: records/100)")
     ap.add_argument("--sweep-records", type=int, help="records per ceiling sweep point (default: min(records, 200000))")
     ap.add_argument("--growth-records", type=int, help="records per growth point (default 100000, fewer for big records)")
-    ap.add_argument("--phases", default="e2e,ceilings,batch,growth,crash")
+    ap.add_argument("--phases", default="e2e,ceilings,batch,growth,crash,shutdown")
+    ap.add_argument("--shutdown-rounds", type=int, help="SIGTERM rounds per shutdown variant (default 100, smoke 3)")
     ap.add_argument("--crash-records", type=int)
     ap.add_argument("--batch-records", type=int)
     ap.add_argument("--label")
@@ -996,7 +1004,7 @@ def main():
                         "peer_tuned": "peer tuned (bench/peer/config.yaml.tmpl): " + ", ".join(f"{k}={v}" for k, v in PEER_TUNED.items()),
                         "peer_defaults": f"peer at defaults (bench/peer/config-defaults.yaml.tmpl, {peer_default_n:,} records)"},
            "e2e": {key: [] for key, _, _ in E2E}, "ceilings": {}, "ceiling_sweeps": {}, "batch_sizes": [],
-           "growth": [], "crash": {},
+           "growth": [], "crash": {}, "shutdown": {},
            "ceiling_desc": {"kafka_consume": "Kafka: kcat -C -e to /dev/null",
                             "pg": "PostgreSQL: COPY into a log_records-like table (PK + ts index)",
                             "es": "OpenSearch: _bulk of the same documents",
@@ -1019,7 +1027,7 @@ def main():
     if a.merge:
         with open(os.path.join(out_dir, f"latest{suffix}.json")) as f:
             old = json.load(f)
-        kept = [p for p in ("e2e", "ceilings", "batch", "growth", "crash") if p not in phases]
+        kept = [p for p in ("e2e", "ceilings", "batch", "growth", "crash", "shutdown") if p not in phases]
         for p in kept:
             for key in {"batch": ["batch_sizes"], "ceilings": ["ceilings", "ceiling_sweeps"]}.get(p, [p]):
                 res[key] = old.get(key, res[key])
@@ -1057,21 +1065,30 @@ def main():
             f.write(markdown(res))
 
     t_start = time.monotonic()
-    log(f"loadgen {n} records to {topic}")
-    res["loadgen_seconds"] = loadgen(topic, n)
+    # The shutdown phase makes its own topics; the others share the pre-loaded one.
+    throughput = [p for p in phases if p != "shutdown"]
     dump = os.path.join(WORK, f"dump_{topic}.tsv")
-    dump_topic(topic, n, dump)
-    with open(dump, "rb") as f:
-        res["record_bytes_avg"] = round(sum(len(line.split(b"\t", 4)[4]) - 1 for line in f) / n)
+    if throughput:
+        log(f"loadgen {n} records to {topic}")
+        res["loadgen_seconds"] = loadgen(topic, n)
+        dump_topic(topic, n, dump)
+        with open(dump, "rb") as f:
+            res["record_bytes_avg"] = round(sum(len(line.split(b"\t", 4)[4]) - 1 for line in f) / n)
+    elif a.merge:
+        # Only the shutdown phase runs: the other phases' figures, and what they ran on, stay.
+        for key in ("records", "runs", "default_runs", "sweep_records", "topic", "loadgen_seconds",
+                    "record_bytes_avg"):
+            res[key] = old.get(key)
     try:
         # Fresh JVMs (OpenSearch, Kafka) spend minutes compiling their hot paths: the first
         # bulk requests cost several times the CPU of later ones. Warm every store up first.
-        phase("warm-up")
-        warm = head_dump(dump, min(n, 100_000), os.path.join(WORK, f"warm_{topic}.tsv"))
-        for i in range(2):
-            r = ceiling_load("both", f"bwarm{i}_{stamp}", warm, topic, min(n, 100_000), 1000, 4)
-            log(f"warm-up {i + 1}/2: {r['records_per_s']} rec/s, {r['total_cpu_s_per_million']} CPU s / 1M")
-        os.remove(warm)
+        if throughput:
+            phase("warm-up")
+            warm = head_dump(dump, min(n, 100_000), os.path.join(WORK, f"warm_{topic}.tsv"))
+            for i in range(2):
+                r = ceiling_load("both", f"bwarm{i}_{stamp}", warm, topic, min(n, 100_000), 1000, 4)
+                log(f"warm-up {i + 1}/2: {r['records_per_s']} rec/s, {r['total_cpu_s_per_million']} CPU s / 1M")
+            os.remove(warm)
         if "e2e" in phases:
             phase("e2e")
             order = [("lp_best", "log_processor_best", n), ("peer", "peer_tuned", n)]
@@ -1176,6 +1193,12 @@ def main():
                 res["crash"][key] = r
                 save()
             res["crash_topic"] = ctopic
+        if "shutdown" in phases:
+            phase("shutdown")
+            rounds = a.shutdown_rounds or (3 if a.smoke else 100)
+            env = shutdown_bench.Env(LP, BROKERS, DSN, ES, WORK, log)
+            res["shutdown"] = shutdown_bench.run(env, rounds, stamp)
+            save()
     finally:
         res["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         res["wall_seconds"] = round(time.monotonic() - t_start)

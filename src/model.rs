@@ -221,6 +221,10 @@ pub struct Ack {
     pub durable: bool,
     /// The batch's `bytes`: memory released now that the worker dropped it.
     pub bytes: usize,
+    /// Set when the batch was given up because PostgreSQL holds less of the partition than the
+    /// batch follows (`SinkError::Behind`): the consumer must read it again from the stored
+    /// watermark. Why, for the log.
+    pub reread: Option<String>,
 }
 
 /// The deterministic document id: a replay of the same record overwrites the same document.

@@ -63,6 +63,8 @@ pub struct Worker {
 enum Outcome {
     Durable,
     GivenUp(&'static str),
+    /// PostgreSQL's watermark is behind the batch: given up, the partition to be read again.
+    Behind(String),
 }
 
 impl Worker {
@@ -80,7 +82,11 @@ impl Worker {
                 let (first, next) = (batch.first_offset(), batch.next_offset);
                 let started = Instant::now();
                 let skip = if batch.revoked.is_cancelled() || batch.drain.is_cancelled() {
-                    Some("partition revoked")
+                    Some(if shutdown.started().is_some() {
+                        "shutting down: not started, the partition's next owner reads it again"
+                    } else {
+                        "partition revoked"
+                    })
                 } else if self.given_up.get(&batch.tp).is_some_and(
                     |&hole_end| matches!(batch.start, Position::After(s) if s >= hole_end),
                 ) {
@@ -99,6 +105,7 @@ impl Worker {
                     }
                 };
                 let durable = matches!(outcome, Outcome::Durable);
+                let mut reread = None;
                 match outcome {
                     Outcome::Durable => {
                         let took = started.elapsed();
@@ -110,9 +117,14 @@ impl Worker {
                         tracing::info!(partition = %batch.tp, first, next, why, "batch given up, offsets not committed");
                         self.given_up.insert(batch.tp.clone(), next);
                     }
+                    Outcome::Behind(why) => {
+                        tracing::warn!(partition = %batch.tp, first, next, why, "PostgreSQL holds less of this partition than this batch follows (the database went back in time?): batch given up, the partition is read again from the stored watermark");
+                        self.given_up.insert(batch.tp.clone(), next);
+                        reread = Some(why);
+                    }
                 }
                 // The consumer may be gone already during shutdown; nothing to do then.
-                let _ = self.acks.send(Ack { tp: batch.tp.clone(), first_offset: first, next_offset: next, durable, bytes: batch.bytes });
+                let _ = self.acks.send(Ack { tp: batch.tp.clone(), first_offset: first, next_offset: next, durable, bytes: batch.bytes, reread });
                 if skip.is_none() {
                     batch.writing.fetch_sub(1, Relaxed); // after the ack: see `Batch::writing`
                 }
@@ -132,6 +144,7 @@ impl Worker {
         tokio::select! {
             result = self.write(batch) => match result {
                 Ok(()) => Outcome::Durable,
+                Err(SinkError::Behind { message, .. }) => Outcome::Behind(message),
                 Err(_cancelled) => Outcome::GivenUp("partition revoked"),
             },
             _ = batch.revoked.cancelled() => Outcome::GivenUp("partition revoked"),
@@ -235,6 +248,13 @@ impl Worker {
                     removed.dedup();
                 }
                 Err(SinkError::Cancelled) => return Err(SinkError::Cancelled),
+                Err(e @ SinkError::Behind { .. }) => return Err(e),
+                Err(e) if ctx.shutdown.started().is_some() => {
+                    // No retry once shutdown began: waiting out a refusing store would only
+                    // run into the deadline. The batch stays uncommitted for the next owner.
+                    tracing::warn!(error = %e, "postgresql batch failed during shutdown; given up, not retried");
+                    return Err(SinkError::Cancelled);
+                }
                 Err(e) => {
                     attempt += 1;
                     ctx.metrics.retries_pg.fetch_add(1, Relaxed);

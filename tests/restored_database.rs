@@ -87,3 +87,55 @@ async fn a_database_restored_to_an_earlier_snapshot_is_refilled_from_kafka() {
     s.verify().await.assert_exact("after the restore");
     s.cleanup().await;
 }
+
+/// The same under a running daemon: one partition's last 1,000 rows removed and its watermark
+/// moved back by 1,000 (a failover to a replica that lagged). Nothing may keep the partition
+/// held for good: it is read again from the watermark the database now has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watermark_that_moves_back_under_the_running_daemon_is_read_again() {
+    let s = Scenario::new("restored_live", 2).await;
+    s.produce(0, 6_000, 0.01);
+    let mut d = Daemon::start(&s.env());
+    s.wait_all_stored(Duration::from_secs(120)).await;
+    let w = s.pg_watermarks().await[&0];
+    assert!(w > 1_000);
+
+    // The failover, while the daemon runs and before the next records arrive.
+    let pool = s.pg().await;
+    for sql in [
+        format!(
+            "DELETE FROM {}.log_records WHERE kafka_partition = 0 AND kafka_offset >= {}",
+            s.schema,
+            w - 1_000
+        ),
+        format!(
+            "DELETE FROM {}.dead_letters WHERE kafka_partition = 0 AND kafka_offset >= {}",
+            s.schema,
+            w - 1_000
+        ),
+        format!(
+            "UPDATE {}.consumer_offsets SET next_offset = {} WHERE kafka_partition = 0",
+            s.schema,
+            w - 1_000
+        ),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    assert_eq!(s.pg_watermarks().await[&0], w - 1_000, "the fault");
+    s.produce(6_000, 2_000, 0.01);
+    s.wait_all_stored(Duration::from_secs(90)).await;
+    assert!(
+        d.has_line("PostgreSQL is behind this partition's batches"),
+        "the watermark behind the batches was not noticed:\n{}",
+        d.tail(30)
+    );
+    d.signal("TERM");
+    assert_eq!(d.wait(Duration::from_secs(30)), 0, "log:\n{}", d.tail(30));
+    s.verify()
+        .await
+        .assert_exact("watermark moved back under the daemon");
+    s.cleanup().await;
+}

@@ -20,17 +20,19 @@ pub(super) fn close(consumer: Kafka) -> ConsumerReport {
         st.closing = true;
         let all: Vec<_> = st.assigned.keys().cloned().collect();
         pause(&consumer, &all);
-        // What was read is handed out as final batches; workers decide, against the deadline,
-        // whether each can still finish. Nothing new is fetched.
-        for tp in st.batcher.partitions() {
-            if let Some(records) = st.batcher.take(&tp) {
-                st.enqueue(&consumer, tp, records);
-            }
+        // Only writes under way are finished. What was read but is not being written yet (open
+        // batches, batches waiting for a worker or queued in one) is given up, uncommitted:
+        // the partition's next owner reads it again. Writing it here would make the exit, and
+        // so the handoff, wait for work the next owner does anyway (with 48 partitions, one
+        // final batch each took seconds).
+        st.discard(&all);
+        for owned in st.assigned.values() {
+            owned.draining.cancel();
         }
     }
     shutdown.phase("fetching stopped");
 
-    // Feed the final batches, close the queues, and wait for the last worker to exit.
+    // Close the queues, and wait for the last worker to exit.
     let mut abort_seen: Option<Instant> = None;
     loop {
         bridge.metrics.consumer_beat();

@@ -72,6 +72,26 @@ pub(super) fn end_offset(consumer: &Kafka, tp: &TopicPartition) -> Option<i64> {
     }
 }
 
+/// The partition's first offset as the broker last reported it: librdkafka keeps the log start
+/// offset of each fetch response, so this costs no request. `None` before any was reported.
+pub(super) fn log_start(consumer: &Kafka, tp: &TopicPartition) -> Option<i64> {
+    let topic = std::ffi::CString::new(&*tp.topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the handle is the live consumer's, the topic a NUL-terminated string that outlives
+    // the call, and both out-pointers point at local integers.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            tp.partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && low >= 0)
+        .then_some(low)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

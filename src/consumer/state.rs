@@ -157,7 +157,7 @@ impl State {
         let gaps = crate::gaps::of_batch(
             progress.next_expected(),
             records.iter().map(|r| r.offset),
-            log_start(consumer, &tp),
+            super::start::log_start(consumer, &tp),
         );
         self.queue(tp, records, gaps, bytes, next_offset);
     }
@@ -191,7 +191,11 @@ impl State {
                 continue;
             };
             if position > expected {
-                let gaps = crate::gaps::between(expected, position, log_start(consumer, &tp));
+                let gaps = crate::gaps::between(
+                    expected,
+                    position,
+                    super::start::log_start(consumer, &tp),
+                );
                 self.queue(tp, Vec::new(), gaps, 0, position);
             }
         }
@@ -331,6 +335,21 @@ impl State {
 
     pub(super) fn apply(&mut self, ack: Ack, metrics: &Metrics) {
         self.budget.release(ack.bytes);
+        if let Some(why) = &ack.reread
+            && self.assigned.contains_key(&ack.tp)
+        {
+            // Every owned partition starts again at its stored watermark with a new member:
+            // the one behind from where the database now stands.
+            metrics.rewinds.fetch_add(1, Relaxed);
+            let why = format!(
+                "PostgreSQL is behind this partition's batches ({why}): read again from its watermark shortly"
+            );
+            if !self.held.contains_key(&ack.tp) {
+                tracing::warn!(partition = %ack.tp, "{why}");
+                self.hold(ack.tp.clone(), why.clone());
+            }
+            self.rejoin(why);
+        }
         if !ack.durable {
             metrics.batches_abandoned.fetch_add(1, Relaxed);
             if self.assigned.contains_key(&ack.tp) {
@@ -437,24 +456,4 @@ mod tests {
         st.own(TopicPartition::new("other", 0));
         assert_eq!(st.assigned[&TopicPartition::new("other", 0)].worker, w);
     }
-}
-
-/// The partition's first offset as the broker last reported it: librdkafka keeps the log start
-/// offset of each fetch response, so this costs no request. `None` before any was reported.
-fn log_start(consumer: &Kafka, tp: &TopicPartition) -> Option<i64> {
-    let topic = std::ffi::CString::new(&*tp.topic).ok()?;
-    let (mut low, mut high) = (-1i64, -1i64);
-    // SAFETY: the handle is the live consumer's, the topic a NUL-terminated string that outlives
-    // the call, and both out-pointers point at local integers.
-    let err = unsafe {
-        rdkafka::bindings::rd_kafka_get_watermark_offsets(
-            consumer.client().native_ptr(),
-            topic.as_ptr(),
-            tp.partition,
-            &mut low,
-            &mut high,
-        )
-    };
-    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && low >= 0)
-        .then_some(low)
 }

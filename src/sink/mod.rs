@@ -22,6 +22,15 @@ pub enum SinkError {
         store: &'static str,
         message: String,
     },
+    /// The store holds less of the partition than the batch follows: PostgreSQL's watermark is
+    /// behind where the batch starts (the database went back in time under the daemon: a
+    /// restore, a failover to a lagging replica). Retrying cannot help; the partition must be
+    /// read again from the watermark the database has now.
+    #[error("{store} is behind this batch: {message}")]
+    Behind {
+        store: &'static str,
+        message: String,
+    },
     /// Shutdown or revocation asked the caller to give up.
     #[error("cancelled")]
     Cancelled,

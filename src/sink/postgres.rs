@@ -379,7 +379,7 @@ async fn write_tx(
     let step = advance(stored, batch.start, batch.first_offset, batch.next_offset);
     let from = match &step {
         Advance::Hole(why) => {
-            return Err(Refusal::Store(SinkError::Transient {
+            return Err(Refusal::Store(SinkError::Behind {
                 store: STORE,
                 message: format!("{}: {why}", batch.tp),
             }));
