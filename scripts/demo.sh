@@ -9,7 +9,7 @@ COUNT="${DEMO_RECORDS:-200000}"
 bash tests/infra/infra.sh up >/dev/null
 eval "$(bash tests/infra/infra.sh env)"
 cargo build --locked --release --quiet
-bin=target/release/log-processor
+bin="${CARGO_TARGET_DIR:-target}/release/log-processor"   # where cargo put it
 
 run_id="$(date +%Y%m%d%H%M%S)"
 topic="demo_logs_${run_id}"

@@ -8,7 +8,7 @@ n="${1:-1000000}"
 bash tests/infra/infra.sh up >/dev/null
 eval "$(bash tests/infra/infra.sh env)"
 cargo build --locked --release --quiet
-bin=target/release/log-processor
+bin="${CARGO_TARGET_DIR:-target}/release/log-processor"   # where cargo put it
 id="backlog_$(date +%Y%m%d%H%M%S)"
 export LP_KAFKA_BROKERS="$KAFKA_BROKERS" LP_DATABASE_URL="$DATABASE_URL" LP_ELASTICSEARCH_URL="$ELASTICSEARCH_URL"
 export LP_TOPICS="$id" LP_GROUP_ID="$id" LP_PG_SCHEMA="$id" LP_ES_INDEX="${id//_/-}-%Y.%m.%d" LP_HTTP_ADDR=127.0.0.1:0
