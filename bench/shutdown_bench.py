@@ -155,6 +155,10 @@ def one_round(env, variant, ident, topic, rng):
     if variant == "slow_store":
         locker.kill()
         locker.wait()
+        # The server side of the killed psql would sleep on with the lock (and the schema's
+        # cleanup would wait for it): end it.
+        env.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                 f"WHERE query LIKE 'BEGIN; LOCK TABLE {ident}.%' AND pid <> pg_backend_pid()", check=False)
     return code, ms, phase
 
 
