@@ -25,7 +25,8 @@ pg_bin() {
   printf '%s\n' "/usr/lib/postgresql/$ver/bin"
 }
 
-as_pg() { runuser -u postgres -- "$@"; }
+# From /: the checkout may be a folder user postgres cannot enter.
+as_pg() { (cd / && runuser -u postgres -- "$@"); }
 
 install() {
   apt_install postgresql

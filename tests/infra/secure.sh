@@ -167,7 +167,8 @@ pg_bin() {
   ver="$(find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort -V | tail -n 1)"
   printf '%s\n' "/usr/lib/postgresql/$ver/bin"
 }
-as_pg() { runuser -u postgres -- "$@"; }
+# From /: the checkout may be a folder user postgres cannot enter.
+as_pg() { (cd / && runuser -u postgres -- "$@"); }
 
 pg_running() { [[ -f "$PGD/PG_VERSION" ]] && as_pg "$(pg_bin)/pg_ctl" -D "$PGD" status >/dev/null 2>&1; }
 
