@@ -97,6 +97,13 @@ impl Batch {
             |r| r.offset,
         )
     }
+
+    /// The first offset the batch accounts for: its first gap's, or else its first record's.
+    pub fn covered_from(&self) -> i64 {
+        self.gaps
+            .first()
+            .map_or(self.first_offset(), |g| g.from.min(self.first_offset()))
+    }
 }
 
 /// A record decoded into the fields both stores keep.

@@ -217,10 +217,7 @@ impl Worker {
                 records: &records,
                 dead_letters: &dead,
                 start: batch.start,
-                first_offset: batch
-                    .gaps
-                    .first()
-                    .map_or(batch.first_offset(), |g| g.from.min(batch.first_offset())),
+                first_offset: batch.covered_from(),
                 next_offset: batch.next_offset,
                 gaps: &batch.gaps,
                 dead_letter: &make_dead,
