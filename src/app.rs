@@ -2,8 +2,6 @@
 //! until a shutdown trigger arrives. Nothing in the library imports this module.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -14,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batcher::Limits;
 use crate::config::{Settings, StartWithoutWatermark};
-use crate::consumer::{self, ConsumerSettings, OffsetStore};
+use crate::consumer::{self, ConsumerSettings, OffsetStore, StoreFuture};
 use crate::dead_letter::DeadLetterPolicy;
+use crate::identity::Binding;
 use crate::metrics::Metrics;
 use crate::model::TopicPartition;
 use crate::notify;
@@ -65,14 +64,21 @@ impl OffsetStore for GroupOffsets {
     fn load<'a>(
         &'a self,
         tps: &'a [TopicPartition],
-    ) -> Pin<Box<dyn Future<Output = Result<HashMap<TopicPartition, i64>, String>> + Send + 'a>>
-    {
+    ) -> StoreFuture<'a, HashMap<TopicPartition, i64>> {
         Box::pin(async move {
             self.pg
                 .load_offsets(&self.group_id, tps)
                 .await
                 .map_err(|e| e.to_string())
         })
+    }
+
+    fn bindings<'a>(&'a self, names: &'a [String]) -> StoreFuture<'a, Vec<Binding>> {
+        Box::pin(async move { self.pg.bindings(names).await.map_err(|e| e.to_string()) })
+    }
+
+    fn bind(&self, binding: Binding) -> StoreFuture<'_, Binding> {
+        Box::pin(async move { self.pg.bind(&binding).await.map_err(|e| e.to_string()) })
     }
 }
 

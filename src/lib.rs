@@ -12,6 +12,7 @@ pub mod failpoint;
 pub mod gaps;
 pub mod group_watch;
 pub mod http;
+pub mod identity;
 pub mod loadgen;
 pub mod metrics;
 pub mod model;

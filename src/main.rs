@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
 use log_processor::admin::dead_letters::DeadLettersCommand;
 use log_processor::admin::status::StatusArgs;
+use log_processor::admin::topics::TopicsCommand;
 use log_processor::config::{LogFormat, Settings, read_env_file};
 use log_processor::loadgen::{self, LoadgenArgs};
 use log_processor::{admin, app};
@@ -43,6 +44,10 @@ enum Command {
     /// List dead letters, or replay them with today's settings.
     #[command(subcommand)]
     DeadLetters(DeadLettersCommand),
+    /// Topic identities: which incarnation of each topic the stored names hold; adopt a
+    /// recreated topic (or another cluster's) under a name of its own.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +69,8 @@ fn main() -> ExitCode {
         Command::Status(a) => a.settings.log_format,
         Command::DeadLetters(DeadLettersCommand::List(a)) => a.settings.log_format,
         Command::DeadLetters(DeadLettersCommand::Replay(a)) => a.settings.log_format,
+        Command::Topics(TopicsCommand::List(a)) => a.settings.log_format,
+        Command::Topics(TopicsCommand::Adopt(a)) => a.settings.log_format,
     };
     init_tracing(format);
     match cli.command {
@@ -123,6 +130,18 @@ fn main() -> ExitCode {
         }),
         Command::DeadLetters(DeadLettersCommand::Replay(a)) => admin_command(&a.settings, async {
             println!("{}", admin::replay::replay(&a).await?);
+            Ok(())
+        }),
+        Command::Topics(TopicsCommand::List(a)) => admin_command(&a.settings, async {
+            let listing = admin::topics::list(&a).await?;
+            match a.json {
+                true => println!("{}", serde_json::to_string_pretty(&listing)?),
+                false => println!("{listing}"),
+            }
+            Ok(())
+        }),
+        Command::Topics(TopicsCommand::Adopt(a)) => admin_command(&a.settings, async {
+            println!("{}", admin::topics::adopt(&a).await?);
             Ok(())
         }),
     }

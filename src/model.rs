@@ -54,7 +54,12 @@ impl RawRecord {
 /// partition's watermark moves to once the whole batch is durable.
 #[derive(Debug)]
 pub struct Batch {
+    /// The Kafka partition it was read from: what offsets are committed to.
     pub tp: TopicPartition,
+    /// Where it is stored: the partition under the name its topic's incarnation is stored as
+    /// (`crate::identity`), the topic's own name unless an operator adopted a new incarnation.
+    /// Rows, dead letters, gaps, the watermark and document ids all use this name.
+    pub stored: TopicPartition,
     pub records: Vec<RawRecord>,
     /// One past the last record's offset.
     pub next_offset: i64,

@@ -180,7 +180,7 @@ impl Worker {
         let t = Instant::now();
         let rejected = ctx
             .es
-            .index(&batch.tp, &records, cancel, |why| {
+            .index(&batch.stored, &records, cancel, |why| {
                 ctx.metrics.retries_es.fetch_add(1, Relaxed);
                 hold(&format!("elasticsearch: {why}"));
             })
@@ -213,7 +213,7 @@ impl Worker {
         let written = loop {
             let write = BatchWrite {
                 group_id: &ctx.group_id,
-                tp: &batch.tp,
+                tp: &batch.stored,
                 records: &records,
                 dead_letters: &dead,
                 start: batch.start,
@@ -232,7 +232,7 @@ impl Worker {
                         .filter(|r| written.store_dead_letters.binary_search(&r.offset).is_ok())
                         .collect();
                     ctx.es
-                        .delete(&batch.tp, &gone, cancel, |why| {
+                        .delete(&batch.stored, &gone, cancel, |why| {
                             ctx.metrics.retries_es.fetch_add(1, Relaxed);
                             hold(&format!("elasticsearch: {why}"));
                         })
@@ -283,7 +283,7 @@ impl Worker {
             // It was taken before; a refusal now changes nothing the row could follow.
             let _refused = ctx
                 .es
-                .index(&batch.tp, &back, cancel, |why| {
+                .index(&batch.stored, &back, cancel, |why| {
                     ctx.metrics.retries_es.fetch_add(1, Relaxed);
                     hold(&format!("elasticsearch: {why}"));
                 })

@@ -308,7 +308,7 @@ impl Role {
         sql(
             s,
             &format!(
-                "GRANT SELECT, INSERT, UPDATE ON {0}.log_records, {0}.dead_letters, {0}.consumer_offsets, {0}.source_gaps TO {1}",
+                "GRANT SELECT, INSERT, UPDATE ON {0}.log_records, {0}.dead_letters, {0}.consumer_offsets, {0}.source_gaps, {0}.topic_identities TO {1}",
                 s.schema, role.name
             ),
         )

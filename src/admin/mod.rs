@@ -1,10 +1,12 @@
 //! Operator commands that work on the stores directly, with the daemon's configuration and
 //! whether or not the daemon runs: `status` (where each partition stands), `dead-letters list`
-//! and `dead-letters replay` (re-drive dead letters with today's settings).
+//! and `dead-letters replay` (re-drive dead letters with today's settings), `topics list` and
+//! `topics adopt` (which incarnation of a topic the stored names hold).
 
 pub mod dead_letters;
 pub mod replay;
 pub mod status;
+pub mod topics;
 
 use chrono::{DateTime, Utc};
 use clap::Args;
@@ -23,6 +25,28 @@ pub enum AdminError {
     Store(#[from] SinkError),
     #[error("kafka: {0}")]
     Kafka(String),
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+/// A Kafka client with the daemon's brokers, group and TLS/SASL properties, for commands that
+/// read metadata or the group's committed offsets (it never subscribes).
+pub fn kafka_client(
+    s: &Settings,
+    client_id: &str,
+) -> Result<rdkafka::consumer::BaseConsumer, AdminError> {
+    let mut config = rdkafka::config::ClientConfig::new();
+    config
+        .set("bootstrap.servers", &s.kafka_brokers)
+        .set("group.id", &s.group_id)
+        .set("enable.auto.commit", "false")
+        .set("client.id", client_id);
+    for (key, value) in s.security.kafka_properties()? {
+        config.set(key, value);
+    }
+    config
+        .create()
+        .map_err(|e| AdminError::Kafka(format!("creating a client: {e}")))
 }
 
 /// The PostgreSQL store as the daemon configures it, with one connection.

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::AdminError;
 use crate::config::Settings;
+use crate::identity::{Resolution, resolve};
 use crate::model::TopicPartition;
 use crate::sink::postgres::GapCounts;
 
@@ -40,6 +41,9 @@ pub struct Status {
 pub struct PartitionStatus {
     pub topic: String,
     pub partition: i32,
+    /// The name its records are stored under, when not the topic's own (an adopted
+    /// incarnation: `topics adopt`).
+    pub stored_as: Option<String>,
     /// Kafka's end (high watermark) offset; `None`: Kafka does not know the partition.
     pub end_offset: Option<i64>,
     /// The group's committed offset in Kafka.
@@ -80,13 +84,55 @@ pub async fn status(settings: &Settings) -> Result<Status, AdminError> {
             .await
             .map_err(|e| AdminError::Kafka(e.to_string()))??;
     let pg = super::pg(settings)?;
-    let watermarks = pg.watermarks(&settings.group_id, &topics).await?;
-    let dead = pg.dead_letter_counts(&topics).await?;
-    let gaps = pg.gap_counts(&topics).await?;
+    // Each topic's records are stored under the name its current incarnation is bound to.
+    let current = super::topics::current_identities(settings, &topics).await?;
+    let bindings = pg.bindings(&topics).await?;
+    let mut names: HashMap<String, String> = HashMap::new();
+    let mut conflicts: HashMap<String, String> = HashMap::new();
+    for topic in &topics {
+        let name = match current.iter().find(|(t, _)| t == topic) {
+            Some((_, id)) => match resolve(topic, id, &bindings) {
+                Resolution::Bound(name) => name,
+                Resolution::BindAsName => topic.clone(),
+                Resolution::Conflict { stored } => {
+                    conflicts.insert(topic.clone(), format!("Kafka's topic is {id}, but the records stored under its name came from {stored} (recreated, or another cluster): the daemon holds it until `log-processor topics adopt --topic {topic}`"));
+                    topic.clone()
+                }
+            },
+            None => topic.clone(),
+        };
+        names.insert(name, topic.clone());
+    }
+    let stored: Vec<String> = names.keys().cloned().collect();
+    // Keyed back by the Kafka topic each stored name reads.
+    fn by_topic<V>(
+        m: HashMap<TopicPartition, V>,
+        names: &HashMap<String, String>,
+    ) -> HashMap<TopicPartition, V> {
+        m.into_iter()
+            .filter_map(|(tp, v)| {
+                names
+                    .get(&*tp.topic)
+                    .map(|t| (TopicPartition::new(t.as_str(), tp.partition), v))
+            })
+            .collect()
+    }
+    let watermarks = by_topic(pg.watermarks(&settings.group_id, &stored).await?, &names);
+    let dead = by_topic(pg.dead_letter_counts(&stored).await?, &names);
+    let gaps = by_topic(pg.gap_counts(&stored).await?, &names);
     pg.close().await;
+    let mut partitions = assemble(&kafka, &watermarks, &dead, &gaps);
+    for p in &mut partitions {
+        if let Some((name, _)) = names.iter().find(|(n, t)| **t == p.topic && **n != p.topic) {
+            p.stored_as = Some(name.clone());
+        }
+        if let Some(why) = conflicts.get(&p.topic) {
+            p.warnings.insert(0, why.clone());
+        }
+    }
     Ok(Status {
         group: settings.group_id.clone(),
-        partitions: assemble(&kafka, &watermarks, &dead, &gaps),
+        partitions,
     })
 }
 
@@ -139,6 +185,7 @@ pub fn assemble(
             PartitionStatus {
                 topic: tp.topic.to_string(),
                 partition: tp.partition,
+                stored_as: None,
                 end_offset: end,
                 committed_offset: committed,
                 watermark,
@@ -229,7 +276,10 @@ impl fmt::Display for Status {
             .iter()
             .map(|p| {
                 [
-                    p.topic.clone(),
+                    match &p.stored_as {
+                        Some(name) => format!("{} (stored as {name})", p.topic),
+                        None => p.topic.clone(),
+                    },
                     p.partition.to_string(),
                     opt(p.end_offset),
                     opt(p.committed_offset),

@@ -10,10 +10,12 @@ mod budget;
 mod client;
 mod close;
 mod commit;
+mod identity;
 mod rebalance;
 mod start;
 mod state;
 
+pub use identity::identities;
 pub use start::{NoWatermark, Start, start_offset};
 
 use std::collections::{HashMap, HashSet};
@@ -32,17 +34,28 @@ use tokio::sync::mpsc::Sender;
 
 use crate::batcher::{Batcher, Limits};
 use crate::group_watch::GroupWatch;
+use crate::identity::Binding;
 use crate::metrics::Metrics;
 use crate::model::{Ack, Batch, RawRecord, TopicPartition};
 use crate::shutdown::Shutdown;
 use crate::watermark::Watermarks;
 
-/// Where a partition should start: the durable next offsets kept next to the data.
+/// A future of the consumer's stores.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'a>>;
+
+/// What the consumer reads from (and records in) PostgreSQL: where a partition should start
+/// (the durable next offsets kept next to the data), and which incarnation of a topic the
+/// stored names hold (`crate::identity`).
 pub trait OffsetStore: Send + Sync + 'static {
+    /// The stored next offsets of these partitions, as stored (`Batch::stored`).
     fn load<'a>(
         &'a self,
         tps: &'a [TopicPartition],
-    ) -> Pin<Box<dyn Future<Output = Result<HashMap<TopicPartition, i64>, String>> + Send + 'a>>;
+    ) -> StoreFuture<'a, HashMap<TopicPartition, i64>>;
+    /// The topic identities bound to these names, as Kafka topics or stored names.
+    fn bindings<'a>(&'a self, names: &'a [String]) -> StoreFuture<'a, Vec<Binding>>;
+    /// Records a binding; returns the one stored for its identity (this one or an earlier).
+    fn bind(&self, binding: Binding) -> StoreFuture<'_, Binding>;
 }
 
 /// Settings of the Kafka consumer.
@@ -128,6 +141,8 @@ pub fn spawn(
         metrics: Arc::clone(&metrics),
         rejoin_at: None,
         workers_gone: false,
+        identities: HashMap::new(),
+        identity_check_at: Instant::now() + IDENTITY_RECHECK,
     };
     let bridge = Bridge {
         state: Arc::new(Mutex::new(state)),
@@ -152,6 +167,11 @@ pub fn spawn(
 /// How often the periodic commit sends every durable watermark, not only those that moved
 /// (see `State::commit`): the bound on how long a failed asynchronous commit stays unrepaired.
 const FULL_COMMIT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How often the identities of the assigned topics are checked again (see `crate::identity`):
+/// the bound on how long a topic recreated under the running daemon is read under the old
+/// incarnation's name, and on how long an adopted one waits to be read.
+pub(super) const IDENTITY_RECHECK: Duration = Duration::from_secs(10);
 
 /// While records stream in, the loop's bookkeeping (acks, linger expiry, dispatch, pause and
 /// resume, commits, the group watch) runs this often rather than once per record. A poll that
@@ -258,6 +278,17 @@ fn housekeeping(
             st.commit(consumer, all, &bridge.metrics);
             *next_commit = now + commit_interval;
         }
+    }
+    let recheck = {
+        let mut st = bridge.lock();
+        let due = now >= st.identity_check_at && !st.closing;
+        if due {
+            st.identity_check_at = now + IDENTITY_RECHECK;
+        }
+        due
+    };
+    if recheck {
+        bridge.recheck_identities(consumer);
     }
     let stalled = bridge.watch().stalled(now).map(|(s, d)| (s.to_owned(), d));
     let rejoin = {

@@ -10,6 +10,7 @@ use rdkafka::topic_partition_list::Offset;
 use crate::model::TopicPartition;
 
 use super::client::Bridge;
+use super::identity::Identities;
 use super::start::{Start, end_offset, start_offset};
 use super::state::{pause, tpl_at, tpl_of};
 use super::{Kafka, State};
@@ -32,10 +33,45 @@ impl Bridge {
         // and partitions that must not be read.
         let mut started = Vec::new();
         let mut held = Vec::new();
+        // Each partition as its records are stored (see `Batch::stored`).
+        let mut stored_as: HashMap<TopicPartition, TopicPartition> =
+            tps.iter().map(|tp| (tp.clone(), tp.clone())).collect();
         if !tps.is_empty() {
+            // Which incarnation of each topic this is, before anything is read of it: another
+            // than PostgreSQL's rows came from is held, not read under their name.
+            let mut topics: Vec<String> = tps.iter().map(|tp| tp.topic.to_string()).collect();
+            topics.sort();
+            topics.dedup();
+            let ids = self
+                .resolve_identities(consumer, &topics)
+                .unwrap_or_else(|why| {
+                    // Reading now could mix two incarnations: hold every topic, check again soon.
+                    Identities {
+                        stored_as: HashMap::new(),
+                        held: topics.iter().map(|t| (t.clone(), why.clone())).collect(),
+                    }
+                });
+            for tp in tps {
+                if let Some(name) = ids.stored_as.get(&*tp.topic) {
+                    stored_as.insert(tp.clone(), TopicPartition::new(name.as_str(), tp.partition));
+                }
+            }
+            let mut st = self.lock();
+            for t in &topics {
+                st.identities
+                    .insert(t.clone(), ids.stored_as.get(t).cloned());
+            }
+            drop(st);
+            let (blocked, readable): (Vec<&TopicPartition>, Vec<&TopicPartition>) =
+                tps.iter().partition(|tp| ids.held.contains_key(&*tp.topic));
+            for tp in blocked {
+                held.push((tp.clone(), ids.held[&*tp.topic].clone()));
+                start.push((tp.clone(), Offset::Invalid));
+            }
+            let readable: Vec<TopicPartition> = readable.into_iter().cloned().collect();
             // Bounds the end-offset checks below as a whole, not per partition.
             let checks_until = Instant::now() + Duration::from_secs(10);
-            let Some(stored) = self.stored_offsets(tps) else {
+            let Some(stored) = self.stored_offsets(&readable, &stored_as) else {
                 // Starting anywhere else could skip records or swallow a recreated topic: hold
                 // them, and rejoin the group to be assigned again (and read again) shortly.
                 self.assign_held(
@@ -45,8 +81,8 @@ impl Bridge {
                 );
                 return;
             };
-            let committed = self.committed_offsets(consumer, tps);
-            for tp in tps {
+            let committed = self.committed_offsets(consumer, &readable);
+            for tp in &readable {
                 let kafka = committed.as_ref().map(|c| c.get(tp).copied());
                 let policy = self.settings.start_without_watermark;
                 let offset = match start_offset(stored.get(tp).copied(), kafka, policy) {
@@ -87,11 +123,11 @@ impl Bridge {
                     Start::Beginning { ignored: None } => Offset::Beginning,
                     Start::AskKafka => Offset::Invalid,
                 };
-                start.push((tp, offset));
+                start.push((tp.clone(), offset));
             }
-            tracing::info!(partitions = ?tps.iter().map(ToString::to_string).collect::<Vec<_>>(), postgres = ?stored.values().collect::<Vec<_>>(), "partitions assigned");
+            tracing::info!(partitions = ?readable.iter().map(ToString::to_string).collect::<Vec<_>>(), postgres = ?stored.values().collect::<Vec<_>>(), "partitions assigned");
         }
-        let start = tpl_at(start);
+        let start = tpl_at(start.iter().map(|(tp, o)| (tp, *o)));
         let result = match consumer.rebalance_protocol() {
             RebalanceProtocol::Cooperative => consumer.incremental_assign(&start),
             _ => consumer.assign(&start),
@@ -101,7 +137,7 @@ impl Bridge {
             tracing::error!(error = %e, "assign failed");
             let why = format!("assign failed: {e}");
             for tp in tps {
-                st.own(tp.clone());
+                st.own(tp.clone(), stored_as[tp].clone());
                 st.hold(tp.clone(), why.clone());
             }
             st.rejoin(why);
@@ -109,7 +145,7 @@ impl Bridge {
             return;
         }
         for tp in tps {
-            st.own(tp.clone());
+            st.own(tp.clone(), stored_as[tp].clone());
         }
         for (tp, offset) in started {
             st.watermarks.get_mut(&tp).start_at(offset);
@@ -220,23 +256,33 @@ impl Bridge {
         }
         let mut st = self.lock();
         for tp in tps {
-            st.own(tp.clone());
+            st.own(tp.clone(), tp.clone());
             st.hold(tp.clone(), why.to_string());
         }
         st.rejoin(why.to_string());
         st.apply_pause(consumer);
     }
 
-    /// PostgreSQL's stored next offsets, or `None` when they could not be read within 5 s.
+    /// PostgreSQL's stored next offsets of Kafka partitions `tps`, read under their stored
+    /// names (`stored_as`), or `None` when they could not be read within 5 s.
     pub(super) fn stored_offsets(
         &self,
         tps: &[TopicPartition],
+        stored_as: &HashMap<TopicPartition, TopicPartition>,
     ) -> Option<HashMap<TopicPartition, i64>> {
+        let kafka: HashMap<&TopicPartition, &TopicPartition> =
+            tps.iter().map(|tp| (&stored_as[tp], tp)).collect();
+        let stored: Vec<TopicPartition> = kafka.keys().map(|tp| (*tp).clone()).collect();
         // The timer must be created inside the runtime: this thread is not one of its workers.
-        let load =
-            async { tokio::time::timeout(Duration::from_secs(5), self.offsets.load(tps)).await };
+        let load = async {
+            tokio::time::timeout(Duration::from_secs(5), self.offsets.load(&stored)).await
+        };
         match self.runtime.block_on(load) {
-            Ok(Ok(m)) => Some(m),
+            Ok(Ok(m)) => Some(
+                m.into_iter()
+                    .filter_map(|(tp, o)| kafka.get(&tp).map(|k| ((*k).clone(), o)))
+                    .collect(),
+            ),
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "could not read the stored offsets");
                 None

@@ -56,6 +56,11 @@ pub(super) struct State {
     /// is assigned again: its partitions could not be started (why).
     pub(super) rejoin_at: Option<(std::time::Instant, String)>,
     pub(super) workers_gone: bool,
+    /// Each assigned topic's stored name, `None` for a topic held because its identity is not
+    /// the one stored under its name, or could not be told (see `crate::identity`).
+    pub(super) identities: HashMap<String, Option<String>>,
+    /// When the identities are checked again (`Bridge::recheck_identities`).
+    pub(super) identity_check_at: std::time::Instant,
 }
 
 /// How long partitions that could not be started wait before the consumer rejoins the group.
@@ -73,11 +78,14 @@ pub(super) struct Ownership {
     /// Batches of this partition a worker is writing now (set by the worker): what a
     /// revocation waits for.
     pub(super) writing: Arc<AtomicUsize>,
+    /// The partition under the name its records are stored as (see `Batch::stored`).
+    pub(super) stored: TopicPartition,
 }
 
 impl State {
     /// Takes ownership of `tp`, giving it to the worker with the fewest partitions.
-    pub(super) fn own(&mut self, tp: TopicPartition) {
+    /// `stored`: the partition as its records are stored (see `Batch::stored`).
+    pub(super) fn own(&mut self, tp: TopicPartition, stored: TopicPartition) {
         let mut load = vec![0usize; self.n_workers.max(1)];
         for o in self.assigned.values() {
             load[o.worker] += 1;
@@ -90,6 +98,7 @@ impl State {
                 draining: CancellationToken::new(),
                 worker,
                 writing: Arc::new(AtomicUsize::new(0)),
+                stored,
             },
         );
     }
@@ -217,6 +226,7 @@ impl State {
         };
         let (revoked, drain) = (owned.revoked.child_token(), owned.draining.child_token());
         let writing = Arc::clone(&owned.writing);
+        let stored = owned.stored.clone();
         for gap in gaps.iter().filter(|g| g.cause.is_loss()) {
             tracing::warn!(partition = %tp, from = gap.from, to = gap.to, offsets = gap.offsets(), cause = %gap.cause, "offsets deleted from Kafka before they were read: recorded in source_gaps");
         }
@@ -225,6 +235,7 @@ impl State {
         let start = progress.position();
         let batch = Batch {
             tp: tp.clone(),
+            stored,
             records,
             next_offset,
             start,
@@ -243,6 +254,11 @@ impl State {
         if self.rejoin_at.is_none() {
             self.rejoin_at = Some((std::time::Instant::now() + REJOIN_DELAY, why));
         }
+    }
+
+    /// Asks for a new consumer at once (see `rejoin_at`).
+    pub(super) fn rejoin_now(&mut self, why: String) {
+        self.rejoin_at = Some((std::time::Instant::now(), why));
     }
 
     /// Stops reading `tp` for good (for this assignment): see `State::held`.
@@ -440,10 +456,13 @@ mod tests {
             metrics: Arc::new(Metrics::default()),
             rejoin_at: None,
             workers_gone: false,
+            identities: HashMap::new(),
+            identity_check_at: std::time::Instant::now(),
         };
         // What a pod of R = 4 replicas gets with round-robin partitions: 0, 4, 8, ...
         for p in (0..48).step_by(4) {
-            st.own(TopicPartition::new("logs", p));
+            let tp = TopicPartition::new("logs", p);
+            st.own(tp.clone(), tp);
         }
         let mut load = [0; 4];
         for o in st.assigned.values() {
@@ -453,7 +472,10 @@ mod tests {
         // A revoked partition frees its worker for the next one.
         let w = st.assigned[&TopicPartition::new("logs", 8)].worker;
         st.forget(&[TopicPartition::new("logs", 8)]);
-        st.own(TopicPartition::new("other", 0));
+        st.own(
+            TopicPartition::new("other", 0),
+            TopicPartition::new("other", 0),
+        );
         assert_eq!(st.assigned[&TopicPartition::new("other", 0)].worker, w);
     }
 }

@@ -17,6 +17,7 @@ use crate::model::{DeadLetter, Position, StoredRecord, TopicPartition};
 
 mod dead_letters;
 mod gaps;
+mod identity;
 mod rows;
 
 pub use gaps::GapCounts;
@@ -149,11 +150,12 @@ impl PgSink {
     /// True when every table and column the daemon uses is there and readable. Needs only
     /// SELECT on the tables, not the migration history.
     async fn schema_ready(&self) -> Result<bool, SinkError> {
-        const PROBES: [&str; 4] = [
+        const PROBES: [&str; 5] = [
             "SELECT topic, kafka_partition, kafka_offset, ts, level, service, message, fields, kafka_key, kafka_ts FROM log_records LIMIT 0",
             "SELECT topic, kafka_partition, kafka_offset, kafka_key, payload, payload_encoding, redaction, kafka_ts, stage, reason FROM dead_letters LIMIT 0",
             "SELECT group_id, topic, kafka_partition, next_offset FROM consumer_offsets LIMIT 0",
             "SELECT topic, kafka_partition, from_offset, to_offset, cause FROM source_gaps LIMIT 0",
+            "SELECT cluster_id, topic_id, topic, stored_as FROM topic_identities LIMIT 0",
         ];
         for probe in PROBES {
             if let Err(e) = sqlx::query(probe).execute(&self.pool).await {

@@ -132,6 +132,10 @@ pub struct Scenario {
     /// Index prefix; the daemon writes `{index}-%Y.%m.%d`.
     pub index: String,
     pub partitions: i32,
+    /// The name the daemon stores the topic's records under, when not the topic's own (an
+    /// incarnation adopted with `log-processor topics adopt`): what the verification reads;
+    /// rows and documents of the topic's own name are then another incarnation's.
+    pub stored_as: Option<String>,
 }
 
 impl Scenario {
@@ -144,6 +148,7 @@ impl Scenario {
             schema: format!("s_{id}"),
             index: format!("i-{}", id.replace('_', "-")),
             partitions,
+            stored_as: None,
         };
         loadgen::create_topic(&kafka_brokers(), &s.topic, partitions, 8 * 1024 * 1024)
             .await
@@ -163,6 +168,7 @@ impl Scenario {
             schema: format!("s_{id}"),
             index: format!("i-{}", id.replace('_', "-")),
             partitions,
+            stored_as: None,
         };
         let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", kafka_brokers())
@@ -314,6 +320,11 @@ impl Scenario {
             .unwrap_or_else(|e| panic!("PostgreSQL: {e}: {START_HINT}"))
     }
 
+    /// The name the records are stored under (see `stored_as`).
+    pub fn stored_name(&self) -> &str {
+        self.stored_as.as_deref().unwrap_or(&self.topic)
+    }
+
     /// PostgreSQL's stored next offsets for the group.
     pub async fn pg_watermarks(&self) -> BTreeMap<i32, i64> {
         let pool = self.pg().await;
@@ -323,7 +334,7 @@ impl Scenario {
         );
         let rows: Vec<(i32, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(q))
             .bind(&self.group)
-            .bind(&self.topic)
+            .bind(self.stored_name())
             .fetch_all(&pool)
             .await
             .unwrap_or_default();

@@ -217,8 +217,17 @@ fn hmac_hex(key: &str, text: &str) -> String {
 /// position reaches `ends`: it moves past transaction markers and aborted records too, which
 /// are never handed over (the reader is `read_committed`, librdkafka's default).
 pub fn read_topic(topic: &str, ends: &BTreeMap<i32, i64>) -> HashMap<(i32, i64), KafkaRecord> {
+    read_topic_from(&kafka_brokers(), topic, ends)
+}
+
+/// [`read_topic`] from another cluster's brokers.
+pub fn read_topic_from(
+    brokers: &str,
+    topic: &str,
+    ends: &BTreeMap<i32, i64>,
+) -> HashMap<(i32, i64), KafkaRecord> {
     let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka_brokers())
+        .set("bootstrap.servers", brokers)
         .set("group.id", format!("{topic}-readback"))
         .set("enable.partition.eof", "false")
         .set("enable.auto.commit", "false")
@@ -450,7 +459,7 @@ impl Scenario {
             "SELECT kafka_partition, from_offset, to_offset FROM {}.source_gaps WHERE topic = $1",
             self.schema
         )))
-        .bind(&self.topic)
+        .bind(self.stored_name())
         .fetch_all(&pool)
         .await
         .unwrap_or_default()
@@ -485,22 +494,28 @@ impl Scenario {
             kafka.iter().map(|(k, r)| (*k, fate(r, expect))).collect();
         let pool = self.pg().await;
         let mut problems = Problems::default();
-        let at = |p: i32, o: i64| format!("{}/{p}@{o}", self.topic);
+        let at = |p: i32, o: i64| format!("{}/{p}@{o}", self.stored_name());
+        // With an adopted incarnation, what is stored under the topic's own name is another
+        // incarnation's: not this verification's business.
+        let other_incarnation = |t: &str| self.stored_as.is_some() && t == self.topic;
 
         // PostgreSQL rows against the records' expected entries.
         let q = format!(
             "SELECT topic, kafka_partition, kafka_offset, ts, level, service, message, fields::text, kafka_key, kafka_ts FROM {}.log_records",
             self.schema
         );
-        let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(q))
+        let mut rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(q))
             .fetch_all(&pool)
             .await
             .expect("read log_records");
+        rows.retain(|r| !other_incarnation(&r.0));
         let mut mismatched = 0u64;
         for r in &rows {
             let (p, o) = (r.1, r.2);
             let why = match (fates.get(&(p, o)), kafka.get(&(p, o))) {
-                (Some(Fate::Stored(e)), Some(k)) if r.0 == self.topic => row_differs(r, e, k),
+                (Some(Fate::Stored(e)), Some(k)) if r.0 == self.stored_name() => {
+                    row_differs(r, e, k)
+                }
                 (Some(Fate::Dead(why)), _) => {
                     Some(format!("stored, but must be a dead letter: {why}"))
                 }
@@ -550,16 +565,19 @@ impl Scenario {
             String,
             Option<String>,
         );
-        let dead: Vec<Dead> = sqlx::query_as(sqlx::AssertSqlSafe(q))
+        let mut dead: Vec<Dead> = sqlx::query_as(sqlx::AssertSqlSafe(q))
             .fetch_all(&pool)
             .await
             .expect("read dead_letters");
+        dead.retain(|d| !other_incarnation(&d.0));
         let mut good_dead_lettered = 0u64;
         for (topic, p, o, key, payload, stage, reason, encoding) in &dead {
             let (p, o) = (*p, *o);
-            let (Some(f), Some(k), true) =
-                (fates.get(&(p, o)), kafka.get(&(p, o)), *topic == self.topic)
-            else {
+            let (Some(f), Some(k), true) = (
+                fates.get(&(p, o)),
+                kafka.get(&(p, o)),
+                *topic == self.stored_name(),
+            ) else {
                 mismatched += 1;
                 problems.add("dead letter of no record", || {
                     format!("{topic}/{p}@{o}: {stage}: {reason}")
@@ -636,8 +654,14 @@ impl Scenario {
         let mut doc_seqs: HashMap<u64, u32> = HashMap::new();
         let mut indexed = 0u64;
         es_hits(&format!("{}-*", self.index), |hit| {
-            indexed += 1;
             let src = &hit["_source"];
+            if src["kafka"]["topic"]
+                .as_str()
+                .is_some_and(|t| other_incarnation(t))
+            {
+                return;
+            }
+            indexed += 1;
             let (Some(p), Some(o)) = (
                 src["kafka"]["partition"].as_i64(),
                 src["kafka"]["offset"].as_i64(),
@@ -654,7 +678,9 @@ impl Scenario {
                 *doc_seqs.entry(seq).or_default() += 1;
             }
             let why = match (fates.get(&(p, o)), kafka.get(&(p, o))) {
-                (Some(Fate::Stored(e)), Some(_)) => doc_differs(hit, e, &self.topic, &self.index),
+                (Some(Fate::Stored(e)), Some(_)) => {
+                    doc_differs(hit, e, self.stored_name(), &self.index)
+                }
                 (Some(Fate::Dead(why)), _) => {
                     Some(format!("indexed, but must be a dead letter: {why}"))
                 }

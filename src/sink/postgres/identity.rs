@@ -1,0 +1,78 @@
+//! `topic_identities`: which incarnation of a topic each stored name holds (see
+//! `crate::identity`).
+
+use super::{PgSink, classify};
+use crate::identity::{Binding, TopicIdentity};
+use crate::sink::SinkError;
+
+impl PgSink {
+    /// The bindings that concern these names: as a Kafka topic's name or as a stored name.
+    pub async fn bindings(&self, names: &[String]) -> Result<Vec<Binding>, SinkError> {
+        let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+            "SELECT cluster_id, topic_id, topic, stored_as FROM topic_identities \
+             WHERE topic = ANY($1::text[]) OR stored_as = ANY($1::text[])",
+        )
+        .bind(names)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(rows
+            .into_iter()
+            .map(|(cluster_id, topic_id, topic, stored_as)| Binding {
+                identity: TopicIdentity {
+                    cluster_id,
+                    topic_id,
+                },
+                topic,
+                stored_as,
+            })
+            .collect())
+    }
+
+    /// Records a binding. Returns the binding PostgreSQL holds for the identity afterwards:
+    /// this one, or the one another replica or an operator wrote first. A name taken by
+    /// another identity is an error (the unique constraint on `stored_as`).
+    pub async fn bind(&self, b: &Binding) -> Result<Binding, SinkError> {
+        sqlx::query(
+            "INSERT INTO topic_identities (cluster_id, topic_id, topic, stored_as) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (cluster_id, topic_id) DO NOTHING",
+        )
+        .bind(&b.identity.cluster_id)
+        .bind(&b.identity.topic_id)
+        .bind(&b.topic)
+        .bind(&b.stored_as)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        let (topic, stored_as): (String, String) = sqlx::query_as(
+            "SELECT topic, stored_as FROM topic_identities WHERE cluster_id = $1 AND topic_id = $2",
+        )
+        .bind(&b.identity.cluster_id)
+        .bind(&b.identity.topic_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(Binding {
+            identity: b.identity.clone(),
+            topic,
+            stored_as,
+        })
+    }
+}
+
+impl PgSink {
+    /// True when rows, dead letters, gaps or a watermark are stored under `name`: a name that
+    /// holds records of no bound identity must not be given to one.
+    pub async fn holds_records_under(&self, name: &str) -> Result<bool, SinkError> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM log_records WHERE topic = $1) \
+                 OR EXISTS (SELECT 1 FROM dead_letters WHERE topic = $1) \
+                 OR EXISTS (SELECT 1 FROM source_gaps WHERE topic = $1) \
+                 OR EXISTS (SELECT 1 FROM consumer_offsets WHERE topic = $1)",
+        )
+        .bind(name)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(classify)
+    }
+}
