@@ -259,3 +259,94 @@ async fn transaction_markers_and_aborted_records_are_no_loss_and_commits_reach_t
     println!("source gaps: transactional topic, no_record gaps {all:?}");
     s.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_deleted_while_the_partition_is_held_are_recorded_as_a_retention_gap() {
+    let s = Scenario::new("gap_held", 1).await;
+    s.produce(0, 500, 0.0);
+    let env = with(
+        &s.env(),
+        &[
+            ("LP_BATCH_MAX_RECORDS", "50".into()),
+            ("LP_KAFKA_QUEUE_KBYTES", "16".into()),
+        ],
+    );
+    let mut d = Daemon::start(&env);
+    s.wait_all_stored(Duration::from_secs(120)).await;
+    assert_eq!(s.pg_watermarks().await.get(&0), Some(&500));
+
+    // PostgreSQL refuses every new row (a constraint of the store: the partition is held,
+    // retried, nothing dead-lettered), then Kafka trims records the daemon has not read yet.
+    let pool = s.pg().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE {}.log_records ADD CONSTRAINT lp_hold CHECK (kafka_offset < 500) NOT VALID",
+        s.schema
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    s.produce(500, 5_000, 0.0);
+    let ends = s.end_offsets();
+    let all = s.read_back(&ends);
+    let held_since = Instant::now();
+    loop {
+        let (_, text) = http("GET", &format!("http://{}/metrics", d.http_addr()), None).await;
+        if text
+            .lines()
+            .any(|l| l.starts_with("log_processor_partition_stalled{") && l.ends_with(" 1"))
+        {
+            break;
+        }
+        assert!(held_since.elapsed() < Duration::from_secs(60), "never held");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(s.pg_watermarks().await.get(&0), Some(&500), "held at 500");
+    let cut = 3_500;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&s.topic, 0, Offset::Offset(cut))
+        .unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let result = admin.delete_records(&tpl, &opts).await.expect("delete");
+    assert_eq!(
+        result.elements()[0].offset(),
+        Offset::Offset(cut),
+        "the fault: the log now starts at {cut}, past the held watermark 500"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE {}.log_records DROP CONSTRAINT lp_hold",
+        s.schema
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    wait_watermarks_at_end(&s, &d, Duration::from_secs(120)).await;
+    d.signal("TERM");
+    assert_eq!(d.wait(Duration::from_secs(30)), 0);
+
+    // What the daemon had read before the cut is stored; from there to the cut is one
+    // retention gap; everything after it is stored.
+    let g = gaps(&s).await;
+    let recorded = g.get(&0).cloned().unwrap_or_default();
+    assert_eq!(recorded.len(), 1, "one gap: {g:?}");
+    let (from, to, cause) = recorded[0].clone();
+    assert_eq!((to, cause.as_str()), (cut, "retention"), "{g:?}");
+    assert!(
+        (500..cut).contains(&from),
+        "the gap starts past the held watermark: {g:?}"
+    );
+    assert_every_offset_accounted(&s).await;
+    let mut expected = all;
+    expected.retain(|&(_, o), _| !(from..cut).contains(&o));
+    s.verify_against(expected, &Expectation::default())
+        .await
+        .assert_exact("records deleted while held");
+    println!(
+        "source gaps while held: read before the cut [500, {from}), retention [{from}, {cut}) recorded"
+    );
+    s.cleanup().await;
+}
