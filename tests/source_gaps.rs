@@ -78,6 +78,28 @@ async fn wait_watermarks_at_end(s: &Scenario, d: &Daemon, timeout: Duration) {
     }
 }
 
+/// Deletes partition 0's records below `cut` (what retention or `kafka-delete-records` does)
+/// and checks that the log starts there now.
+async fn delete_records_below(s: &Scenario, cut: i64) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&s.topic, 0, Offset::Offset(cut))
+        .unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let result = admin
+        .delete_records(&tpl, &opts)
+        .await
+        .expect("delete records");
+    assert_eq!(
+        result.elements()[0].offset(),
+        Offset::Offset(cut),
+        "the fault: the log of partition 0 now starts at {cut}"
+    );
+}
+
 async fn metric(d: &Daemon, prefix: &str) -> Option<i64> {
     let (_, text) = http("GET", &format!("http://{}/metrics", d.http_addr()), None).await;
     text.lines()
@@ -107,23 +129,7 @@ async fn records_deleted_before_they_were_read_are_recorded_as_a_retention_gap()
     // are about to be deleted.
     let mut expected = s.read_back(&ends);
     expected.retain(|&(p, o), _| !(p == 0 && (w0..cut).contains(&o)));
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", kafka_brokers())
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&s.topic, 0, Offset::Offset(cut))
-        .unwrap();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let result = admin
-        .delete_records(&tpl, &opts)
-        .await
-        .expect("delete records");
-    assert_eq!(
-        result.elements()[0].offset(),
-        Offset::Offset(cut),
-        "the fault: the log of partition 0 now starts at {cut}, past its watermark {w0}"
-    );
+    delete_records_below(&s, cut).await;
 
     let mut d = Daemon::start(&s.env());
     wait_watermarks_at_end(&s, &d, Duration::from_secs(120)).await;
@@ -303,20 +309,7 @@ async fn records_deleted_while_the_partition_is_held_are_recorded_as_a_retention
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(s.pg_watermarks().await.get(&0), Some(&500), "held at 500");
     let cut = 3_500;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", kafka_brokers())
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&s.topic, 0, Offset::Offset(cut))
-        .unwrap();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let result = admin.delete_records(&tpl, &opts).await.expect("delete");
-    assert_eq!(
-        result.elements()[0].offset(),
-        Offset::Offset(cut),
-        "the fault: the log now starts at {cut}, past the held watermark 500"
-    );
+    delete_records_below(&s, cut).await;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "ALTER TABLE {}.log_records DROP CONSTRAINT lp_hold",
         s.schema
