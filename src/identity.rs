@@ -72,6 +72,24 @@ pub fn resolve(name: &str, current: &TopicIdentity, bindings: &[Binding]) -> Res
     }
 }
 
+/// What a held topic of another identity says (the daemon's error, `status`'s warning): both
+/// identities and the remedy; a running daemon looks again every `recheck`.
+pub fn conflict_message(
+    topic: &str,
+    current: &TopicIdentity,
+    stored: &TopicIdentity,
+    recheck: std::time::Duration,
+) -> String {
+    format!(
+        "topic {topic} is now {current}, but PostgreSQL's records under the name {topic} came from \
+         {stored} (the topic was deleted and recreated, or this is another cluster): reading it \
+         would mix two topics. To store this incarnation under a name of its own, read from its \
+         beginning, run `log-processor topics adopt --topic {topic}`; the daemon picks it up \
+         within {} s",
+        recheck.as_secs()
+    )
+}
+
 /// The name `topics adopt` stores a new incarnation under unless told otherwise: the topic's
 /// name and the start of its id, so two incarnations never share one.
 pub fn default_stored_name(topic: &str, identity: &TopicIdentity) -> String {

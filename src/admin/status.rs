@@ -8,14 +8,14 @@ use std::fmt;
 use std::time::Duration;
 
 use clap::Args;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use super::AdminError;
 use crate::config::Settings;
-use crate::identity::{Resolution, resolve};
+use crate::consumer::IDENTITY_RECHECK;
+use crate::identity::{Resolution, conflict_message, resolve};
 use crate::model::TopicPartition;
 use crate::sink::postgres::GapCounts;
 
@@ -72,30 +72,31 @@ pub struct KafkaPartition {
 /// Reads Kafka and PostgreSQL and puts them side by side.
 pub async fn status(settings: &Settings) -> Result<Status, AdminError> {
     let topics = settings.topics();
-    let (brokers, group, t) = (
-        settings.kafka_brokers.clone(),
-        settings.group_id.clone(),
-        topics.clone(),
-    );
-    // The daemon's own TLS/SASL properties, so `status` reaches a secured cluster too.
-    let properties = settings.security.kafka_properties()?;
-    let kafka =
-        tokio::task::spawn_blocking(move || kafka_offsets(&brokers, &group, &t, &properties))
-            .await
-            .map_err(|e| AdminError::Kafka(e.to_string()))??;
+    // The daemon's own TLS/SASL properties, so `status` reaches a secured cluster too. One
+    // client reads the offsets and what each topic is now.
+    let client = super::kafka_client(settings, "log-processor-status")?;
+    let t = topics.clone();
+    let (kafka, current) = tokio::task::spawn_blocking(move || {
+        let offsets = kafka_offsets(&client, &t)?;
+        let current = crate::consumer::identities(client.client(), &t, KAFKA_TIMEOUT)
+            .map_err(AdminError::Kafka)?;
+        Ok::<_, AdminError>((offsets, current))
+    })
+    .await
+    .map_err(|e| AdminError::Kafka(e.to_string()))??;
     let pg = super::pg(settings)?;
     // Each topic's records are stored under the name its current incarnation is bound to.
-    let current = super::topics::current_identities(settings, &topics).await?;
     let bindings = pg.bindings(&topics).await?;
     let mut names: HashMap<String, String> = HashMap::new();
     let mut conflicts: HashMap<String, String> = HashMap::new();
     for topic in &topics {
-        let name = match current.iter().find(|(t, _)| t == topic) {
-            Some((_, id)) => match resolve(topic, id, &bindings) {
+        let name = match current.get(topic) {
+            Some(id) => match resolve(topic, id, &bindings) {
                 Resolution::Bound(name) => name,
                 Resolution::BindAsName => topic.clone(),
                 Resolution::Conflict { stored } => {
-                    conflicts.insert(topic.clone(), format!("Kafka's topic is {id}, but the records stored under its name came from {stored} (recreated, or another cluster): the daemon holds it until `log-processor topics adopt --topic {topic}`"));
+                    let why = conflict_message(topic, id, &stored, IDENTITY_RECHECK);
+                    conflicts.insert(topic.clone(), why);
                     topic.clone()
                 }
             },
@@ -201,23 +202,10 @@ pub fn assemble(
 
 /// Start, end and the group's committed offset of every partition of `topics`.
 fn kafka_offsets(
-    brokers: &str,
-    group: &str,
+    consumer: &BaseConsumer,
     topics: &[String],
-    properties: &[(String, String)],
 ) -> Result<BTreeMap<TopicPartition, KafkaPartition>, AdminError> {
     let err = |what: &str, e: rdkafka::error::KafkaError| AdminError::Kafka(format!("{what}: {e}"));
-    // A member that never subscribes: it only asks the group coordinator for committed offsets.
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("client.id", "log-processor-status");
-    for (key, value) in properties {
-        config.set(key, value);
-    }
-    let consumer: BaseConsumer = config.create().map_err(|e| err("creating a client", e))?;
     let mut out = BTreeMap::new();
     let mut list = TopicPartitionList::new();
     for topic in topics {

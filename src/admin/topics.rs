@@ -127,9 +127,9 @@ async fn bind(
             "topic {topic} ({identity}) is stored as {stored_as} already; nothing changed"
         ));
     }
-    check_new_name(name, identity, &bindings, &settings.topics()).map_err(refused)?;
+    check_new_name(name, identity, &bindings, &settings.topics()).map_err(AdminError::Refused)?;
     if pg.holds_records_under(name).await? {
-        return Err(refused(format!(
+        return Err(AdminError::Refused(format!(
             "PostgreSQL holds records under the name {name} already, of no recorded topic \
              identity: choose another name with --as"
         )));
@@ -143,13 +143,10 @@ async fn bind(
         .await?;
     Ok(format!(
         "topic {topic} ({identity}) is now stored as {}: its partitions are read from their \
-         beginning under that name; a running daemon picks it up within 10 s",
-        b.stored_as
+         beginning under that name; a running daemon picks it up within {} s",
+        b.stored_as,
+        crate::consumer::IDENTITY_RECHECK.as_secs()
     ))
-}
-
-fn refused(why: String) -> AdminError {
-    AdminError::Refused(why)
 }
 
 /// What Kafka says each of `topics` is now (topics without an id are left out).

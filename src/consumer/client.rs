@@ -149,6 +149,19 @@ static CLOSING: AtomicUsize = AtomicUsize::new(0);
 const MAX_CLOSING: usize = 3;
 
 impl Bridge {
+    /// Runs a store call on the runtime from the consumer thread, bounded by `bound`.
+    pub(super) fn within<T>(
+        &self,
+        bound: Duration,
+        call: super::StoreFuture<'_, T>,
+    ) -> Result<T, String> {
+        // The timer must be created inside the runtime: this thread is not one of its workers.
+        let bounded = async { tokio::time::timeout(bound, call).await };
+        self.runtime
+            .block_on(bounded)
+            .map_err(|_| format!("timed out after {} s", bound.as_secs()))?
+    }
+
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state
             .lock()

@@ -9,7 +9,8 @@ use rdkafka::bindings as rd;
 use rdkafka::client::Client;
 use rdkafka::consumer::Consumer;
 
-use crate::identity::{Binding, NO_TOPIC_ID, Resolution, TopicIdentity, resolve};
+use crate::identity::{Binding, NO_TOPIC_ID, Resolution, TopicIdentity, conflict_message, resolve};
+use crate::model::TopicPartition;
 
 use super::Kafka;
 use super::client::Bridge;
@@ -135,18 +136,18 @@ fn text(p: *const c_char) -> String {
 
 /// How each topic of an assignment is to be read.
 #[derive(Debug, Default)]
-pub(super) struct Identities {
+struct Identities {
     /// Topics to read, and the name their records are stored under.
-    pub(super) stored_as: HashMap<String, String>,
+    stored_as: HashMap<String, String>,
     /// Topics that must not be read, and why.
-    pub(super) held: HashMap<String, String>,
+    held: HashMap<String, String>,
 }
 
 impl Bridge {
     /// Resolves the identities of `topics`, binding those seen for the first time. `Err` when
     /// Kafka's or PostgreSQL's side could not be read (or a binding not recorded): then
     /// nothing can be told about any of them.
-    pub(super) fn resolve_identities(
+    fn resolve_identities(
         &self,
         consumer: &Kafka,
         topics: &[String],
@@ -154,7 +155,7 @@ impl Bridge {
         let current = identities(consumer.client(), topics, IDENTITY_TIMEOUT)
             .map_err(|e| format!("the topic's identity could not be read from Kafka: {e}"))?;
         let bindings = self
-            .within(self.offsets.bindings(topics))
+            .within(IDENTITY_TIMEOUT, self.offsets.bindings(topics))
             .map_err(|e| format!("topic identities could not be read from PostgreSQL: {e}"))?;
         let mut out = Identities::default();
         for topic in topics {
@@ -174,27 +175,61 @@ impl Bridge {
                         stored_as: topic.clone(),
                     };
                     let b = self
-                        .within(self.offsets.bind(binding))
+                        .within(IDENTITY_TIMEOUT, self.offsets.bind(binding))
                         .map_err(|e| format!("topic identity {identity} not recorded: {e}"))?;
                     tracing::info!(topic, %identity, stored_as = b.stored_as, "topic identity recorded");
                     out.stored_as.insert(topic.clone(), b.stored_as);
                 }
                 Resolution::Conflict { stored } => {
-                    out.held
-                        .insert(topic.clone(), conflict_message(topic, identity, &stored));
+                    out.held.insert(
+                        topic.clone(),
+                        conflict_message(topic, identity, &stored, super::IDENTITY_RECHECK),
+                    );
                 }
             }
         }
         Ok(out)
     }
 
-    /// Runs a store call on the runtime from the consumer thread, bounded.
-    fn within<T>(&self, call: super::StoreFuture<'_, T>) -> Result<T, String> {
-        // The timer must be created inside the runtime: this thread is not one of its workers.
-        let bounded = async { tokio::time::timeout(IDENTITY_TIMEOUT, call).await };
-        self.runtime
-            .block_on(bounded)
-            .map_err(|_| "timed out".to_string())?
+    /// The identities of an assignment's topics (recorded for the periodic check): each
+    /// partition as it is stored, and the topics that must not be read, with why. A topic whose
+    /// identity cannot be told is held (reading it could mix two incarnations).
+    pub(super) fn assign_identities(
+        &self,
+        consumer: &Kafka,
+        tps: &[TopicPartition],
+    ) -> (
+        HashMap<TopicPartition, TopicPartition>,
+        HashMap<String, String>,
+    ) {
+        if tps.is_empty() {
+            return Default::default();
+        }
+        let mut topics: Vec<String> = tps.iter().map(|tp| tp.topic.to_string()).collect();
+        topics.sort();
+        topics.dedup();
+        let ids = self
+            .resolve_identities(consumer, &topics)
+            .unwrap_or_else(|why| Identities {
+                stored_as: HashMap::new(),
+                held: topics.iter().map(|t| (t.clone(), why.clone())).collect(),
+            });
+        let mut st = self.lock();
+        for t in &topics {
+            st.identities
+                .insert(t.clone(), ids.stored_as.get(t).cloned());
+        }
+        let stored_as = tps
+            .iter()
+            .map(|tp| {
+                let name = ids
+                    .stored_as
+                    .get(&*tp.topic)
+                    .map_or(&*tp.topic, String::as_str);
+                (tp.clone(), TopicPartition::new(name, tp.partition))
+            })
+            .collect();
+        (stored_as, ids.held)
     }
 
     /// The periodic check (`IDENTITY_RECHECK`): a topic recreated under the running daemon is
@@ -245,20 +280,4 @@ impl Bridge {
         }
         st.apply_pause(consumer);
     }
-}
-
-/// What a held partition of a topic of another identity says: both identities and the remedy.
-pub(crate) fn conflict_message(
-    topic: &str,
-    current: &TopicIdentity,
-    stored: &TopicIdentity,
-) -> String {
-    format!(
-        "topic {topic} is now {current}, but PostgreSQL's records under the name {topic} came from \
-         {stored} (the topic was deleted and recreated, or this is another cluster): reading it \
-         would mix two topics. To store this incarnation under a name of its own, read from its \
-         beginning, run `log-processor topics adopt --topic {topic}`; the daemon picks it up \
-         within {}s",
-        super::IDENTITY_RECHECK.as_secs()
-    )
 }

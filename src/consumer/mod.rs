@@ -171,7 +171,7 @@ const FULL_COMMIT_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the identities of the assigned topics are checked again (see `crate::identity`):
 /// the bound on how long a topic recreated under the running daemon is read under the old
 /// incarnation's name, and on how long an adopted one waits to be read.
-pub(super) const IDENTITY_RECHECK: Duration = Duration::from_secs(10);
+pub const IDENTITY_RECHECK: Duration = Duration::from_secs(10);
 
 /// While records stream in, the loop's bookkeeping (acks, linger expiry, dispatch, pause and
 /// resume, commits, the group watch) runs this often rather than once per record. A poll that

@@ -10,7 +10,6 @@ use rdkafka::topic_partition_list::Offset;
 use crate::model::TopicPartition;
 
 use super::client::Bridge;
-use super::identity::Identities;
 use super::start::{Start, end_offset, start_offset};
 use super::state::{pause, tpl_at, tpl_of};
 use super::{Kafka, State};
@@ -33,39 +32,15 @@ impl Bridge {
         // and partitions that must not be read.
         let mut started = Vec::new();
         let mut held = Vec::new();
-        // Each partition as its records are stored (see `Batch::stored`).
-        let mut stored_as: HashMap<TopicPartition, TopicPartition> =
-            tps.iter().map(|tp| (tp.clone(), tp.clone())).collect();
+        // Which incarnation of each topic this is, before anything is read of it, and each
+        // partition as its records are stored (see `Batch::stored`).
+        let (stored_as, identity_held) = self.assign_identities(consumer, tps);
         if !tps.is_empty() {
-            // Which incarnation of each topic this is, before anything is read of it: another
-            // than PostgreSQL's rows came from is held, not read under their name.
-            let mut topics: Vec<String> = tps.iter().map(|tp| tp.topic.to_string()).collect();
-            topics.sort();
-            topics.dedup();
-            let ids = self
-                .resolve_identities(consumer, &topics)
-                .unwrap_or_else(|why| {
-                    // Reading now could mix two incarnations: hold every topic, check again soon.
-                    Identities {
-                        stored_as: HashMap::new(),
-                        held: topics.iter().map(|t| (t.clone(), why.clone())).collect(),
-                    }
-                });
-            for tp in tps {
-                if let Some(name) = ids.stored_as.get(&*tp.topic) {
-                    stored_as.insert(tp.clone(), TopicPartition::new(name.as_str(), tp.partition));
-                }
-            }
-            let mut st = self.lock();
-            for t in &topics {
-                st.identities
-                    .insert(t.clone(), ids.stored_as.get(t).cloned());
-            }
-            drop(st);
-            let (blocked, readable): (Vec<&TopicPartition>, Vec<&TopicPartition>) =
-                tps.iter().partition(|tp| ids.held.contains_key(&*tp.topic));
+            let (blocked, readable): (Vec<&TopicPartition>, Vec<&TopicPartition>) = tps
+                .iter()
+                .partition(|tp| identity_held.contains_key(&*tp.topic));
             for tp in blocked {
-                held.push((tp.clone(), ids.held[&*tp.topic].clone()));
+                held.push((tp.clone(), identity_held[&*tp.topic].clone()));
                 start.push((tp.clone(), Offset::Invalid));
             }
             let readable: Vec<TopicPartition> = readable.into_iter().cloned().collect();
@@ -273,22 +248,14 @@ impl Bridge {
         let kafka: HashMap<&TopicPartition, &TopicPartition> =
             tps.iter().map(|tp| (&stored_as[tp], tp)).collect();
         let stored: Vec<TopicPartition> = kafka.keys().map(|tp| (*tp).clone()).collect();
-        // The timer must be created inside the runtime: this thread is not one of its workers.
-        let load = async {
-            tokio::time::timeout(Duration::from_secs(5), self.offsets.load(&stored)).await
-        };
-        match self.runtime.block_on(load) {
-            Ok(Ok(m)) => Some(
+        match self.within(Duration::from_secs(5), self.offsets.load(&stored)) {
+            Ok(m) => Some(
                 m.into_iter()
                     .filter_map(|(tp, o)| kafka.get(&tp).map(|k| ((*k).clone(), o)))
                     .collect(),
             ),
-            Ok(Err(e)) => {
+            Err(e) => {
                 tracing::error!(error = %e, "could not read the stored offsets");
-                None
-            }
-            Err(_) => {
-                tracing::error!("reading the stored offsets timed out");
                 None
             }
         }
