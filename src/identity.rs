@@ -10,6 +10,7 @@
 //! (`log-processor topics adopt`). Pure rules here; the I/O is in `consumer::identity` and
 //! `sink::postgres::identity`.
 
+use std::collections::HashMap;
 use std::fmt;
 
 /// What Kafka says a topic is.
@@ -88,6 +89,34 @@ pub fn conflict_message(
          within {} s",
         recheck.as_secs()
     )
+}
+
+/// Read-only resolution, for commands that bind nothing (`status`): the Kafka topic each
+/// stored name reads (a topic resolved to no binding reads its own name), and why each topic in
+/// conflict is held.
+pub fn stored_names(
+    topics: &[String],
+    current: &HashMap<String, TopicIdentity>,
+    bindings: &[Binding],
+    recheck: std::time::Duration,
+) -> (HashMap<String, String>, HashMap<String, String>) {
+    let mut names = HashMap::new();
+    let mut conflicts = HashMap::new();
+    for topic in topics {
+        let name = match current
+            .get(topic)
+            .map(|id| (id, resolve(topic, id, bindings)))
+        {
+            Some((_, Resolution::Bound(name))) => name,
+            Some((id, Resolution::Conflict { stored })) => {
+                conflicts.insert(topic.clone(), conflict_message(topic, id, &stored, recheck));
+                topic.clone()
+            }
+            Some((_, Resolution::BindAsName)) | None => topic.clone(),
+        };
+        names.insert(name, topic.clone());
+    }
+    (names, conflicts)
 }
 
 /// The name `topics adopt` stores a new incarnation under unless told otherwise: the topic's
@@ -192,6 +221,29 @@ mod tests {
             resolve("logs", &id("c", "a"), &b),
             Resolution::Bound("logs".into())
         );
+    }
+
+    #[test]
+    fn status_reads_adopted_names_and_names_conflicts() {
+        let b = [
+            bound("logs", id("c", "a"), "logs"),
+            bound("audit", id("c", "x"), "audit"),
+            bound("audit", id("c", "y"), "audit@y"),
+        ];
+        let topics = ["logs".to_string(), "audit".to_string(), "new".to_string()];
+        let current = HashMap::from([
+            ("logs".to_string(), id("c", "b")),
+            ("audit".to_string(), id("c", "y")),
+        ]);
+        let (names, conflicts) =
+            stored_names(&topics, &current, &b, std::time::Duration::from_secs(10));
+        assert_eq!(names["audit@y"], "audit");
+        assert_eq!(
+            (names["logs"].as_str(), names["new"].as_str()),
+            ("logs", "new")
+        );
+        assert!(conflicts["logs"].contains("topics adopt --topic logs"));
+        assert_eq!(conflicts.len(), 1);
     }
 
     #[test]

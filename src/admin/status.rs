@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::AdminError;
 use crate::config::Settings;
 use crate::consumer::IDENTITY_RECHECK;
-use crate::identity::{Resolution, conflict_message, resolve};
+use crate::identity::stored_names;
 use crate::model::TopicPartition;
 use crate::sink::postgres::GapCounts;
 
@@ -87,23 +87,7 @@ pub async fn status(settings: &Settings) -> Result<Status, AdminError> {
     let pg = super::pg(settings)?;
     // Each topic's records are stored under the name its current incarnation is bound to.
     let bindings = pg.bindings(&topics).await?;
-    let mut names: HashMap<String, String> = HashMap::new();
-    let mut conflicts: HashMap<String, String> = HashMap::new();
-    for topic in &topics {
-        let name = match current.get(topic) {
-            Some(id) => match resolve(topic, id, &bindings) {
-                Resolution::Bound(name) => name,
-                Resolution::BindAsName => topic.clone(),
-                Resolution::Conflict { stored } => {
-                    let why = conflict_message(topic, id, &stored, IDENTITY_RECHECK);
-                    conflicts.insert(topic.clone(), why);
-                    topic.clone()
-                }
-            },
-            None => topic.clone(),
-        };
-        names.insert(name, topic.clone());
-    }
+    let (names, conflicts) = stored_names(&topics, &current, &bindings, IDENTITY_RECHECK);
     let stored: Vec<String> = names.keys().cloned().collect();
     // Keyed back by the Kafka topic each stored name reads.
     fn by_topic<V>(
