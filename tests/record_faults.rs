@@ -194,3 +194,48 @@ async fn no_kill_around_the_commit_leaves_a_document_without_its_row() {
     assert_eq!(v.dead_lettered, bad.len() as u64);
     s.cleanup().await;
 }
+
+/// A value Lucene cannot index (a 40,000-character `level`, a keyword field: one term over
+/// 32,766 bytes) is refused the same way every time: a dead letter naming the cause, while
+/// every other record of every partition is stored, not held behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_immense_term_is_a_dead_letter_and_nothing_waits_for_it() {
+    let s = Scenario::new("immense_term", 3).await;
+    s.produce(0, 1_500, 0.0);
+    let immense = format!(
+        r#"{{"message":"immense","level":"{}"}}"#,
+        "x".repeat(40_000)
+    )
+    .into_bytes();
+    s.produce_raw(&[(None, immense.clone())]);
+    s.produce(1_500, 1_500, 0.0);
+    let started = std::time::Instant::now();
+    let mut d = Daemon::start(&s.env());
+    s.wait_all_stored(Duration::from_secs(60)).await;
+    let took = started.elapsed();
+    d.signal("TERM");
+    assert_eq!(d.wait(Duration::from_secs(30)), 0, "{}", d.tail(20));
+
+    let pool = s.pg().await;
+    let dead: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT stage, reason FROM {}.dead_letters",
+        s.schema
+    )))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].0, "index");
+    assert!(
+        dead[0].1.contains("immense term"),
+        "the fault: {}",
+        dead[0].1
+    );
+    let expect = common::verify::Expectation {
+        refused_by_index: vec![immense],
+        ..Default::default()
+    };
+    s.verify_with(&expect).await.assert_exact("immense term");
+    println!("immense term: 3,000 other records stored in {took:?} with it in the topic");
+    s.cleanup().await;
+}

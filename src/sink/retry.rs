@@ -39,11 +39,15 @@ const DOCUMENT_FAULTS: [&str; 6] = [
 /// `illegal_argument_exception` is the document's fault only when it is about its fields
 /// (a mapping conflict, too many fields); it also reports store faults such as an alias with
 /// no write index or a missing ingest pipeline.
-const DOCUMENT_ARGUMENT_FAULTS: [&str; 4] = [
+const DOCUMENT_ARGUMENT_FAULTS: [&str; 5] = [
     "mapper [",
     "Limit of total fields",
     "failed to parse",
     "cannot be changed from type",
+    // Lucene's bound on one indexed term (32766 bytes of UTF-8), hit by a value of a keyword
+    // field without `ignore_above`: "Document contains at least one immense term in
+    // field=...". The same document is refused every time, on every node.
+    "immense term",
 ];
 
 /// Classification of a bulk item. A 409 from `create` means the document already exists: done.
@@ -159,6 +163,11 @@ mod tests {
             ("Limit of total fields [2000] has been exceeded", Reject),
             (
                 "mapper [n] cannot be changed from type [long] to [text]",
+                Reject,
+            ),
+            (
+                "Document contains at least one immense term in field=\"level\" (whose UTF8 \
+                 encoding is longer than the max length 32766), all of which were skipped.",
                 Reject,
             ),
             ("no write index is defined for alias [logs]", Retry),

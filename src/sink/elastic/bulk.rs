@@ -75,6 +75,14 @@ impl ElasticSink {
                         );
                         again.extend_from_slice(&chunk);
                     }
+                    Ok(Bulk::TooLarge) if chunk.len() == 1 => {
+                        // One document alone is over the store's request limit: no split can
+                        // help, and it is refused the same way every time. Its own fault.
+                        rejected.push(Rejection {
+                            index: chunk[0],
+                            reason: too_large(size),
+                        });
+                    }
                     Ok(Bulk::TooLarge) => {
                         max_bytes = (size / 2).max(1);
                         why = format!("request of {size} bytes too large (413); splitting");
@@ -193,6 +201,14 @@ struct ItemResult {
 
 /// Reads a `_bulk` answer. A successful item carries only its status (see `BULK_PATH`), so
 /// an answer without errors is read without building a JSON tree or a string per item.
+/// Why a document alone was refused as too large.
+fn too_large(request_bytes: usize) -> String {
+    format!(
+        "request_too_large: the document's bulk request of {request_bytes} bytes exceeds the \
+         search store's http.max_content_length (HTTP 413)"
+    )
+}
+
 fn parse_bulk(status: u16, text: &str) -> Result<Bulk, SinkError> {
     if status == 413 {
         return Ok(Bulk::TooLarge);
