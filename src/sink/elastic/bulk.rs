@@ -297,6 +297,102 @@ fn chunks(pending: &[usize], len: impl Fn(usize) -> usize, max_bytes: usize) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Fields, LogEntry};
+
+    /// A focused stand-in for a store with a small `http.max_content_length`: a body over
+    /// `limit` bytes gets 413, any other every item stored. Returns its URL.
+    async fn store_with_limit(limit: usize) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                let (head_end, length) = loop {
+                    let n = conn.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        break (0, 0);
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        break (i + 4, length);
+                    }
+                };
+                while buf.len() < head_end + length {
+                    let n = conn.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let body = &buf[head_end.min(buf.len())..];
+                let (status, text) = if length > limit {
+                    ("413 Request Entity Too Large", String::new())
+                } else {
+                    let items = body
+                        .split(|&b| b == b'\n')
+                        .filter(|l| !l.is_empty())
+                        .count()
+                        / 2;
+                    let item = r#"{"index":{"status":201}}"#;
+                    (
+                        "200 OK",
+                        format!(r#"{{"items":[{}]}}"#, vec![item; items].join(",")),
+                    )
+                };
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_document_alone_over_the_request_limit_is_rejected_not_resent_forever() {
+        let url = store_with_limit(2_000).await;
+        let sink = crate::sink::elastic::test_sink(&url, false);
+        let record = |offset, message: String| StoredRecord {
+            offset,
+            key: None,
+            kafka_timestamp_ms: None,
+            entry: LogEntry {
+                timestamp: "2026-11-30T10:00:00Z".parse().unwrap(),
+                level: None,
+                service: None,
+                message: Some(message),
+                fields: Fields::from_map(&serde_json::Map::new()),
+            },
+        };
+        let records = vec![
+            record(0, "small".into()),
+            record(1, "x".repeat(5_000)),
+            record(2, "small too".into()),
+        ];
+        let tp = TopicPartition::new("logs", 0);
+        let cancel = CancellationToken::new();
+        let index = sink.index(&tp, &records, &cancel, |_| {});
+        let rejected = tokio::time::timeout(std::time::Duration::from_secs(10), index)
+            .await
+            .expect("the oversized document is resent forever")
+            .unwrap();
+        assert_eq!(rejected.len(), 1);
+        assert_eq!(rejected[0].index, 1);
+        assert!(
+            rejected[0].reason.contains("http.max_content_length"),
+            "{}",
+            rejected[0].reason
+        );
+    }
 
     #[test]
     fn bulk_answers_are_read_item_by_item() {

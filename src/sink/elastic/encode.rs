@@ -128,31 +128,13 @@ fn document<'a>(tp: &'a TopicPartition, r: &'a StoredRecord) -> Document<'a> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use serde_json::{Value, json};
 
     use super::*;
     use crate::model::{Fields, LogEntry, document_id};
-    use crate::sink::elastic::{EsAuth, EsSettings, EsTls};
-    use crate::sink::retry::Backoff;
 
     fn sink(data_stream: bool) -> ElasticSink {
-        ElasticSink::new(EsSettings {
-            url: "http://127.0.0.1:9".into(),
-            index_pattern: "logs-%Y.%m.%d".into(),
-            bulk_max_bytes: 1 << 20,
-            data_stream,
-            template_priority: 501,
-            timeout: Duration::from_secs(1),
-            backoff: Backoff {
-                initial: Duration::from_millis(1),
-                max: Duration::from_millis(2),
-            },
-            tls: EsTls::default(),
-            auth: EsAuth::FromUrl,
-        })
-        .unwrap()
+        crate::sink::elastic::test_sink("http://127.0.0.1:9", data_stream)
     }
 
     fn record(offset: i64, fields: &str) -> StoredRecord {

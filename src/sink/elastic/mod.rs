@@ -261,6 +261,26 @@ pub(super) fn truncate(s: &str, max: usize) -> String {
     format!("{}...", &s[..end])
 }
 
+/// A sink with test settings against `url` (fast backoff, 1 MiB requests).
+#[cfg(test)]
+pub(super) fn test_sink(url: &str, data_stream: bool) -> ElasticSink {
+    ElasticSink::new(EsSettings {
+        url: url.into(),
+        index_pattern: "logs-%Y.%m.%d".into(),
+        bulk_max_bytes: 1 << 20,
+        data_stream,
+        template_priority: 501,
+        timeout: Duration::from_secs(1),
+        backoff: Backoff {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(2),
+        },
+        tls: EsTls::default(),
+        auth: EsAuth::FromUrl,
+    })
+    .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
