@@ -278,7 +278,17 @@ impl State {
                 continue;
             };
             let worker = &self.workers[owned.worker];
-            while let Some(batch) = queue.pop_front() {
+            // At most a full queue and one being written per partition at its worker: a held
+            // partition's batches wait here (fetching it paused) rather than in the worker's
+            // lane for it, so they never use up the memory budget every partition shares.
+            let at_worker = |queue: &VecDeque<Batch>| {
+                self.watermarks
+                    .get(tp)
+                    .map_or(0, |p| p.in_flight().saturating_sub(queue.len()))
+            };
+            while at_worker(queue) <= worker.max_capacity()
+                && let Some(batch) = queue.pop_front()
+            {
                 match worker.try_send(batch) {
                     Ok(()) => {}
                     // Closed: that worker died; the application exits on it (`app::run`).

@@ -1,0 +1,200 @@
+//! One batch made durable in both stores: decode (bad records become dead letters), index
+//! into the search store (documents refused for their own content become dead letters), then
+//! one PostgreSQL transaction with rows, dead letters, gaps and the partition's next offset.
+//! A refusal that is not a record's fault is retried here, holding the batch.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use tokio::sync::Notify;
+
+use super::{Outcome, WorkerContext};
+use crate::decode::decode;
+use crate::model::{Batch, RawRecord, RejectStage, StoredRecord};
+use crate::sink::SinkError;
+use crate::sink::postgres::BatchWrite;
+
+/// Writes the batch unless the partition is revoked or shutdown aborts. `held_now` is
+/// notified when the batch starts waiting for a store that refuses it.
+pub(super) async fn process(ctx: &WorkerContext, batch: &Batch, held_now: &Notify) -> Outcome {
+    if crate::failpoint::skips("worker_panic") {
+        panic!("failpoint worker_panic");
+    }
+    // A revoked partition or an abort drops the write mid-flight: dropping the future rolls
+    // the PostgreSQL transaction back, so nothing is half-committed.
+    tokio::select! {
+        result = write(ctx, batch, held_now) => match result {
+            Ok(()) => Outcome::Durable,
+            Err(SinkError::Behind { message, .. }) => Outcome::Behind(message),
+            Err(_cancelled) => Outcome::GivenUp("partition revoked"),
+        },
+        _ = batch.revoked.cancelled() => Outcome::GivenUp("partition revoked"),
+        _ = ctx.shutdown.abort.cancelled() => Outcome::GivenUp("shutdown deadline or second signal"),
+    }
+}
+
+/// Makes the batch durable; returns only when it is, or with `Cancelled`.
+async fn write(ctx: &WorkerContext, batch: &Batch, held_now: &Notify) -> Result<(), SinkError> {
+    let cancel = &batch.revoked;
+    let mut records = Vec::with_capacity(batch.records.len());
+    let mut dead = Vec::new();
+    for raw in &batch.records {
+        match decode(raw, ctx.max_record_bytes, &ctx.redactor) {
+            Ok(entry) => records.push(StoredRecord {
+                offset: raw.offset,
+                key: raw.key.clone(),
+                kafka_timestamp_ms: raw.kafka_timestamp_ms,
+                entry,
+            }),
+            Err(reason) => dead.push(ctx.dead_letters.make(raw, RejectStage::Decode, reason)),
+        }
+    }
+
+    // Whether this batch marked its partition held; only then does it clear the mark (the
+    // consumer holds partitions too, for reasons of its own).
+    let held = std::sync::atomic::AtomicBool::new(false);
+    let hold = |why: &str| {
+        held.store(true, Relaxed);
+        ctx.metrics.set_stalled(&batch.tp, why);
+        // The worker moves this partition aside so its other partitions are not held too.
+        held_now.notify_one();
+    };
+    let t = Instant::now();
+    let rejected = ctx
+        .es
+        .index(&batch.stored, &records, cancel, |why| {
+            ctx.metrics.retries_es.fetch_add(1, Relaxed);
+            hold(&format!("elasticsearch: {why}"));
+        })
+        .await?;
+    ctx.metrics.es_latency.observe(t.elapsed());
+    crate::failpoint::hit("after_es_bulk").await;
+    if !rejected.is_empty() {
+        let mut refused = std::collections::HashSet::new();
+        for r in rejected {
+            let offset = records[r.index].offset;
+            refused.insert(offset);
+            dead.push(
+                ctx.dead_letters
+                    .make(raw_at(batch, offset), RejectStage::Index, r.reason),
+            );
+        }
+        records.retain(|r| !refused.contains(&r.offset));
+    }
+
+    let t = Instant::now();
+    let make_dead = |offset: i64, reason: String| {
+        ctx.dead_letters
+            .make(raw_at(batch, offset), RejectStage::Store, reason)
+    };
+    // Offsets whose documents are removed already: the transaction commits only once every
+    // `store` dead letter of the batch is among them (see `postgres::write_tx`).
+    let mut removed: Vec<i64> = Vec::new();
+    let mut attempt = 0;
+    let written = loop {
+        let write = BatchWrite {
+            group_id: &ctx.group_id,
+            tp: &batch.stored,
+            records: &records,
+            dead_letters: &dead,
+            start: batch.start,
+            first_offset: batch.covered_from(),
+            next_offset: batch.next_offset,
+            gaps: &batch.gaps,
+            dead_letter: &make_dead,
+            documents_removed: &removed,
+        };
+        match ctx.pg.write_batch(&write).await {
+            Ok(written) if written.committed => break written,
+            Ok(written) => {
+                // Rolled back: their documents go first, then the batch is written again.
+                let gone: Vec<&StoredRecord> = records
+                    .iter()
+                    .filter(|r| written.store_dead_letters.binary_search(&r.offset).is_ok())
+                    .collect();
+                ctx.es
+                    .delete(&batch.stored, &gone, cancel, |why| {
+                        ctx.metrics.retries_es.fetch_add(1, Relaxed);
+                        hold(&format!("elasticsearch: {why}"));
+                    })
+                    .await?;
+                crate::failpoint::hit("refused_documents_removed").await;
+                // All of them: one this run did not index (not in `records`) has no document
+                // of this run to remove.
+                removed.extend(&written.store_dead_letters);
+                removed.sort_unstable();
+                removed.dedup();
+            }
+            Err(SinkError::Cancelled) => return Err(SinkError::Cancelled),
+            Err(e @ SinkError::Behind { .. }) => return Err(e),
+            Err(e) if ctx.shutdown.started().is_some() => {
+                // No retry once shutdown began: waiting out a refusing store would only
+                // run into the deadline. The batch stays uncommitted for the next owner.
+                tracing::warn!(error = %e, "postgresql batch failed during shutdown; given up, not retried");
+                return Err(SinkError::Cancelled);
+            }
+            Err(e) => {
+                attempt += 1;
+                ctx.metrics.retries_pg.fetch_add(1, Relaxed);
+                hold(&e.to_string());
+                let delay = ctx.backoff.delay(attempt);
+                tracing::warn!(attempt, delay_ms = delay.as_millis() as u64, error = %e, "postgresql batch failed, retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = cancel.cancelled() => return Err(SinkError::Cancelled),
+                }
+            }
+        }
+    };
+    ctx.metrics.pg_latency.observe(t.elapsed());
+    if !written.store_dead_letters.is_empty() {
+        // Where the removal of their documents used to be (a kill here left them without
+        // their rows): now they are gone before the commit.
+        crate::failpoint::hit("after_refused_commit").await;
+    }
+    // A row PostgreSQL refused before the removal and took after it (its column types
+    // changed in between): its document goes back, so no row is left without it either.
+    let back: Vec<StoredRecord> = records
+        .iter()
+        .filter(|r| removed.binary_search(&r.offset).is_ok())
+        .filter(|r| written.store_dead_letters.binary_search(&r.offset).is_err())
+        .cloned()
+        .collect();
+    if !back.is_empty() {
+        // It was taken before; a refusal now changes nothing the row could follow.
+        let _refused = ctx
+            .es
+            .index(&batch.stored, &back, cancel, |why| {
+                ctx.metrics.retries_es.fetch_add(1, Relaxed);
+                hold(&format!("elasticsearch: {why}"));
+            })
+            .await?;
+    }
+    if held.load(Relaxed) {
+        ctx.metrics.clear_stalled(&batch.tp);
+    }
+    crate::failpoint::hit("after_pg_commit").await;
+    let refused = written.store_dead_letters.len();
+    ctx.metrics
+        .stored
+        .fetch_add(records.len().saturating_sub(refused) as u64, Relaxed);
+    for d in &dead {
+        ctx.metrics.dead_lettered_at(d.stage, 1);
+    }
+    ctx.metrics
+        .dead_lettered_at(RejectStage::Store, refused as u64);
+    ctx.metrics.batches.fetch_add(1, Relaxed);
+    if written.already_durable {
+        tracing::debug!("batch was already durable (a replay)");
+    }
+    Ok(())
+}
+
+/// The raw record at `offset` (batches are in offset order).
+fn raw_at(batch: &Batch, offset: i64) -> &RawRecord {
+    let i = batch
+        .records
+        .binary_search_by_key(&offset, |r| r.offset)
+        .expect("an offset taken from this batch");
+    &batch.records[i]
+}
