@@ -32,14 +32,11 @@ async fn a_held_partition_does_not_hold_the_others_on_its_worker() {
     );
     let mut d = Daemon::start(&env);
     d.wait_for_line("partitions assigned", Duration::from_secs(60));
-    let pool = s.pg().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
+    s.sql(&format!(
         "ALTER TABLE {}.log_records ADD CONSTRAINT lp_hold_p0 CHECK (kafka_partition <> 0) NOT VALID",
         s.schema
-    )))
-    .execute(&pool)
-    .await
-    .unwrap();
+    ))
+    .await;
 
     s.produce(0, 6_000, 0.0);
     let ends = s.end_offsets();
@@ -77,13 +74,11 @@ async fn a_held_partition_does_not_hold_the_others_on_its_worker() {
     );
 
     // Lifted: partition 0 follows, and everything is exactly once where it belongs.
-    sqlx::query(sqlx::AssertSqlSafe(format!(
+    s.sql(&format!(
         "ALTER TABLE {}.log_records DROP CONSTRAINT lp_hold_p0",
         s.schema
-    )))
-    .execute(&pool)
-    .await
-    .unwrap();
+    ))
+    .await;
     let lifted = Instant::now();
     s.wait_all_stored(Duration::from_secs(60)).await;
     let released = lifted.elapsed();

@@ -226,13 +226,6 @@ async fn drain_and_verify(s: &Scenario, d: &mut Daemon, load: Load, name: &str, 
 // PostgreSQL as the test sees it
 
 /// Runs one statement as the tests' owner user.
-async fn sql(s: &Scenario, statement: &str) {
-    sqlx::query(sqlx::AssertSqlSafe(statement.to_string()))
-        .execute(&s.pg().await)
-        .await
-        .unwrap_or_else(|e| panic!("{statement}: {e}"));
-}
-
 /// The SQLSTATE PostgreSQL answers `statement` with on a connection to `url`, inside a
 /// transaction that is rolled back (`None` when it is accepted).
 async fn refusal(url: &str, statement: &str) -> Option<String> {
@@ -292,21 +285,17 @@ impl Role {
             password: format!("pw{}", std::process::id()),
             schema: s.schema.clone(),
         };
-        sql(
-            s,
-            &format!(
-                "CREATE ROLE {} LOGIN PASSWORD '{}'",
-                role.name, role.password
-            ),
-        )
+        s.sql(&format!(
+            "CREATE ROLE {} LOGIN PASSWORD '{}'",
+            role.name, role.password
+        ))
         .await;
-        sql(
-            s,
-            &format!("GRANT USAGE ON SCHEMA {} TO {}", s.schema, role.name),
-        )
+        s.sql(&format!(
+            "GRANT USAGE ON SCHEMA {} TO {}",
+            s.schema, role.name
+        ))
         .await;
-        sql(
-            s,
+        s.sql(
             &format!(
                 "GRANT SELECT, INSERT, UPDATE ON {0}.log_records, {0}.dead_letters, {0}.consumer_offsets, {0}.source_gaps, {0}.topic_identities TO {1}",
                 s.schema, role.name
@@ -432,13 +421,10 @@ async fn refusal_1_privileges_revoked() {
     tokio::time::sleep(rng.millis(500, 2000)).await;
 
     let fault_at = Instant::now();
-    sql(
-        &s,
-        &format!(
-            "REVOKE INSERT ON {}.log_records FROM {}",
-            s.schema, role.name
-        ),
-    )
+    s.sql(&format!(
+        "REVOKE INSERT ON {}.log_records FROM {}",
+        s.schema, role.name
+    ))
     .await;
     let answer = refusal(&role.url(), &probe_row(&s.schema)).await;
     println!("chaos: {name} revoked; PostgreSQL answers the role's INSERT with {answer:?}");
@@ -452,10 +438,10 @@ async fn refusal_1_privileges_revoked() {
         "{name}: the daemon met the refusal; log:\n{}",
         folded_tail(&d, 30)
     );
-    sql(
-        &s,
-        &format!("GRANT INSERT ON {}.log_records TO {}", s.schema, role.name),
-    )
+    s.sql(&format!(
+        "GRANT INSERT ON {}.log_records TO {}",
+        s.schema, role.name
+    ))
     .await;
     expect_release(&s, &d, name).await;
 
@@ -493,13 +479,10 @@ async fn refusal_2_dead_letters_constraint() {
     tokio::time::sleep(rng.millis(500, 2000)).await;
 
     let fault_at = Instant::now();
-    sql(
-        &s,
-        &format!(
-            "ALTER TABLE {}.dead_letters ADD CONSTRAINT no_dl CHECK (false) NOT VALID",
-            s.schema
-        ),
-    )
+    s.sql(&format!(
+        "ALTER TABLE {}.dead_letters ADD CONSTRAINT no_dl CHECK (false) NOT VALID",
+        s.schema
+    ))
     .await;
     let answer = refusal(
         &database_url(),
@@ -547,13 +530,10 @@ async fn refusal_2_dead_letters_constraint() {
         true,
     )
     .await;
-    sql(
-        &s,
-        &format!(
-            "ALTER TABLE {}.dead_letters DROP CONSTRAINT no_dl",
-            s.schema
-        ),
-    )
+    s.sql(&format!(
+        "ALTER TABLE {}.dead_letters DROP CONSTRAINT no_dl",
+        s.schema
+    ))
     .await;
     expect_release(&s, &d, name).await;
 

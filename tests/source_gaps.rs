@@ -283,14 +283,11 @@ async fn records_deleted_while_the_partition_is_held_are_recorded_as_a_retention
 
     // PostgreSQL refuses every new row (a constraint of the store: the partition is held,
     // retried, nothing dead-lettered), then Kafka trims records the daemon has not read yet.
-    let pool = s.pg().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
+    s.sql(&format!(
         "ALTER TABLE {}.log_records ADD CONSTRAINT lp_hold CHECK (kafka_offset < 500) NOT VALID",
         s.schema
-    )))
-    .execute(&pool)
-    .await
-    .unwrap();
+    ))
+    .await;
     s.produce(500, 5_000, 0.0);
     let ends = s.end_offsets();
     let all = s.read_back(&ends);
@@ -310,13 +307,11 @@ async fn records_deleted_while_the_partition_is_held_are_recorded_as_a_retention
     assert_eq!(s.pg_watermarks().await.get(&0), Some(&500), "held at 500");
     let cut = 3_500;
     delete_records_below(&s, cut).await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
+    s.sql(&format!(
         "ALTER TABLE {}.log_records DROP CONSTRAINT lp_hold",
         s.schema
-    )))
-    .execute(&pool)
-    .await
-    .unwrap();
+    ))
+    .await;
     wait_watermarks_at_end(&s, &d, Duration::from_secs(120)).await;
     d.signal("TERM");
     assert_eq!(d.wait(Duration::from_secs(30)), 0);

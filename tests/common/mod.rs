@@ -341,6 +341,14 @@ impl Scenario {
         rows.into_iter().collect()
     }
 
+    /// Runs one SQL statement as the tests' superuser; fails the test when it fails.
+    pub async fn sql(&self, statement: &str) {
+        sqlx::query(sqlx::AssertSqlSafe(statement.to_string()))
+            .execute(&self.pg().await)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+
     pub async fn pg_counts(&self) -> (i64, i64) {
         let pool = self.pg().await;
         let q = format!(
