@@ -143,6 +143,7 @@ pub fn spawn(
         workers_gone: false,
         identities: HashMap::new(),
         identity_check_at: Instant::now() + IDENTITY_RECHECK,
+        sends: 0,
     };
     let bridge = Bridge {
         state: Arc::new(Mutex::new(state)),

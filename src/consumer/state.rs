@@ -61,6 +61,8 @@ pub(super) struct State {
     pub(super) identities: HashMap<String, Option<String>>,
     /// When the identities are checked again (`Bridge::recheck_identities`).
     pub(super) identity_check_at: std::time::Instant,
+    /// Batches sent to workers so far: the clock of `Ownership::last_sent`.
+    pub(super) sends: u64,
 }
 
 /// How long partitions that could not be started wait before the consumer rejoins the group.
@@ -80,6 +82,8 @@ pub(super) struct Ownership {
     pub(super) writing: Arc<AtomicUsize>,
     /// The partition under the name its records are stored as (see `Batch::stored`).
     pub(super) stored: TopicPartition,
+    /// When it last sent a batch to its worker (`State::sends`): whose turn it is.
+    pub(super) last_sent: u64,
 }
 
 impl State {
@@ -99,6 +103,7 @@ impl State {
                 worker,
                 writing: Arc::new(AtomicUsize::new(0)),
                 stored,
+                last_sent: 0,
             },
         );
     }
@@ -273,28 +278,49 @@ impl State {
         if self.workers.is_empty() {
             return;
         }
-        for (tp, queue) in self.pending.iter_mut() {
-            let Some(owned) = self.assigned.get(tp) else {
-                continue;
-            };
-            let worker = &self.workers[owned.worker];
-            // At most a full queue and one being written per partition at its worker: a held
-            // partition's batches wait here (fetching it paused) rather than in the worker's
-            // lane for it, so they never use up the memory budget every partition shares.
-            let at_worker = |queue: &VecDeque<Batch>| {
-                self.watermarks
+        // Partitions that share a worker take turns, one batch a turn, the one that sent least
+        // recently first: otherwise the first in the map's order would take every slot its
+        // worker frees, and a busy partition would starve the others of that worker.
+        let mut order: Vec<TopicPartition> = self
+            .pending
+            .keys()
+            .filter(|tp| self.assigned.contains_key(*tp))
+            .cloned()
+            .collect();
+        order.sort_by_key(|tp| self.assigned[tp].last_sent);
+        let mut progressed = true;
+        while progressed {
+            progressed = false;
+            for tp in &order {
+                let (Some(owned), Some(queue)) =
+                    (self.assigned.get_mut(tp), self.pending.get_mut(tp))
+                else {
+                    continue;
+                };
+                let worker = &self.workers[owned.worker];
+                // At most a full queue and one being written per partition at its worker: a
+                // held partition's batches wait here (fetching it paused) rather than in the
+                // worker's lane for it, so they never use up the memory budget every partition
+                // shares.
+                let at_worker = self
+                    .watermarks
                     .get(tp)
-                    .map_or(0, |p| p.in_flight().saturating_sub(queue.len()))
-            };
-            while at_worker(queue) <= worker.max_capacity()
-                && let Some(batch) = queue.pop_front()
-            {
+                    .map_or(0, |p| p.in_flight().saturating_sub(queue.len()));
+                if at_worker > worker.max_capacity() {
+                    continue;
+                }
+                let Some(batch) = queue.pop_front() else {
+                    continue;
+                };
                 match worker.try_send(batch) {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        self.sends += 1;
+                        owned.last_sent = self.sends;
+                        progressed = true;
+                    }
                     // Closed: that worker died; the application exits on it (`app::run`).
                     Err(TrySendError::Full(batch)) | Err(TrySendError::Closed(batch)) => {
                         queue.push_front(batch);
-                        break;
                     }
                 }
             }
@@ -443,21 +469,19 @@ pub(super) fn pause(consumer: &Kafka, tps: &[TopicPartition]) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn partitions_go_to_the_least_loaded_worker() {
-        let (_tx, acks) = std::sync::mpsc::channel();
-        let mut st = State {
+    fn state(workers: Vec<Sender<Batch>>, n_workers: usize, acks: Receiver<Ack>) -> State {
+        State {
             batcher: Batcher::new(crate::batcher::Limits {
                 max_records: 10,
                 max_bytes: 1000,
                 linger: Duration::from_millis(10),
             }),
             watermarks: Watermarks::default(),
-            workers: Vec::new(),
+            workers,
             acks,
             pending: HashMap::new(),
             assigned: HashMap::new(),
-            n_workers: 4,
+            n_workers,
             budget: Budget::new(1 << 20),
             paused: HashSet::new(),
             held: HashMap::new(),
@@ -468,7 +492,52 @@ mod tests {
             workers_gone: false,
             identities: HashMap::new(),
             identity_check_at: std::time::Instant::now(),
-        };
+            sends: 0,
+        }
+    }
+
+    #[test]
+    fn partitions_sharing_a_worker_take_turns() {
+        let (_ack_tx, acks) = std::sync::mpsc::channel();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+        let mut st = state(vec![tx], 1, acks);
+        let (a, b) = (
+            TopicPartition::new("logs", 0),
+            TopicPartition::new("logs", 1),
+        );
+        for tp in [&a, &b] {
+            st.own(tp.clone(), tp.clone());
+            for i in 0..4 {
+                let record = RawRecord {
+                    offset: i,
+                    key: None,
+                    payload: Some(b"{}".to_vec()),
+                    kafka_timestamp_ms: None,
+                };
+                st.queue(tp.clone(), vec![record], Vec::new(), 50, i + 1);
+            }
+        }
+        // Each time the worker takes one batch, the partition that waited longer sends next.
+        let mut taken = Vec::new();
+        for _ in 0..6 {
+            st.dispatch();
+            let batch = rx.try_recv().expect("a batch");
+            taken.push(batch.tp.partition);
+            st.watermarks
+                .get_mut(&batch.tp)
+                .completed(batch.first_offset(), batch.next_offset);
+        }
+        let (zeros, ones) = (
+            taken.iter().filter(|&&p| p == 0).count(),
+            taken.iter().filter(|&&p| p == 1).count(),
+        );
+        assert_eq!((zeros, ones), (3, 3), "taken in the order {taken:?}");
+    }
+
+    #[test]
+    fn partitions_go_to_the_least_loaded_worker() {
+        let (_tx, acks) = std::sync::mpsc::channel();
+        let mut st = state(Vec::new(), 4, acks);
         // What a pod of R = 4 replicas gets with round-robin partitions: 0, 4, 8, ...
         for p in (0..48).step_by(4) {
             let tp = TopicPartition::new("logs", p);
