@@ -194,6 +194,17 @@ pub async fn run(
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
     });
+    // Parked records go back to their destinations until shutdown begins (a round cut short
+    // is the same as a kill: the next run does it again).
+    tokio::spawn(
+        crate::parking::Parking {
+            pg: pg.clone(),
+            es: stores::elasticsearch(&settings)?,
+            metrics: metrics.clone(),
+            interval: Duration::from_millis(settings.parked_retry_ms),
+        }
+        .run(shutdown.drain.clone()),
+    );
     let (ack_tx, ack_rx) = std::sync::mpsc::channel();
     let mut senders = Vec::with_capacity(settings.workers);
     let mut workers = Vec::with_capacity(settings.workers);

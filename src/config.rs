@@ -137,6 +137,9 @@ pub struct Settings {
     /// Largest retry delay.
     #[arg(long, env = "LP_RETRY_MAX_MS", default_value_t = 5000)]
     pub retry_max_ms: u64,
+    /// How often parked records (refused by their destination index) are offered to it again.
+    #[arg(long, env = "LP_PARKED_RETRY_MS", default_value_t = 5000)]
+    pub parked_retry_ms: u64,
 
     /// Records larger than this are dead-lettered instead of stored.
     #[arg(long, env = "LP_MAX_RECORD_BYTES", default_value_t = 8 * 1024 * 1024)]
@@ -367,6 +370,12 @@ impl Settings {
                 ),
             ));
         }
+        if self.parked_retry_ms == 0 {
+            return Err(invalid(
+                "LP_PARKED_RETRY_MS (--parked-retry-ms)",
+                "must be above 0",
+            ));
+        }
         if self.retry_initial_ms == 0 || self.retry_initial_ms > self.retry_max_ms {
             return Err(invalid(
                 "LP_RETRY_INITIAL_MS (--retry-initial-ms)",
@@ -508,8 +517,15 @@ fn valid_index_pattern(pattern: &str) -> bool {
         .unwrap_or_default()
         .format(pattern)
         .to_string();
-    !sample.starts_with(['_', '-', '+'])
-        && !sample
+    valid_index_name(&sample)
+}
+
+/// An index name both stores accept: lowercase, not starting with `_`, `-` or `+`, none of
+/// ` *,#\/?"<>|`.
+pub fn valid_index_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(['_', '-', '+'])
+        && !name
             .chars()
             .any(|c| c.is_ascii_uppercase() || " *,#\\/?\"<>|".contains(c))
 }

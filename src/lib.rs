@@ -17,6 +17,7 @@ pub mod loadgen;
 pub mod metrics;
 pub mod model;
 pub mod notify;
+pub mod parking;
 pub mod redact;
 pub mod shutdown;
 pub mod sink;

@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
 use log_processor::admin::dead_letters::DeadLettersCommand;
+use log_processor::admin::parked::ParkedCommand;
 use log_processor::admin::status::StatusArgs;
 use log_processor::admin::topics::TopicsCommand;
 use log_processor::config::{LogFormat, Settings, read_env_file};
@@ -48,6 +49,10 @@ enum Command {
     /// recreated topic (or another cluster's) under a name of its own.
     #[command(subcommand)]
     Topics(TopicsCommand),
+    /// Records their destination index would not take while the store took others: list them,
+    /// drop them into the dead letters, or send them to another index.
+    #[command(subcommand)]
+    Parked(ParkedCommand),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +76,9 @@ fn main() -> ExitCode {
         Command::DeadLetters(DeadLettersCommand::Replay(a)) => a.settings.log_format,
         Command::Topics(TopicsCommand::List(a)) => a.settings.log_format,
         Command::Topics(TopicsCommand::Adopt(a)) => a.settings.log_format,
+        Command::Parked(ParkedCommand::List(a)) => a.settings.log_format,
+        Command::Parked(ParkedCommand::Drop(a)) => a.settings.log_format,
+        Command::Parked(ParkedCommand::Reroute(a)) => a.settings.log_format,
     };
     init_tracing(format);
     match cli.command {
@@ -142,6 +150,22 @@ fn main() -> ExitCode {
         }),
         Command::Topics(TopicsCommand::Adopt(a)) => admin_command(&a.settings, async {
             println!("{}", admin::topics::adopt(&a).await?);
+            Ok(())
+        }),
+        Command::Parked(ParkedCommand::List(a)) => admin_command(&a.settings, async {
+            let listing = admin::parked::list(&a).await?;
+            match a.json {
+                true => println!("{}", serde_json::to_string_pretty(&listing)?),
+                false => println!("{listing}"),
+            }
+            Ok(())
+        }),
+        Command::Parked(ParkedCommand::Drop(a)) => admin_command(&a.settings, async {
+            println!("{}", admin::parked::drop(&a).await?);
+            Ok(())
+        }),
+        Command::Parked(ParkedCommand::Reroute(a)) => admin_command(&a.settings, async {
+            println!("{}", admin::parked::reroute(&a).await?);
             Ok(())
         }),
     }

@@ -61,6 +61,13 @@ pub struct Metrics {
     pub consumed: AtomicU64,
     pub stored: AtomicU64,
     pub dead_lettered: AtomicU64,
+    /// Records parked by this daemon's batches, and parked records it released (`parking`).
+    pub parked: AtomicU64,
+    pub released: AtomicU64,
+    /// The records parked now and the age of the oldest (s), as the release loop last read
+    /// them from PostgreSQL. Not per destination: daily indices would make a label without
+    /// bound; `status` and `parked list` name the destinations.
+    parked_now: Mutex<(i64, f64)>,
     /// `dead_lettered` split by stage, in `STAGES` order.
     dead_letters_by_stage: [AtomicU64; 3],
     pub batches: AtomicU64,
@@ -117,6 +124,11 @@ impl Metrics {
             let i = usize::from(gap.cause == crate::gaps::GapCause::NoRecord);
             self.gap_offsets[i].fetch_add(gap.offsets() as u64, Relaxed);
         }
+    }
+
+    /// What `parked_records` holds now: records and the age of the oldest in seconds.
+    pub fn set_parked(&self, records: i64, oldest_seconds: f64) {
+        *self.parked_now.lock().unwrap_or_else(|p| p.into_inner()) = (records, oldest_seconds);
     }
 
     /// The consumer joined its group: ready for work (and tell systemd, once).
@@ -220,6 +232,8 @@ impl Metrics {
                 ("partition", tp.partition.to_string()),
             ]
         };
+        let (parked_now, parked_oldest) =
+            *self.parked_now.lock().unwrap_or_else(|p| p.into_inner());
         let families = vec![
             counter(
                 "log_processor_records_consumed",
@@ -236,6 +250,28 @@ impl Metrics {
                 "Records written to the dead-letter table",
                 &self.dead_lettered,
             ),
+            counter(
+                "log_processor_records_parked",
+                "Records parked because their destination index refused them while the store took others",
+                &self.parked,
+            ),
+            counter(
+                "log_processor_records_released",
+                "Parked records written to both stores once their destination took them",
+                &self.released,
+            ),
+            Family {
+                name: "log_processor_parked_records",
+                help: "Records parked in PostgreSQL now for destination indices that refused them",
+                kind: Kind::Gauge,
+                samples: vec![(Vec::new(), Value::Int(parked_now))],
+            },
+            Family {
+                name: "log_processor_parked_oldest_seconds",
+                help: "Age of the oldest parked record (0: none)",
+                kind: Kind::Gauge,
+                samples: vec![(Vec::new(), Value::Float(parked_oldest))],
+            },
             counter(
                 "log_processor_batches",
                 "Batches made durable",

@@ -133,6 +133,15 @@ impl Fields {
         Fields(serde_json::value::to_raw_value(map).expect("a JSON map serialises"))
     }
 
+    /// Fields kept as text (a parked record's): must be a JSON object's text.
+    pub fn from_text(text: String) -> Result<Self, String> {
+        let raw = RawValue::from_string(text).map_err(|e| e.to_string())?;
+        match raw.get().trim_start().starts_with('{') {
+            true => Ok(Fields(raw)),
+            false => Err("fields are not a JSON object".into()),
+        }
+    }
+
     /// The JSON object's text.
     pub fn as_str(&self) -> &str {
         self.0.get()
@@ -161,6 +170,20 @@ pub struct StoredRecord {
     pub key: Option<Vec<u8>>,
     pub kafka_timestamp_ms: Option<i64>,
     pub entry: LogEntry,
+}
+
+/// A record its destination index would not take while the store took others (see
+/// `parking`): kept in PostgreSQL until that index accepts it. Both forms are kept: the record
+/// as both stores will hold it, and its bytes as a dead letter would keep them, for an
+/// operator who drops it into the dead letters instead.
+#[derive(Clone, Debug)]
+pub struct Parked {
+    pub record: StoredRecord,
+    /// The bytes, redacted or sealed as the dead-letter policy keeps them; its `reason` is why
+    /// the destination refused.
+    pub letter: DeadLetter,
+    /// The index (or data stream) the document goes to.
+    pub destination: String,
 }
 
 /// Where in the pipeline a record was rejected.

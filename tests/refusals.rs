@@ -302,6 +302,12 @@ impl Role {
             ),
         )
         .await;
+        // Released parked records leave their table.
+        s.sql(&format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON {}.parked_records TO {}",
+            s.schema, role.name
+        ))
+        .await;
         role
     }
 

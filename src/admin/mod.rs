@@ -1,9 +1,11 @@
 //! Operator commands that work on the stores directly, with the daemon's configuration and
 //! whether or not the daemon runs: `status` (where each partition stands), `dead-letters list`
 //! and `dead-letters replay` (re-drive dead letters with today's settings), `topics list` and
-//! `topics adopt` (which incarnation of a topic the stored names hold).
+//! `topics adopt` (which incarnation of a topic the stored names hold), `parked list`, `drop`
+//! and `reroute` (records their destination index would not take).
 
 pub mod dead_letters;
+pub mod parked;
 pub mod replay;
 pub mod status;
 pub mod topics;

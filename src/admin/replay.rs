@@ -270,10 +270,13 @@ async fn redrive(
     mut failing: Vec<StillFailing>,
     not_first: bool,
 ) -> Result<(usize, Vec<StillFailing>), AdminError> {
-    let rejected = bounded(es.index(tp, &records, &CancellationToken::new(), |why| {
+    let indexed = bounded(es.index(tp, &records, &CancellationToken::new(), |why| {
         tracing::warn!(partition = %tp, reason = why, "search store refused; retrying");
     }))
     .await?;
+    // A destination that will not take a document now: the dead letter stays, and says so.
+    let rejected = indexed.rejected.into_iter().chain(indexed.parked);
+    let rejected: Vec<_> = rejected.collect();
     let refused: Vec<i64> = rejected.iter().map(|r| records[r.index].offset).collect();
     failing.extend(rejected.into_iter().map(|r| StillFailing {
         offset: records[r.index].offset,

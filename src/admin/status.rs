@@ -35,6 +35,9 @@ const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Status {
     pub group: String,
     pub partitions: Vec<PartitionStatus>,
+    /// Records parked per destination index (`parked list`): stored nowhere yet, neither lost
+    /// nor dead letters.
+    pub parked: Vec<super::parked::ParkedRow>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -105,6 +108,12 @@ pub async fn status(settings: &Settings) -> Result<Status, AdminError> {
     let watermarks = by_topic(pg.watermarks(&settings.group_id, &stored).await?, &names);
     let dead = by_topic(pg.dead_letter_counts(&stored).await?, &names);
     let gaps = by_topic(pg.gap_counts(&stored).await?, &names);
+    let parked = pg
+        .parked_summary()
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect();
     pg.close().await;
     let mut partitions = assemble(&kafka, &watermarks, &dead, &gaps);
     for p in &mut partitions {
@@ -118,6 +127,7 @@ pub async fn status(settings: &Settings) -> Result<Status, AdminError> {
     Ok(Status {
         group: settings.group_id.clone(),
         partitions,
+        parked,
     })
 }
 
@@ -295,10 +305,21 @@ impl fmt::Display for Status {
                 x + p.lost_offsets,
             )
         });
+        for p in &self.parked {
+            writeln!(
+                f,
+                "parked: {} records={} since={} reason: {}",
+                p.destination,
+                p.records,
+                p.since,
+                p.reason.chars().take(160).collect::<String>()
+            )?;
+        }
         let warnings: usize = self.partitions.iter().map(|p| p.warnings.len()).sum();
+        let parked: i64 = self.parked.iter().map(|p| p.records).sum();
         write!(
             f,
-            "total: partitions={} lag={lag} dead_letters={dead} lost={lost} warnings={warnings}",
+            "total: partitions={} lag={lag} dead_letters={dead} parked={parked} lost={lost} warnings={warnings}",
             self.partitions.len()
         )
     }

@@ -13,14 +13,16 @@ use sqlx::{Connection, Postgres, Transaction};
 use super::SinkError;
 use crate::config::{MigrateMode, mask_url, scrub_urls};
 use crate::gaps::Gap;
-use crate::model::{DeadLetter, Position, StoredRecord, TopicPartition};
+use crate::model::{DeadLetter, Parked, Position, StoredRecord, TopicPartition};
 
 mod dead_letters;
 mod gaps;
 mod identity;
+mod parked;
 mod rows;
 
 pub use gaps::GapCounts;
+pub use parked::{ParkedSummary, Released};
 
 use rows::{Rows, insert_records};
 
@@ -46,6 +48,8 @@ pub struct BatchWrite<'a> {
     pub tp: &'a TopicPartition,
     pub records: &'a [StoredRecord],
     pub dead_letters: &'a [DeadLetter],
+    /// Records their destination index would not take (see `parking`): `parked_records`.
+    pub parked: &'a [Parked],
     /// Where the partition stands before this batch (`Batch::start`).
     pub start: Position,
     /// The first offset the batch accounts for: its first gap's or its first record's.
@@ -150,12 +154,13 @@ impl PgSink {
     /// True when every table and column the daemon uses is there and readable. Needs only
     /// SELECT on the tables, not the migration history.
     async fn schema_ready(&self) -> Result<bool, SinkError> {
-        const PROBES: [&str; 5] = [
+        const PROBES: [&str; 6] = [
             "SELECT topic, kafka_partition, kafka_offset, ts, level, service, message, fields, kafka_key, kafka_ts FROM log_records LIMIT 0",
             "SELECT topic, kafka_partition, kafka_offset, kafka_key, payload, payload_encoding, redaction, kafka_ts, stage, reason FROM dead_letters LIMIT 0",
             "SELECT group_id, topic, kafka_partition, next_offset FROM consumer_offsets LIMIT 0",
             "SELECT topic, kafka_partition, from_offset, to_offset, cause FROM source_gaps LIMIT 0",
             "SELECT cluster_id, topic_id, topic, stored_as FROM topic_identities LIMIT 0",
+            "SELECT topic, kafka_partition, kafka_offset, destination, fields, payload_encoding FROM parked_records LIMIT 0",
         ];
         for probe in PROBES {
             if let Err(e) = sqlx::query(probe).execute(&self.pool).await {
@@ -419,6 +424,11 @@ async fn write_tx(
     within(limit, insert_dead_letters(&mut tx, batch.tp, &dead)).await?;
     within(limit, insert_dead_letters(&mut tx, batch.tp, &refused)).await?;
     within(limit, insert_gaps(&mut tx, batch.tp, batch.gaps, from)).await?;
+    within(
+        limit,
+        parked::insert_parked(&mut tx, batch.tp, batch.parked, from),
+    )
+    .await?;
     let sql = match step {
         Advance::Replay | Advance::Hole(_) => None,
         // A concurrent first insert makes this one fail with a unique violation: retried.

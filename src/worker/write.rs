@@ -1,6 +1,8 @@
 //! One batch made durable in both stores: decode (bad records become dead letters), index
-//! into the search store (documents refused for their own content become dead letters), then
-//! one PostgreSQL transaction with rows, dead letters, gaps and the partition's next offset.
+//! into the search store (documents refused for their own content become dead letters, those
+//! their destination index refuses while the store takes others are parked), then one
+//! PostgreSQL transaction with rows, dead letters, parked records, gaps and the partition's
+//! next offset.
 //! A refusal that is not a record's fault is retried here, holding the batch.
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -10,7 +12,7 @@ use tokio::sync::Notify;
 
 use super::{Outcome, WorkerContext};
 use crate::decode::decode;
-use crate::model::{Batch, RawRecord, RejectStage, StoredRecord};
+use crate::model::{Batch, Parked, RawRecord, RejectStage, StoredRecord};
 use crate::sink::SinkError;
 use crate::sink::postgres::BatchWrite;
 
@@ -60,7 +62,7 @@ async fn write(ctx: &WorkerContext, batch: &Batch, held_now: &Notify) -> Result<
         held_now.notify_one();
     };
     let t = Instant::now();
-    let rejected = ctx
+    let indexed = ctx
         .es
         .index(&batch.stored, &records, cancel, |why| {
             ctx.metrics.retries_es.fetch_add(1, Relaxed);
@@ -69,15 +71,31 @@ async fn write(ctx: &WorkerContext, batch: &Batch, held_now: &Notify) -> Result<
         .await?;
     ctx.metrics.es_latency.observe(t.elapsed());
     crate::failpoint::hit("after_es_bulk").await;
-    if !rejected.is_empty() {
+    let mut parked = Vec::with_capacity(indexed.parked.len());
+    if !indexed.rejected.is_empty() || !indexed.parked.is_empty() {
         let mut refused = std::collections::HashSet::new();
-        for r in rejected {
+        for r in indexed.rejected {
             let offset = records[r.index].offset;
             refused.insert(offset);
             dead.push(
                 ctx.dead_letters
                     .make(raw_at(batch, offset), RejectStage::Index, r.reason),
             );
+        }
+        for r in indexed.parked {
+            let record = &records[r.index];
+            refused.insert(record.offset);
+            let destination = ctx.es.index_name(record);
+            tracing::warn!(tp = %batch.tp, offset = record.offset, destination, reason = %r.reason, "record parked: its index refuses it while the store takes others; retried in the background");
+            parked.push(Parked {
+                record: record.clone(),
+                letter: ctx.dead_letters.make(
+                    raw_at(batch, record.offset),
+                    RejectStage::Index,
+                    r.reason,
+                ),
+                destination,
+            });
         }
         records.retain(|r| !refused.contains(&r.offset));
     }
@@ -97,6 +115,7 @@ async fn write(ctx: &WorkerContext, batch: &Batch, held_now: &Notify) -> Result<
             tp: &batch.stored,
             records: &records,
             dead_letters: &dead,
+            parked: &parked,
             start: batch.start,
             first_offset: batch.covered_from(),
             next_offset: batch.next_offset,
@@ -162,7 +181,7 @@ async fn write(ctx: &WorkerContext, batch: &Batch, held_now: &Notify) -> Result<
         .collect();
     if !back.is_empty() {
         // It was taken before; a refusal now changes nothing the row could follow.
-        let _refused = ctx
+        let _indexed = ctx
             .es
             .index(&batch.stored, &back, cancel, |why| {
                 ctx.metrics.retries_es.fetch_add(1, Relaxed);
@@ -181,6 +200,7 @@ async fn write(ctx: &WorkerContext, batch: &Batch, held_now: &Notify) -> Result<
     for d in &dead {
         ctx.metrics.dead_lettered_at(d.stage, 1);
     }
+    ctx.metrics.parked.fetch_add(parked.len() as u64, Relaxed);
     ctx.metrics
         .dead_lettered_at(RejectStage::Store, refused as u64);
     ctx.metrics.batches.fetch_add(1, Relaxed);

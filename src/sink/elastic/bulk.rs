@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::model::{StoredRecord, TopicPartition, document_id};
 use crate::sink::SinkError;
-use crate::sink::retry::{ItemAction, classify_item, request_ok};
+use crate::sink::retry::{ItemAction, classify_item, field_limit, request_ok};
 
 use super::{ElasticSink, STORE, truncate};
 
@@ -19,78 +19,74 @@ pub struct Rejection {
     pub reason: String,
 }
 
+/// The documents of one [`ElasticSink::index`] call the store did not take.
+#[derive(Debug, Default, PartialEq)]
+pub struct Indexed {
+    /// Refused for their own content: dead letters.
+    pub rejected: Vec<Rejection>,
+    /// Refused by their destination index while the store took other documents: parked.
+    pub parked: Vec<Rejection>,
+}
+
+/// What one bulk pass made of one document.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ItemFate {
+    Stored,
+    /// Not taken now, for a reason that is not the document's: try again.
+    Again(String),
+    /// Refused for its own content.
+    Rejected(String),
+    /// Refused by its destination index (`ItemAction::Park`).
+    Destination(String),
+}
+
 impl ElasticSink {
-    /// Indexes the records with deterministic ids. Only a refusal of a document itself (see
-    /// `retry::classify_item`) is returned, as a rejection for the dead-letter table; every
-    /// other failure, of an item or of the whole request, is retried (only those items) until
-    /// the store accepts or `cancel` fires, `on_retry` reporting the reason each time. A
-    /// request refused as too large (413) is split.
+    /// Indexes the records with deterministic ids. A refusal of a document itself (see
+    /// `retry::classify_item`) comes back as a rejection, for the dead-letter table; a refusal
+    /// by its destination index comes back as parked once the store is seen taking other
+    /// documents (in the same request, or in any request sent after the refused one), so
+    /// one blocked index never holds the rest. Every other failure, of an item or of the whole
+    /// request, is retried (only those items) until the store accepts or `cancel` fires,
+    /// `on_retry` reporting the reason each time. A request refused as too large (413) is split.
     pub async fn index(
         &self,
         tp: &TopicPartition,
         records: &[StoredRecord],
         cancel: &CancellationToken,
         mut on_retry: impl FnMut(&str),
-    ) -> Result<Vec<Rejection>, SinkError> {
-        let lines = self.encode(tp, records);
+    ) -> Result<Indexed, SinkError> {
+        let lines = self.encode(tp, records, None);
         let mut pending: Vec<usize> = (0..records.len()).collect();
-        let mut rejected = Vec::new();
+        let mut out = Indexed::default();
+        // When each document was first refused by its destination (the clock's reading).
+        let mut refused_at: std::collections::HashMap<usize, u64> = Default::default();
         let mut max_bytes = self.settings.bulk_max_bytes;
         let mut attempt = 0;
         while !pending.is_empty() {
+            let fates = self
+                .pass(&lines, records, &pending, &mut max_bytes, cancel)
+                .await?;
             let mut again = Vec::new();
             let mut why = String::new();
-            for chunk in chunks(&pending, |i| lines.len_of(i), max_bytes) {
-                let body = lines.body(&chunk);
-                let size = body.len();
-                let outcome = tokio::select! {
-                    r = self.bulk(body) => r,
-                    _ = cancel.cancelled() => return Err(SinkError::Cancelled),
-                };
-                match outcome {
-                    Ok(Bulk::Items(items)) if items.len() == chunk.len() => {
-                        for (&i, item) in chunk.iter().zip(items) {
-                            match classify_item(
-                                item.status,
-                                item.error_type.as_deref(),
-                                &item.reason,
-                            ) {
-                                ItemAction::Done => {}
-                                ItemAction::Retry => {
-                                    why = format!("HTTP {} {}", item.status, item.reason);
-                                    again.push(i);
-                                }
-                                ItemAction::Reject => rejected.push(Rejection {
-                                    index: i,
-                                    reason: item.reason,
-                                }),
+            for (i, fate, sent) in fates {
+                match fate {
+                    ItemFate::Stored => {}
+                    ItemFate::Rejected(reason) => out.rejected.push(Rejection { index: i, reason }),
+                    ItemFate::Destination(reason) => {
+                        // The refusal is dated by its request: documents taken from that same
+                        // request, or from any sent later, show the store itself accepts.
+                        let since = *refused_at.entry(i).or_insert(sent);
+                        match self.accepts.taken_since(since) {
+                            true => out.parked.push(Rejection { index: i, reason }),
+                            false => {
+                                why = reason;
+                                again.push(i);
                             }
                         }
                     }
-                    Ok(Bulk::Items(items)) => {
-                        why = format!(
-                            "bulk response has {} items for {} sent",
-                            items.len(),
-                            chunk.len()
-                        );
-                        again.extend_from_slice(&chunk);
-                    }
-                    Ok(Bulk::TooLarge) if chunk.len() == 1 => {
-                        // One document alone is over the store's request limit: no split can
-                        // help, and it is refused the same way every time. Its own fault.
-                        rejected.push(Rejection {
-                            index: chunk[0],
-                            reason: too_large(size),
-                        });
-                    }
-                    Ok(Bulk::TooLarge) => {
-                        max_bytes = (size / 2).max(1);
-                        why = format!("request of {size} bytes too large (413); splitting");
-                        again.extend_from_slice(&chunk);
-                    }
-                    Err(e) => {
-                        why = e.to_string();
-                        again.extend_from_slice(&chunk);
+                    ItemFate::Again(reason) => {
+                        why = reason;
+                        again.push(i);
                     }
                 }
             }
@@ -112,8 +108,133 @@ impl ElasticSink {
                 }
             }
         }
-        rejected.sort_by_key(|r| r.index);
-        Ok(rejected)
+        out.rejected.sort_by_key(|r| r.index);
+        out.parked.sort_by_key(|r| r.index);
+        Ok(out)
+    }
+
+    /// One bulk pass over records going to the given destinations (parked records released,
+    /// perhaps re-routed): what became of each, in order, without retrying anything.
+    pub async fn index_once(
+        &self,
+        tp: &TopicPartition,
+        records: &[StoredRecord],
+        destinations: &[String],
+        cancel: &CancellationToken,
+    ) -> Result<Vec<ItemFate>, SinkError> {
+        let lines = self.encode(tp, records, Some(destinations));
+        let mut fates: Vec<Option<ItemFate>> = vec![None; records.len()];
+        let mut todo: Vec<usize> = (0..records.len()).collect();
+        let mut max_bytes = self.settings.bulk_max_bytes;
+        // Only a 413 sends documents again here: the request was split, each half goes once
+        // more (the size strictly falls, down to one document, which is then rejected).
+        while !todo.is_empty() {
+            let before = max_bytes;
+            let results = self
+                .pass(&lines, records, &todo, &mut max_bytes, cancel)
+                .await?;
+            let split = max_bytes < before;
+            todo.clear();
+            for (i, fate, _) in results {
+                match fate {
+                    ItemFate::Again(_) if split => todo.push(i),
+                    fate => fates[i] = Some(fate),
+                }
+            }
+        }
+        Ok(fates
+            .into_iter()
+            .map(|f| f.expect("every document has a fate"))
+            .collect())
+    }
+
+    /// Sends the pending documents once, in requests of at most `max_bytes` (halved on a 413):
+    /// each document's fate, with the clock's reading when its request was sent.
+    async fn pass(
+        &self,
+        lines: &super::encode::Encoded,
+        records: &[StoredRecord],
+        pending: &[usize],
+        max_bytes: &mut usize,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<(usize, ItemFate, u64)>, SinkError> {
+        let mut fates = Vec::with_capacity(pending.len());
+        for chunk in chunks(pending, |i| lines.len_of(i), *max_bytes) {
+            let body = lines.body(&chunk);
+            let size = body.len();
+            let sent = self.accepts.now();
+            let outcome = tokio::select! {
+                r = self.bulk(body) => r,
+                _ = cancel.cancelled() => return Err(SinkError::Cancelled),
+            };
+            match outcome {
+                Ok(Bulk::Items(items)) if items.len() == chunk.len() => {
+                    let mut took = false;
+                    for (&i, item) in chunk.iter().zip(items) {
+                        let action =
+                            classify_item(item.status, item.error_type.as_deref(), &item.reason);
+                        let fate = match action {
+                            ItemAction::Done => {
+                                took = true;
+                                ItemFate::Stored
+                            }
+                            ItemAction::Retry => {
+                                ItemFate::Again(format!("HTTP {} {}", item.status, item.reason))
+                            }
+                            ItemAction::Reject => ItemFate::Rejected(item.reason),
+                            // A document with more fields than the limit alone fits no index.
+                            ItemAction::Park
+                                if field_limit(&item.reason).is_some_and(|n| {
+                                    super::encode::mapped_fields(&records[i]) >= n
+                                }) =>
+                            {
+                                ItemFate::Rejected(item.reason)
+                            }
+                            ItemAction::Park => ItemFate::Destination(item.reason),
+                        };
+                        fates.push((i, fate, sent));
+                    }
+                    if took {
+                        self.accepts.took(sent);
+                    }
+                }
+                Ok(Bulk::Items(items)) => {
+                    let why = format!(
+                        "bulk response has {} items for {} sent",
+                        items.len(),
+                        chunk.len()
+                    );
+                    fates.extend(
+                        chunk
+                            .iter()
+                            .map(|&i| (i, ItemFate::Again(why.clone()), sent)),
+                    );
+                }
+                Ok(Bulk::TooLarge) if chunk.len() == 1 => {
+                    // One document alone is over the store's request limit: no split can
+                    // help, and it is refused the same way every time. Its own fault.
+                    fates.push((chunk[0], ItemFate::Rejected(too_large(size)), sent));
+                }
+                Ok(Bulk::TooLarge) => {
+                    *max_bytes = (size / 2).max(1);
+                    let why = format!("request of {size} bytes too large (413); splitting");
+                    fates.extend(
+                        chunk
+                            .iter()
+                            .map(|&i| (i, ItemFate::Again(why.clone()), sent)),
+                    );
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    fates.extend(
+                        chunk
+                            .iter()
+                            .map(|&i| (i, ItemFate::Again(why.clone()), sent)),
+                    );
+                }
+            }
+        }
+        Ok(fates)
     }
 
     /// Deletes the documents of records that ended up as dead letters after they were indexed
@@ -384,7 +505,8 @@ mod tests {
         let rejected = tokio::time::timeout(std::time::Duration::from_secs(10), index)
             .await
             .expect("the oversized document is resent forever")
-            .unwrap();
+            .unwrap()
+            .rejected;
         assert_eq!(rejected.len(), 1);
         assert_eq!(rejected[0].index, 1);
         assert!(

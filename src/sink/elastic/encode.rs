@@ -42,28 +42,36 @@ impl Encoded {
 }
 
 impl ElasticSink {
-    /// The bulk lines of every record. Data streams take only `create`; a replayed record
-    /// then answers 409, which counts as stored.
-    pub(super) fn encode(&self, tp: &TopicPartition, records: &[StoredRecord]) -> Encoded {
+    /// The bulk lines of every record, each to its own index (`index_name`) or to the given
+    /// destinations (parked records, perhaps re-routed). Data streams take only `create`; a
+    /// replayed record then answers 409, which counts as stored.
+    pub(super) fn encode(
+        &self,
+        tp: &TopicPartition,
+        records: &[StoredRecord],
+        destinations: Option<&[String]>,
+    ) -> Encoded {
         let mut buf = Vec::with_capacity(records.len() * 512);
         let mut ends = Vec::with_capacity(records.len());
-        for r in records {
-            self.bulk_lines(tp, r, &mut buf);
+        for (i, r) in records.iter().enumerate() {
+            match destinations {
+                Some(d) => self.bulk_lines(tp, r, &d[i], &mut buf),
+                None => self.bulk_lines(tp, r, &self.index_name(r), &mut buf),
+            }
             ends.push(buf.len());
         }
         Encoded { buf, ends }
     }
 
     /// Appends one record's action line and document line to `out`.
-    pub(super) fn bulk_lines(&self, tp: &TopicPartition, r: &StoredRecord, out: &mut Vec<u8>) {
+    fn bulk_lines(&self, tp: &TopicPartition, r: &StoredRecord, index: &str, out: &mut Vec<u8>) {
         let op = if self.settings.data_stream {
             "create"
         } else {
             "index"
         };
-        let index = self.index_name(r);
         let action = Action {
-            index: &index,
+            index,
             id: format_args!("{}-{}-{}", tp.topic, tp.partition, r.offset),
         };
         let json = "serialising JSON to memory cannot fail";
@@ -73,6 +81,23 @@ impl ElasticSink {
         serde_json::to_writer(&mut *out, &document(tp, r)).expect(json);
         out.push(b'\n');
     }
+}
+
+/// About how many fields a record's document adds to an index mapping: the fixed ones, and in
+/// `fields` one per key, two per string (text with a keyword sub-field, dynamic mapping's
+/// default). Read only when a store names its field limit (see `bulk`).
+pub(super) fn mapped_fields(r: &StoredRecord) -> usize {
+    fn count(v: &serde_json::Value) -> usize {
+        match v {
+            serde_json::Value::Object(m) => m.values().map(|v| 1 + count(v)).sum(),
+            serde_json::Value::String(_) => 1,
+            _ => 0,
+        }
+    }
+    const FIXED: usize = 10;
+    let fields: serde_json::Value =
+        serde_json::from_str(r.entry.fields.as_str()).unwrap_or_default();
+    FIXED + count(&fields)
 }
 
 /// The target of one bulk action. `id` is `model::document_id`, written without a String.
@@ -158,7 +183,7 @@ mod tests {
         let fields = r#"{"n":123456789012345678901234567890,"user":{"id":"é"}}"#;
         let records = [record(41, fields), record(42, "{}")];
         for (data_stream, op) in [(false, "index"), (true, "create")] {
-            let encoded = sink(data_stream).encode(&tp, &records);
+            let encoded = sink(data_stream).encode(&tp, &records, None);
             let body = String::from_utf8(encoded.body(&[0, 1])).unwrap();
             let lines: Vec<&str> = body.lines().collect();
             assert_eq!(lines.len(), 4);

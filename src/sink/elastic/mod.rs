@@ -11,13 +11,14 @@
 //! and parameters both stores share are used (composable index templates, `_bulk`,
 //! `_refresh`, `_search`).
 
+mod accepts;
 mod bulk;
 mod encode;
 mod stream;
 mod template;
 mod version;
 
-pub use bulk::Rejection;
+pub use bulk::{Indexed, ItemFate, Rejection};
 pub use version::{Product, StoreInfo};
 
 use std::path::PathBuf;
@@ -82,6 +83,8 @@ pub struct ElasticSink {
     settings: EsSettings,
     /// `settings.index_pattern` parsed once, not once per record.
     index_items: Vec<chrono::format::Item<'static>>,
+    /// Whether the store takes documents at all (tells one index's refusal from the store's).
+    accepts: accepts::Accepts,
 }
 
 impl ElasticSink {
@@ -147,6 +150,7 @@ impl ElasticSink {
             client: Elasticsearch::new(transport),
             settings,
             index_items,
+            accepts: Default::default(),
         })
     }
 
