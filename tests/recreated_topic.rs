@@ -4,6 +4,8 @@
 //! watermark). The daemon must hold it, name both identities, store nothing of it, and read it
 //! under a name of its own once an operator runs `log-processor topics adopt`; the old
 //! incarnation's rows and documents stay as they were.
+//!
+//! Reduced sizes in `make test`; `CHAOS_FULL=1` (`make chaos`) selects the full ones.
 
 mod common;
 
@@ -11,6 +13,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::chaos_kit::sized;
 use common::verify::{Expectation, es_hits, read_topic_from};
 use common::*;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -143,19 +146,22 @@ async fn wait_stored_under(s: &Scenario, name: &str, want: i64, timeout: Duratio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recreated_topic_that_refilled_past_the_watermark_is_held_then_adopted() {
     let s = Scenario::new("recreated", 2).await;
-    s.produce(0, 3_000, 0.0);
+    // The old incarnation's records, and the new one's: more than the old watermarks.
+    let (n_old, n_new) = (sized(3_000, 30_000), sized(3_600, 36_000));
+    let scale = n_new / 3_600;
+    s.produce(0, n_old, 0.0);
     let mut d = Daemon::start(&s.env());
-    s.wait_all_stored(Duration::from_secs(120)).await;
+    s.wait_all_stored(Duration::from_secs(120 * scale)).await;
     d.signal("TERM");
     assert_eq!(d.wait(Duration::from_secs(30)), 0);
     let old = stored_under(&s, &s.topic).await;
-    assert_eq!((old.0.len(), old.1.len()), (3_000, 3_000));
+    assert_eq!((old.0.len(), old.1.len()), (n_old as usize, n_old as usize));
     let watermarks = s.pg_watermarks().await;
 
     // The nasty version: the new incarnation holds more records than the stored watermark, so
     // no end-offset check can tell it from the old one.
     recreate(&s).await;
-    s.produce(10_000, 3_600, 0.0);
+    s.produce(100_000, n_new, 0.0);
     let ends = s.end_offsets();
     assert!(
         ends.iter().all(|(p, &e)| e > watermarks[p]),
@@ -186,11 +192,15 @@ async fn a_recreated_topic_that_refilled_past_the_watermark_is_held_then_adopted
     let out = command(&s.env(), &["topics", "adopt", "--topic", &s.topic]);
     let name = adopted_name(&out);
     assert!(name.starts_with(&format!("{}@", s.topic)), "{out}");
-    let took = wait_stored_under(&s, &name, 3_600, Duration::from_secs(60)).await;
-    println!("recreated topic: adopted as {name}, stored {took:?} after `topics adopt`");
+    let started = wait_stored_under(&s, &name, 1, Duration::from_secs(45)).await;
     assert!(
         adopted.elapsed() < Duration::from_secs(45),
         "picked up within the recheck"
+    );
+    wait_stored_under(&s, &name, n_new as i64, Duration::from_secs(60 * scale)).await;
+    let took = adopted.elapsed();
+    println!(
+        "recreated topic: adopted as {name}, first row {started:?} and all {n_new} {took:?} after `topics adopt`"
     );
 
     let listing = command(&s.env(), &["topics", "list"]);
@@ -234,13 +244,15 @@ impl Drop for ClusterGuard {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_clusters_topic_of_the_same_name_is_not_mixed() {
     let s = Scenario::new("twocluster", 1).await;
-    s.produce(0, 2_000, 0.0);
+    let (n_first, n_second) = (sized(2_000, 20_000), sized(2_500, 25_000));
+    let scale = n_second / 2_500;
+    s.produce(0, n_first, 0.0);
     let mut d = Daemon::start(&s.env());
-    s.wait_all_stored(Duration::from_secs(120)).await;
+    s.wait_all_stored(Duration::from_secs(120 * scale)).await;
     d.signal("TERM");
     assert_eq!(d.wait(Duration::from_secs(30)), 0);
     let old = stored_under(&s, &s.topic).await;
-    assert_eq!(old.0.len(), 2_000);
+    assert_eq!(old.0.len(), n_first as usize);
 
     // A second cluster (its own cluster id) with a topic of the same name and more records.
     let _guard = ClusterGuard;
@@ -273,7 +285,7 @@ async fn another_clusters_topic_of_the_same_name_is_not_mixed() {
         .set("bootstrap.servers", &other)
         .create()
         .unwrap();
-    for seq in 20_000..22_500 {
+    for seq in 200_000..200_000 + n_second {
         send_generated(&producer, &s.topic, seq, 0.0);
     }
     rdkafka::producer::Producer::flush(&producer, Duration::from_secs(60)).expect("flush");
@@ -285,7 +297,7 @@ async fn another_clusters_topic_of_the_same_name_is_not_mixed() {
         .fetch_watermarks(&s.topic, 0, Duration::from_secs(10))
         .unwrap();
     assert_eq!(
-        end, 2_500,
+        end, n_second as i64,
         "the fault: more records than the stored watermark"
     );
 
@@ -306,7 +318,7 @@ async fn another_clusters_topic_of_the_same_name_is_not_mixed() {
         &["topics", "adopt", "--topic", &s.topic, "--as", &name],
     );
     assert_eq!(adopted_name(&out), name);
-    let took = wait_stored_under(&s, &name, 2_500, Duration::from_secs(60)).await;
+    let took = wait_stored_under(&s, &name, n_second as i64, Duration::from_secs(60 * scale)).await;
     println!("second cluster: adopted as {name}, stored {took:?} after `topics adopt`");
     d.signal("TERM");
     assert_eq!(d.wait(Duration::from_secs(30)), 0);

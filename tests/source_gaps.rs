@@ -2,12 +2,15 @@
 //! dead letter or a recorded gap (`source_gaps`), and a gap says whether records were lost
 //! outside the daemon (deleted by retention before they were read) or never existed as records
 //! (transaction markers, aborted records). Checked against what Kafka holds.
+//!
+//! Reduced sizes in `make test`; `CHAOS_FULL=1` (`make chaos`) selects the full ones.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use common::chaos_kit::sized;
 use common::*;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
@@ -111,16 +114,18 @@ async fn metric(d: &Daemon, prefix: &str) -> Option<i64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_deleted_before_they_were_read_are_recorded_as_a_retention_gap() {
     let s = Scenario::new("gap_retention", 2).await;
-    s.produce(0, 2_000, 0.01);
+    let (n_read, n_unread) = (sized(2_000, 20_000), sized(3_000, 30_000));
+    let scale = n_read / 2_000;
+    s.produce(0, n_read, 0.01);
     let mut d = Daemon::start(&s.env());
-    s.wait_all_stored(Duration::from_secs(120)).await;
+    s.wait_all_stored(Duration::from_secs(120 * scale)).await;
     d.signal("TERM");
     assert_eq!(d.wait(Duration::from_secs(30)), 0);
     let before = s.pg_watermarks().await;
 
     // While the daemon is down: more records, then partition 0 trimmed past its watermark
     // (what retention or `kafka-delete-records` does to records nobody read yet).
-    s.produce(2_000, 3_000, 0.01);
+    s.produce(n_read, n_unread, 0.01);
     let ends = s.end_offsets();
     let w0 = before[&0];
     let cut = w0 + (ends[&0] - w0) / 2;
@@ -132,7 +137,7 @@ async fn records_deleted_before_they_were_read_are_recorded_as_a_retention_gap()
     delete_records_below(&s, cut).await;
 
     let mut d = Daemon::start(&s.env());
-    wait_watermarks_at_end(&s, &d, Duration::from_secs(120)).await;
+    wait_watermarks_at_end(&s, &d, Duration::from_secs(120 * scale)).await;
     assert!(
         d.has_line("offsets deleted from Kafka before they were read"),
         "no WARN line for the loss:\n{}",
@@ -197,9 +202,10 @@ async fn transaction_markers_and_aborted_records_are_no_loss_and_commits_reach_t
     producer
         .init_transactions(Duration::from_secs(30))
         .expect("init transactions");
-    // Committed, aborted, committed: 300 readable records, 100 aborted, three markers.
+    // Committed, aborted, committed: 3k readable records, k aborted, three markers.
+    let k = sized(100, 1_000);
     let mut seq = 0;
-    for (n, commit) in [(150u64, true), (100, false), (150, true)] {
+    for (n, commit) in [(3 * k / 2, true), (k, false), (3 * k / 2, true)] {
         producer.begin_transaction().unwrap();
         for _ in 0..n {
             send_generated(&producer, &s.topic, seq, 0.0);
@@ -216,8 +222,10 @@ async fn transaction_markers_and_aborted_records_are_no_loss_and_commits_reach_t
     }
     let end = s.end_offsets()[&0];
     assert_eq!(
-        end, 403,
-        "the fault: 400 records and three markers in the log"
+        end as u64,
+        4 * k + 3,
+        "the fault: {} records and three markers in the log",
+        4 * k
     );
 
     let mut d = Daemon::start(&s.env());
@@ -254,14 +262,15 @@ async fn transaction_markers_and_aborted_records_are_no_loss_and_commits_reach_t
     );
     let gap_offsets: i64 = all.iter().map(|(f, t, _)| t - f).sum();
     assert_eq!(
-        gap_offsets, 103,
-        "100 aborted records and 3 markers: {all:?}"
+        gap_offsets as u64,
+        k + 3,
+        "{k} aborted records and 3 markers: {all:?}"
     );
     assert_every_offset_accounted(&s).await;
     // The committed records, each stored once and equal to Kafka's; no aborted one.
     let v = s.verify().await;
     v.assert_exact("transactional topic");
-    assert_eq!(v.records, 300);
+    assert_eq!(v.records, 3 * k);
     println!("source gaps: transactional topic, no_record gaps {all:?}");
     s.cleanup().await;
 }
@@ -269,7 +278,10 @@ async fn transaction_markers_and_aborted_records_are_no_loss_and_commits_reach_t
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_deleted_while_the_partition_is_held_are_recorded_as_a_retention_gap() {
     let s = Scenario::new("gap_held", 1).await;
-    s.produce(0, 500, 0.0);
+    // `first` stored, then `more` arrive while held, and Kafka trims them up to `cut`.
+    let (first, more) = (sized(500, 5_000), sized(5_000, 50_000));
+    let cut = (first + 3 * more / 5) as i64;
+    s.produce(0, first, 0.0);
     let env = with(
         &s.env(),
         &[
@@ -278,17 +290,18 @@ async fn records_deleted_while_the_partition_is_held_are_recorded_as_a_retention
         ],
     );
     let mut d = Daemon::start(&env);
-    s.wait_all_stored(Duration::from_secs(120)).await;
-    assert_eq!(s.pg_watermarks().await.get(&0), Some(&500));
+    s.wait_all_stored(Duration::from_secs(120 * first / 500))
+        .await;
+    assert_eq!(s.pg_watermarks().await.get(&0), Some(&(first as i64)));
 
     // PostgreSQL refuses every new row (a constraint of the store: the partition is held,
     // retried, nothing dead-lettered), then Kafka trims records the daemon has not read yet.
     s.sql(&format!(
-        "ALTER TABLE {}.log_records ADD CONSTRAINT lp_hold CHECK (kafka_offset < 500) NOT VALID",
+        "ALTER TABLE {}.log_records ADD CONSTRAINT lp_hold CHECK (kafka_offset < {first}) NOT VALID",
         s.schema
     ))
     .await;
-    s.produce(500, 5_000, 0.0);
+    s.produce(first, more, 0.0);
     let ends = s.end_offsets();
     let all = s.read_back(&ends);
     let held_since = Instant::now();
@@ -304,15 +317,18 @@ async fn records_deleted_while_the_partition_is_held_are_recorded_as_a_retention
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(s.pg_watermarks().await.get(&0), Some(&500), "held at 500");
-    let cut = 3_500;
+    assert_eq!(
+        s.pg_watermarks().await.get(&0),
+        Some(&(first as i64)),
+        "held at {first}"
+    );
     delete_records_below(&s, cut).await;
     s.sql(&format!(
         "ALTER TABLE {}.log_records DROP CONSTRAINT lp_hold",
         s.schema
     ))
     .await;
-    wait_watermarks_at_end(&s, &d, Duration::from_secs(120)).await;
+    wait_watermarks_at_end(&s, &d, Duration::from_secs(120 * first / 500)).await;
     d.signal("TERM");
     assert_eq!(d.wait(Duration::from_secs(30)), 0);
 
@@ -324,7 +340,7 @@ async fn records_deleted_while_the_partition_is_held_are_recorded_as_a_retention
     let (from, to, cause) = recorded[0].clone();
     assert_eq!((to, cause.as_str()), (cut, "retention"), "{g:?}");
     assert!(
-        (500..cut).contains(&from),
+        (first as i64..cut).contains(&from),
         "the gap starts past the held watermark: {g:?}"
     );
     assert_every_offset_accounted(&s).await;
@@ -334,7 +350,7 @@ async fn records_deleted_while_the_partition_is_held_are_recorded_as_a_retention
         .await
         .assert_exact("records deleted while held");
     println!(
-        "source gaps while held: read before the cut [500, {from}), retention [{from}, {cut}) recorded"
+        "source gaps while held: read before the cut [{first}, {from}), retention [{from}, {cut}) recorded"
     );
     s.cleanup().await;
 }

@@ -45,6 +45,11 @@ pub fn chaos() -> &'static Chaos {
     })
 }
 
+/// `reduced` in `make test`, `full` under `CHAOS_FULL=1` (`make chaos`).
+pub fn sized(reduced: u64, full: u64) -> u64 {
+    if chaos().full { full } else { reduced }
+}
+
 /// Deterministic random choices of the test itself (splitmix64).
 pub struct Rng(u64);
 
