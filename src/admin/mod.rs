@@ -19,6 +19,16 @@ use crate::sink::elastic::ElasticSink;
 use crate::sink::postgres::{DeadLetterFilter, PgSink};
 use crate::stores;
 
+/// The arguments of a `list` command (`topics list`, `parked list`).
+#[derive(Args, Clone, Debug)]
+pub struct ListArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     #[error(transparent)]

@@ -8,6 +8,7 @@ use std::fmt;
 use clap::{Args, Subcommand};
 
 use super::AdminError;
+pub use super::ListArgs;
 use crate::config::Settings;
 use crate::model::RejectStage;
 use crate::sink::postgres::ParkedSummary;
@@ -20,15 +21,6 @@ pub enum ParkedCommand {
     Drop(DestinationArgs),
     /// Sends a destination's parked records to another index instead.
     Reroute(RerouteArgs),
-}
-
-#[derive(Args, Clone, Debug)]
-pub struct ListArgs {
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub settings: Settings,
 }
 
 #[derive(Args, Clone, Debug)]

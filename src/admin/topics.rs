@@ -9,6 +9,7 @@ use rdkafka::consumer::Consumer;
 use serde::Serialize;
 
 use super::AdminError;
+pub use super::ListArgs;
 use crate::config::Settings;
 use crate::identity::{
     Binding, Resolution, TopicIdentity, check_new_name, default_stored_name, resolve,
@@ -22,15 +23,6 @@ pub enum TopicsCommand {
     /// beginning), when another incarnation's records hold the topic's name: after a topic was
     /// deleted and recreated, or when the daemon reads another cluster's topic of that name.
     Adopt(AdoptArgs),
-}
-
-#[derive(Args, Clone, Debug)]
-pub struct ListArgs {
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub settings: Settings,
 }
 
 #[derive(Args, Clone, Debug)]
