@@ -24,14 +24,14 @@ test: system-deps go-tools services-up
 # The full chaos suites (tests/chaos.rs, the store refusals of tests/refusals.rs, the partition
 # leader failover of tests/failover.rs on a three-broker cluster, parked records, and a topic,
 # a log or a database changing under the daemon: recreated_topic, source_gaps,
-# restored_database). Prints the
+# restored_database; giant records under a memory cgroup). Prints the
 # seed first; CHAOS_SEED=N replays a run.
 CHAOS_FULL ?= 1
 chaos: system-deps services-up
 	@seed="$${CHAOS_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}"; \
 	echo "chaos: seed=$$seed full=$(CHAOS_FULL) (replay with CHAOS_SEED=$$seed make chaos)"; \
 	eval "$$(bash $(INFRA) env)" && CHAOS_SEED="$$seed" CHAOS_FULL="$(CHAOS_FULL)" \
-	  cargo test --locked --features failpoints --no-fail-fast --test chaos --test refusals --test failover --test parking --test recreated_topic --test source_gaps --test restored_database -- --nocapture $(TEST_FLAGS)
+	  cargo test --locked --features failpoints --no-fail-fast --test chaos --test refusals --test failover --test parking --test recreated_topic --test source_gaps --test restored_database --test giant_records -- --nocapture $(TEST_FLAGS)
 
 # The pipeline test, the hostile-input and the reduced SIGKILL scenario against real
 # OpenSearch 2 and 3 and Elasticsearch 8 and 9 in turn (scripts/compat.sh); one line per store.

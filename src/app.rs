@@ -233,6 +233,8 @@ pub async fn run(
         session_timeout_ms: settings.session_timeout_ms,
         max_poll_interval_ms: settings.max_poll_interval_ms,
         queue_kbytes: settings.kafka_queue_kbytes,
+        fetch_max_bytes: settings.kafka_fetch_max_bytes,
+        receive_max_bytes: settings.kafka_receive_max_bytes(),
         limits: Limits {
             max_records: settings.batch_max_records,
             max_bytes: settings.batch_max_bytes,

@@ -38,6 +38,12 @@ pub struct Settings {
     /// Upper bound of records prefetched by librdkafka, in KiB (bounds memory under backlog).
     #[arg(long, env = "LP_KAFKA_QUEUE_KBYTES", default_value_t = 16_384)]
     pub kafka_queue_kbytes: u64,
+    /// Largest fetch response from Kafka, in bytes (librdkafka's `fetch.max.bytes`; its
+    /// `receive.message.max.bytes` is this plus 64 KiB). Also the largest record the daemon can
+    /// read: a record above it is never handed over, and the partition is reported as stalled
+    /// at its offset. Part of the memory bound; at least LP_MAX_RECORD_BYTES.
+    #[arg(long, env = "LP_KAFKA_FETCH_MAX_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub kafka_fetch_max_bytes: usize,
 
     /// A batch is handed to a worker when it holds this many records...
     #[arg(long, env = "LP_BATCH_MAX_RECORDS", default_value_t = 1000)]
@@ -49,8 +55,9 @@ pub struct Settings {
     #[arg(long, env = "LP_BATCH_LINGER_MS", default_value_t = 200)]
     pub batch_linger_ms: u64,
     /// One bound on the records held in batches across all partitions (open, waiting for a
-    /// worker, queued, being written), in MiB of raw record bytes. When reached, fetching stops
-    /// for every partition. `check-config` prints the resulting worst-case memory.
+    /// worker, queued, being written), in MiB, each record counted with the copies it has while
+    /// written (four times its bytes). When reached, fetching stops for every partition.
+    /// `check-config` prints the resulting worst-case memory.
     #[arg(long, env = "LP_MEMORY_BUDGET_MB", default_value_t = 128)]
     pub memory_budget_mb: usize,
     /// Number of worker tasks writing batches.
@@ -256,12 +263,24 @@ impl Settings {
                 "must be at least 1024",
             ));
         }
-        if self.memory_budget_mb * 1024 * 1024 < 2 * self.batch_max_bytes {
+        let copies = crate::model::RawRecord::COPIES;
+        if self.memory_budget_mb * 1024 * 1024 < 2 * copies * self.batch_max_bytes {
             return Err(invalid(
                 "LP_MEMORY_BUDGET_MB (--memory-budget-mb)",
                 format!(
-                    "{} MiB must hold at least two batches of LP_BATCH_MAX_BYTES ({})",
+                    "{} MiB must hold at least two batches of LP_BATCH_MAX_BYTES ({}) with the \
+                     {copies} copies of each record counted",
                     self.memory_budget_mb, self.batch_max_bytes
+                ),
+            ));
+        }
+        if self.kafka_fetch_max_bytes < self.max_record_bytes.max(1024 * 1024) {
+            return Err(invalid(
+                "LP_KAFKA_FETCH_MAX_BYTES (--kafka-fetch-max-bytes)",
+                format!(
+                    "must be at least 1 MiB and LP_MAX_RECORD_BYTES ({}), so every record the \
+                     daemon would store can be fetched",
+                    self.max_record_bytes
                 ),
             ));
         }
@@ -457,14 +476,22 @@ impl Settings {
     pub fn batch_linger(&self) -> Duration {
         Duration::from_millis(self.batch_linger_ms)
     }
-    /// What the daemon may hold at most, in MiB, for sizing a container's memory limit.
+    /// librdkafka's `receive.message.max.bytes`: a fetch response of LP_KAFKA_FETCH_MAX_BYTES
+    /// plus room for the protocol's framing of many partitions (librdkafka wants 512 at least).
+    pub fn kafka_receive_max_bytes(&self) -> usize {
+        self.kafka_fetch_max_bytes + 64 * 1024
+    }
+    /// What the daemon may hold at most, in MiB, for sizing a container's memory limit: a base,
+    /// librdkafka's prefetch queue and one fetch response beyond it, the batch budget (every
+    /// copy of a record counted), and the one record that may cross the budget (the check
+    /// follows it), with all its copies: the largest record a fetch can hand over.
     pub fn worst_case_memory_mib(&self) -> usize {
         const MIB: usize = 1024 * 1024;
-        let per_worker =
-            3 * self.batch_max_bytes + self.es_bulk_max_bytes.min(3 * self.batch_max_bytes);
+        let receive = self.kafka_receive_max_bytes().div_ceil(MIB);
         64 + self.kafka_queue_kbytes as usize / 1024
+            + receive
             + self.memory_budget_mb
-            + self.workers * per_worker / MIB
+            + crate::model::RawRecord::COPIES * receive
     }
     pub fn liveness_timeout(&self) -> Duration {
         let default = 60_000.max(2 * self.session_timeout_ms);
@@ -498,10 +525,12 @@ impl fmt::Display for Settings {
         writeln!(f, "{}", self.security_summary())?;
         write!(
             f,
-            "worst-case memory: {} MiB (a 64 MiB base, the Kafka prefetch of LP_KAFKA_QUEUE_KBYTES, \
-             LP_MEMORY_BUDGET_MB of batches, and per worker a batch being written three times over \
-             (raw, decoded, bulk body) plus one bulk request)",
-            self.worst_case_memory_mib()
+            "worst-case memory: {} MiB (a 64 MiB base, the Kafka prefetch of LP_KAFKA_QUEUE_KBYTES \
+             and one fetch response of LP_KAFKA_FETCH_MAX_BYTES, LP_MEMORY_BUDGET_MB of batches \
+             with every copy of a record counted, and one record of the largest fetchable size \
+             crossing the budget with its {} copies)",
+            self.worst_case_memory_mib(),
+            crate::model::RawRecord::COPIES
         )
     }
 }

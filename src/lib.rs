@@ -2,6 +2,7 @@
 //! duplicating nothing whatever kills it. See docs/ARCHITECTURE.md for the design.
 
 pub mod admin;
+pub mod allocator;
 pub mod app;
 pub mod batcher;
 pub mod config;

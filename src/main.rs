@@ -56,6 +56,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    log_processor::allocator::bound_heap_growth();
     if let Err(e) = load_config_file() {
         eprintln!("log-processor: {e}");
         return ExitCode::from(2);

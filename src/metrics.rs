@@ -96,6 +96,9 @@ pub struct Metrics {
     /// record's fault (set by workers), or a topic whose offsets went back (set by the
     /// consumer). Cleared when the partition moves again.
     stalled: Mutex<BTreeMap<TopicPartition, String>>,
+    /// Partitions Kafka hands no record of although it holds some, at the offset they are
+    /// stuck at (see `consumer::fetch_watch`).
+    pub fetch_stalled: Mutex<BTreeMap<TopicPartition, i64>>,
     ready: AtomicBool,
     notified_ready: AtomicBool,
     /// When the consumer thread last went round its loop (ms since `born`); 0 before it started.
@@ -381,7 +384,7 @@ impl Metrics {
             },
             Family {
                 name: "log_processor_batch_memory_bytes",
-                help: "Bytes of records held in batches (bounded by LP_MEMORY_BUDGET_MB)",
+                help: "Bytes of records held in batches, each counted with its in-flight copies (bounded by LP_MEMORY_BUDGET_MB)",
                 kind: Kind::Gauge,
                 samples: vec![(
                     Vec::new(),
@@ -396,6 +399,15 @@ impl Metrics {
                     Vec::new(),
                     Value::Int(self.batch_bytes_peak.load(Relaxed) as i64),
                 )],
+            },
+            Family {
+                name: "log_processor_fetch_stalled_offset",
+                help: "While Kafka holds records of a partition but hands none over (one larger than LP_KAFKA_FETCH_MAX_BYTES?): the offset it is stuck at",
+                kind: Kind::Gauge,
+                samples: (self.fetch_stalled.lock().unwrap_or_else(|p| p.into_inner()))
+                    .iter()
+                    .map(|(tp, &offset)| (tp_labels(tp), Value::Int(offset)))
+                    .collect(),
             },
             Family {
                 name: "log_processor_partition_stalled",

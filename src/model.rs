@@ -42,6 +42,14 @@ pub struct RawRecord {
 }
 
 impl RawRecord {
+    /// The copies of a record's bytes alive at once while its batch is written: the raw bytes
+    /// from Kafka, the decoded record, and either the search store's bulk lines and request
+    /// body (the body is `Bytes`, sent without a further copy) or PostgreSQL's bind buffer (the
+    /// rows are bound by reference), whose peaks do not overlap. A dead letter's or a parked
+    /// record's copy of the bytes takes the place of the decoded record, which leaves the
+    /// batch. The memory budget counts record bytes times this.
+    pub const COPIES: usize = 4;
+
     /// Bytes this record occupies in memory, for batch and memory bounds.
     pub fn size(&self) -> usize {
         self.payload.as_ref().map_or(0, Vec::len) + self.key.as_ref().map_or(0, Vec::len) + 48

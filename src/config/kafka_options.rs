@@ -69,7 +69,14 @@ const OWNED: &[(&str, &str)] = &[
         "queued.max.messages.kbytes",
         "set LP_KAFKA_QUEUE_KBYTES (part of the memory bound)",
     ),
-    ("fetch.max.bytes", "part of the memory bound"),
+    (
+        "fetch.max.bytes",
+        "set LP_KAFKA_FETCH_MAX_BYTES (part of the memory bound)",
+    ),
+    (
+        "receive.message.max.bytes",
+        "set LP_KAFKA_FETCH_MAX_BYTES (part of the memory bound)",
+    ),
     (
         "statistics.interval.ms",
         "the stuck-consumer watch reads these statistics",

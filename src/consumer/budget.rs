@@ -1,8 +1,18 @@
 //! One bound on the memory that batches hold, across every partition: records in open
 //! batches, batches waiting for their worker, queued, and being written. When it is reached,
 //! fetching stops for every partition until the workers have released a tenth of it.
+//!
+//! A record is counted with every copy it has while its batch is written
+//! ([`RawRecord::COPIES`]), from the moment it enters a batch, so the bound holds for a batch
+//! of one giant record as for many small ones. The check comes after a record is taken: a record larger than what is
+//! left, or than the whole budget, is processed rather than waited for, and nothing more is
+//! fetched until it is released. `Settings::worst_case_memory_mib` adds that one overshoot.
 
-/// Bytes of records held in batches (`RawRecord::size`), against the limit.
+use crate::model::RawRecord;
+
+const COPIES: usize = RawRecord::COPIES;
+
+/// Bytes of records held in batches (`RawRecord::size` times its copies), against the limit.
 #[derive(Debug)]
 pub(super) struct Budget {
     limit: usize,
@@ -23,13 +33,13 @@ impl Budget {
 
     /// A record entered a batch.
     pub(super) fn take(&mut self, bytes: usize) {
-        self.used += bytes;
+        self.used += bytes * COPIES;
         self.peak = self.peak.max(self.used);
     }
 
     /// Records left memory: their batch was acknowledged, discarded or dropped.
     pub(super) fn release(&mut self, bytes: usize) {
-        self.used = self.used.saturating_sub(bytes);
+        self.used = self.used.saturating_sub(bytes * COPIES);
     }
 
     /// Whether fetching must stop: from the limit on, until usage is back below 90% of it
@@ -58,7 +68,7 @@ mod tests {
 
     #[test]
     fn stops_at_the_limit_and_resumes_below_ninety_percent() {
-        let mut b = Budget::new(1000);
+        let mut b = Budget::new(1000 * COPIES);
         b.take(999);
         assert!(!b.exhausted());
         b.take(1);
@@ -67,8 +77,21 @@ mod tests {
         assert!(b.exhausted(), "950 is not below 900");
         b.release(60);
         assert!(!b.exhausted());
-        assert_eq!((b.used(), b.peak()), (890, 1000));
+        assert_eq!((b.used(), b.peak()), (890 * COPIES, 1000 * COPIES));
         b.release(5000);
         assert_eq!(b.used(), 0);
+    }
+
+    #[test]
+    fn a_record_larger_than_the_whole_budget_is_taken_and_stops_fetching_until_released() {
+        let mut b = Budget::new(1000);
+        b.take(10);
+        b.take(5000);
+        assert!(b.exhausted(), "nothing more is fetched while it is held");
+        b.release(10);
+        assert!(b.exhausted());
+        b.release(5000);
+        assert!(!b.exhausted());
+        assert_eq!(b.peak(), 5010 * COPIES);
     }
 }

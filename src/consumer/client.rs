@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::model::TopicPartition;
 use crate::shutdown::Shutdown;
 
+use super::fetch_watch::{FetchWatch, STALL_AFTER, Sample};
 use super::rebalance::Rebalance;
 use super::state::partitions_of;
 use super::{ConsumerSettings, Kafka, OffsetStore, State};
@@ -32,6 +33,10 @@ pub(super) struct Bridge {
     pub(super) retired: AtomicBool,
     /// Group state from librdkafka's statistics; read by the poll loop.
     pub(super) watch: Mutex<GroupWatch>,
+    /// Positions from librdkafka's statistics, for partitions Kafka hands nothing of.
+    pub(super) fetch_watch: Mutex<FetchWatch>,
+    /// librdkafka's last complaint about a fetch response's size (`receive.message.max.bytes`).
+    pub(super) receive_error: Mutex<Option<String>>,
     pub(super) settings: ConsumerSettings,
     pub(super) offsets: Arc<dyn OffsetStore>,
     pub(super) runtime: tokio::runtime::Handle,
@@ -66,7 +71,11 @@ pub(super) fn connect(bridge: Bridge) -> Result<Kafka, KafkaError> {
             "queued.max.messages.kbytes",
             settings.queue_kbytes.to_string(),
         )
-        .set("fetch.max.bytes", "52428800")
+        .set("fetch.max.bytes", settings.fetch_max_bytes.to_string())
+        .set(
+            "receive.message.max.bytes",
+            settings.receive_max_bytes.to_string(),
+        )
         .set("statistics.interval.ms", "5000")
         .set("client.id", "log-processor")
         .set_log_level(RDKafkaLogLevel::Warning);
@@ -181,6 +190,8 @@ impl Bridge {
                 self.settings.group_stall_timeout,
                 Instant::now(),
             )),
+            fetch_watch: Mutex::new(FetchWatch::new(STALL_AFTER)),
+            receive_error: Mutex::new(None),
             settings: self.settings.clone(),
             offsets: Arc::clone(&self.offsets),
             runtime: self.runtime.clone(),
@@ -205,6 +216,9 @@ impl ClientContext for Bridge {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if reason.contains("receive.message.max.bytes") {
+            *self.receive_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.into());
+        }
         tracing::warn!(target: "librdkafka", error = %error, "{reason}");
     }
 
@@ -224,17 +238,40 @@ impl ClientContext for Bridge {
                 }
             }
         }
-        let mut lag = self.metrics.lag.lock().unwrap_or_else(|p| p.into_inner());
-        lag.clear();
-        for (topic, t) in &statistics.topics {
-            for (&partition, p) in &t.partitions {
-                if partition >= 0 && p.consumer_lag >= 0 {
-                    lag.insert(
-                        TopicPartition::new(topic.as_str(), partition),
-                        p.consumer_lag,
-                    );
+        let mut samples = Vec::new();
+        {
+            let st = self.lock();
+            let mut lag = self.metrics.lag.lock().unwrap_or_else(|p| p.into_inner());
+            lag.clear();
+            for (topic, t) in &statistics.topics {
+                for (&partition, p) in &t.partitions {
+                    if partition < 0 {
+                        continue; // librdkafka's internal UA partition
+                    }
+                    let tp = TopicPartition::new(topic.as_str(), partition);
+                    if p.consumer_lag >= 0 {
+                        lag.insert(tp.clone(), p.consumer_lag);
+                    }
+                    let fetching = st.assigned.contains_key(&tp) && !st.paused.contains(&tp);
+                    samples.push(Sample {
+                        tp,
+                        position: p.next_offset,
+                        end: p.ls_offset,
+                        fetching,
+                    });
                 }
             }
+        }
+        let changes = (self.fetch_watch.lock().unwrap_or_else(|p| p.into_inner()))
+            .observe(&samples, Instant::now());
+        if !changes.is_empty() {
+            let error = self.receive_error.lock().unwrap_or_else(|p| p.into_inner());
+            super::fetch_watch::report(
+                changes,
+                &self.metrics,
+                self.settings.receive_max_bytes,
+                error.as_deref(),
+            );
         }
     }
 }

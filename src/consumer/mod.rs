@@ -10,6 +10,7 @@ mod budget;
 mod client;
 mod close;
 mod commit;
+mod fetch_watch;
 mod identity;
 mod rebalance;
 mod start;
@@ -67,6 +68,9 @@ pub struct ConsumerSettings {
     pub session_timeout_ms: u64,
     pub max_poll_interval_ms: u64,
     pub queue_kbytes: u64,
+    /// librdkafka's `fetch.max.bytes` and `receive.message.max.bytes`.
+    pub fetch_max_bytes: usize,
+    pub receive_max_bytes: usize,
     pub limits: Limits,
     /// Bound on the bytes of records held in batches, all partitions together.
     pub memory_budget_bytes: usize,
@@ -152,6 +156,8 @@ pub fn spawn(
             settings.group_stall_timeout,
             Instant::now(),
         )),
+        fetch_watch: Mutex::new(fetch_watch::FetchWatch::new(fetch_watch::STALL_AFTER)),
+        receive_error: Mutex::new(None),
         settings,
         offsets,
         runtime: tokio::runtime::Handle::current(),

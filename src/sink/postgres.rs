@@ -314,8 +314,13 @@ impl DetachUnlessFinished {
     /// (a peer gone silent right after the batch would hold the pool's slot until TCP gives
     /// up), so the check runs here under `bound`; past it, the connection is dropped and its
     /// slot freed.
+    ///
+    /// The connection's buffers are shrunk first: sqlx keeps the capacity its largest message
+    /// needed, so each pooled connection would otherwise hold a copy's worth of the largest
+    /// batch it ever wrote, outside the memory budget (see `RawRecord::COPIES`).
     fn finished(mut self, bound: Duration) {
         if let Some(mut conn) = self.0.take() {
+            conn.shrink_buffers();
             tokio::spawn(tokio::time::timeout(bound, conn.return_to_pool()));
         }
     }

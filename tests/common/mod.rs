@@ -140,6 +140,11 @@ pub struct Scenario {
 
 impl Scenario {
     pub async fn new(name: &str, partitions: i32) -> Self {
+        Self::with_record_limit(name, partitions, 8 * 1024 * 1024).await
+    }
+
+    /// [`Scenario::new`] on a topic that takes records of up to `max_message_bytes`.
+    pub async fn with_record_limit(name: &str, partitions: i32, max_message_bytes: usize) -> Self {
         require_all();
         let id = unique(name).to_lowercase();
         let s = Scenario {
@@ -150,7 +155,7 @@ impl Scenario {
             partitions,
             stored_as: None,
         };
-        loadgen::create_topic(&kafka_brokers(), &s.topic, partitions, 8 * 1024 * 1024)
+        loadgen::create_topic(&kafka_brokers(), &s.topic, partitions, max_message_bytes)
             .await
             .expect("create topic");
         s

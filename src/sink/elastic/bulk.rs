@@ -1,6 +1,7 @@
 //! The `_bulk` service: per-item results classified (`retry::classify_item`), failed items
 //! retried with backoff, a 413 split, refused documents returned for the dead-letter table.
 
+use bytes::Bytes;
 use elasticsearch::http::Method;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -160,7 +161,7 @@ impl ElasticSink {
     ) -> Result<Vec<(usize, ItemFate, u64)>, SinkError> {
         let mut fates = Vec::with_capacity(pending.len());
         for chunk in chunks(pending, |i| lines.len_of(i), *max_bytes) {
-            let body = lines.body(&chunk);
+            let body = Bytes::from(lines.body(&chunk));
             let size = body.len();
             let sent = self.accepts.now();
             let outcome = tokio::select! {
@@ -257,6 +258,7 @@ impl ElasticSink {
                 .expect("serialising JSON to memory cannot fail");
             body.push(b'\n');
         }
+        let body = Bytes::from(body);
         let mut attempt = 0;
         loop {
             let outcome = tokio::select! {
@@ -283,7 +285,10 @@ impl ElasticSink {
     }
 
     /// One `_bulk` call: per-item results, or the error of the whole request.
-    pub(super) async fn bulk(&self, body: Vec<u8>) -> Result<Bulk, SinkError> {
+    /// `Bytes`, not `Vec<u8>`: the client sends it as it is, where it copies a `Vec` into a
+    /// buffer of its own, and a retry's clone costs nothing (a giant record's body is not held
+    /// twice or thrice; see the memory budget's copies in `consumer::budget`).
+    pub(super) async fn bulk(&self, body: Bytes) -> Result<Bulk, SinkError> {
         let (status, text) = self.request(Method::Post, BULK_PATH, Some(body)).await?;
         parse_bulk(status, &text)
     }

@@ -25,6 +25,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine;
+use bytes::Bytes;
 use elasticsearch::auth::ClientCertificate;
 use elasticsearch::cert::{Certificate, CertificateValidation};
 use elasticsearch::http::headers::AUTHORIZATION;
@@ -167,7 +168,7 @@ impl ElasticSink {
         &self,
         method: Method,
         path: &str,
-        body: Option<Vec<u8>>,
+        body: Option<Bytes>,
     ) -> Result<(u16, String), SinkError> {
         self.request_with_product(method, path, body)
             .await
@@ -180,7 +181,7 @@ impl ElasticSink {
         &self,
         method: Method,
         path: &str,
-        body: Option<Vec<u8>>,
+        body: Option<Bytes>,
     ) -> Result<(u16, Option<String>, String), SinkError> {
         let mut headers = HeaderMap::new();
         if path.starts_with("/_bulk") {

@@ -81,7 +81,7 @@ impl ElasticSink {
             .request(
                 Method::Post,
                 &format!("/{stream}/_search"),
-                Some(query.to_string().into_bytes()),
+                Some(query.to_string().into()),
             )
             .await?;
         if !request_ok(status) {
@@ -107,7 +107,7 @@ impl ElasticSink {
                 .expect("serialising JSON to memory cannot fail");
             body.push(b'\n');
         }
-        Ok(match self.bulk(body).await? {
+        Ok(match self.bulk(body.into()).await? {
             Bulk::Items(items) if items.len() == hits.len() => items
                 .iter()
                 .find(|i| !matches!(i.status, 200..=299 | 404))

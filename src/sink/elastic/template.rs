@@ -54,7 +54,7 @@ impl ElasticSink {
             .request(
                 Method::Put,
                 &format!("/_index_template/{name}"),
-                Some(body.to_string().into_bytes()),
+                Some(body.to_string().into()),
             )
             .await?;
         let mut message = format!("template {name}: HTTP {status}: {}", truncate(&text, 500));
