@@ -239,3 +239,118 @@ async fn an_immense_term_is_a_dead_letter_and_nothing_waits_for_it() {
     println!("immense term: 3,000 other records stored in {took:?} with it in the topic");
     s.cleanup().await;
 }
+
+/// A second OpenSearch node beside the suite's, with `http.max_content_length` of 1 MiB:
+/// started by the project's script, stopped and wiped when dropped.
+struct SmallLimitStore {
+    url: String,
+}
+
+impl SmallLimitStore {
+    const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/infra/opensearch.sh");
+
+    fn script(action: &str) -> std::process::Output {
+        std::process::Command::new("bash")
+            .args([Self::SCRIPT, action])
+            .env("OPENSEARCH_INSTANCE", "opensearch-small-limit")
+            .env("OPENSEARCH_PORT", "9210")
+            .env("OPENSEARCH_TRANSPORT_PORT", "9310")
+            .env("OPENSEARCH_HTTP_MAX_CONTENT_LENGTH", "1mb")
+            .env("OPENSEARCH_HEAP", "512m")
+            .output()
+            .expect("run tests/infra/opensearch.sh")
+    }
+
+    fn start() -> SmallLimitStore {
+        let out = Self::script("start");
+        assert!(
+            out.status.success(),
+            "the small-limit OpenSearch did not start:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallLimitStore {
+            url: "http://127.0.0.1:9210".into(),
+        }
+    }
+}
+
+impl Drop for SmallLimitStore {
+    fn drop(&mut self) {
+        Self::script("reset");
+    }
+}
+
+/// A document larger than the search store's `http.max_content_length` is refused (413) alone
+/// in its request every time: a dead letter naming the limit, while the requests around it are
+/// split until they fit and every other record is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_over_the_stores_request_limit_is_a_dead_letter_naming_the_limit() {
+    let store = SmallLimitStore::start();
+    let (status, body) = http(
+        "GET",
+        &format!("{}/_nodes/_local/settings", store.url),
+        None,
+    )
+    .await;
+    assert!(
+        status == 200 && body.contains(r#""max_content_length":"1mb""#),
+        "the node runs with the small limit: {status} {body:.300}"
+    );
+    let s = Scenario::new("request_limit", 3).await;
+    s.produce(0, 1_500, 0.0);
+    let over = format!(
+        r#"{{"message":"{}","level":"info","service":"big"}}"#,
+        "word ".repeat(300_000)
+    )
+    .into_bytes();
+    // The store's own answer to this document alone, so the test knows its fault is real.
+    let (status, _) = http(
+        "POST",
+        &format!("{}/_bulk", store.url),
+        Some(format!(
+            "{{\"index\":{{\"_index\":\"probe-request-limit\"}}}}\n{}\n",
+            String::from_utf8_lossy(&over)
+        )),
+    )
+    .await;
+    assert_eq!(status, 413, "a 1.5 MB request to a 1 MiB store");
+    s.produce_raw(&[(None, over.clone())]);
+    s.produce(1_500, 1_500, 0.0);
+    let started = std::time::Instant::now();
+    let mut d = Daemon::start(&with(
+        &s.env(),
+        &[("LP_ELASTICSEARCH_URL", store.url.clone())],
+    ));
+    s.wait_all_stored(Duration::from_secs(90)).await;
+    let took = started.elapsed();
+    d.signal("TERM");
+    assert_eq!(d.wait(Duration::from_secs(30)), 0, "{}", d.tail(20));
+
+    let pool = s.pg().await;
+    let dead: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT stage, reason FROM {}.dead_letters",
+        s.schema
+    )))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].0, "index");
+    assert!(
+        dead[0].1.contains("http.max_content_length"),
+        "the fault: {}",
+        dead[0].1
+    );
+    let expect = common::verify::Expectation {
+        refused_by_index: vec![over],
+        search_url: Some(store.url.clone()),
+        ..Default::default()
+    };
+    s.verify_with(&expect).await.assert_exact("request limit");
+    println!(
+        "request limit: 3,000 other records stored in {took:?} with a 1.5 MB record before a 1 MiB limit; dead letter: {}",
+        dead[0].1
+    );
+    s.cleanup().await;
+}

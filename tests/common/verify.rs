@@ -40,6 +40,8 @@ pub struct Expectation {
     /// Payloads that decode and index but whose row PostgreSQL refuses for its own content (a
     /// number jsonb cannot hold): dead letters too, and no document may stay.
     pub refused_by_store: Vec<Vec<u8>>,
+    /// The search store the daemon wrote to, when not the suite's (`ELASTICSEARCH_URL`).
+    pub search_url: Option<String>,
 }
 
 impl Default for Expectation {
@@ -51,6 +53,7 @@ impl Default for Expectation {
             redact_key: String::new(),
             refused_by_index: Vec::new(),
             refused_by_store: Vec::new(),
+            search_url: None,
         }
     }
 }
@@ -653,7 +656,8 @@ impl Scenario {
         let mut docs_per_key: HashMap<(i32, i64), u32> = HashMap::new();
         let mut doc_seqs: HashMap<u64, u32> = HashMap::new();
         let mut indexed = 0u64;
-        es_hits(&format!("{}-*", self.index), |hit| {
+        let search = (expect.search_url.clone()).unwrap_or_else(elasticsearch_url);
+        es_hits_at(&search, &format!("{}-*", self.index), |hit| {
             let src = &hit["_source"];
             if src["kafka"]["topic"]
                 .as_str()
@@ -840,8 +844,12 @@ fn doc_differs(hit: &Value, e: &Entry, topic: &str, index: &str) -> Option<Strin
 
 /// Every hit (`_index`, `_id`, `_source`) of an index pattern, refreshed first, via a scroll
 /// (no sort, so no page boundary can hide a duplicate).
-pub async fn es_hits(pattern: &str, mut f: impl FnMut(&Value)) {
-    let base = elasticsearch_url();
+pub async fn es_hits(pattern: &str, f: impl FnMut(&Value)) {
+    es_hits_at(&elasticsearch_url(), pattern, f).await
+}
+
+/// [`es_hits`] on the search store at `base`.
+pub async fn es_hits_at(base: &str, pattern: &str, mut f: impl FnMut(&Value)) {
     http("POST", &format!("{base}/{pattern}/_refresh"), None).await;
     let (status, mut text) = http(
         "POST",

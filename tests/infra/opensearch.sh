@@ -2,6 +2,9 @@
 # Single-node OpenSearch 2.19 for tests: jars from Maven Central, embedded by a small Java launcher
 # (tests/infra/opensearch/Launcher.java), because there is no Docker and no tarball download here.
 # Usage: opensearch.sh install|start|stop|status|reset
+# A second node beside the suite's (a test's store with other static settings): OPENSEARCH_INSTANCE
+# names its pid file, data and log; OPENSEARCH_PORT/OPENSEARCH_TRANSPORT_PORT its ports;
+# OPENSEARCH_HTTP_MAX_CONTENT_LENGTH (e.g. 1mb) its http.max_content_length.
 set -euo pipefail
 # shellcheck source=common.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -10,8 +13,9 @@ OS_SRC="$INFRA_DIR/opensearch"
 OS_CACHE="$CACHE_DIR/opensearch"
 OS_LIBS="$OS_CACHE/libs"
 OS_CLASSES="$OS_CACHE/classes"
-OS_DATA="$DATA_DIR/opensearch"
-OS_LOG="$LOG_DIR/opensearch.log"
+OS_NAME="${OPENSEARCH_INSTANCE:-opensearch}"
+OS_DATA="$DATA_DIR/$OS_NAME"
+OS_LOG="$LOG_DIR/$OS_NAME.log"
 OS_HEAP="${OPENSEARCH_HEAP:-1g}"
 OS_URL="http://127.0.0.1:$OPENSEARCH_PORT"
 
@@ -50,15 +54,15 @@ os_healthy() {
 }
 
 # For wait_for: stop waiting when healthy, or at once when the process has died.
-os_healthy_or_dead() { ! pid_alive opensearch || os_healthy; }
+os_healthy_or_dead() { ! pid_alive "$OS_NAME" || os_healthy; }
 
 cmd_start() {
-  if pid_alive opensearch; then
-    if os_healthy; then log "opensearch: already running (pid $(cat "$RUN_DIR/opensearch.pid"))"; return 0; fi
+  if pid_alive "$OS_NAME"; then
+    if os_healthy; then log "opensearch: already running (pid $(cat "$RUN_DIR/$OS_NAME.pid"))"; return 0; fi
     # Probably still starting (another caller launched it). Not ours to kill if it never gets healthy.
-    log "opensearch: pid $(cat "$RUN_DIR/opensearch.pid") alive but not healthy on $OS_URL yet, waiting"
-    wait_for opensearch 120 "$OS_LOG" os_healthy_or_dead \
-      || die "opensearch: pid $(cat "$RUN_DIR/opensearch.pid") is not healthy on $OS_URL; try '$0 stop' first"
+    log "opensearch: pid $(cat "$RUN_DIR/$OS_NAME.pid") alive but not healthy on $OS_URL yet, waiting"
+    wait_for "$OS_NAME" 120 "$OS_LOG" os_healthy_or_dead \
+      || die "opensearch: pid $(cat "$RUN_DIR/$OS_NAME.pid") is not healthy on $OS_URL; try '$0 stop' first"
   else
     # Someone else on our port would make tests talk to the wrong node.
     if curl -s --max-time 2 -o /dev/null "$OS_URL/"; then
@@ -79,15 +83,16 @@ cmd_start() {
       -Dlog4j2.configurationFile="$OS_SRC/log4j2.xml" \
       -Dlp.home="$OS_DATA/home" -Dlp.data="$OS_DATA/data" \
       -Dlp.http.port="$OPENSEARCH_PORT" -Dlp.transport.port="$OPENSEARCH_TRANSPORT_PORT" \
+      -Dlp.http.max_content_length="${OPENSEARCH_HTTP_MAX_CONTENT_LENGTH:-}" \
       -cp "$OS_CLASSES:$OS_LIBS/*" Launcher >"$OS_LOG" 2>&1 </dev/null &
-    echo $! >"$RUN_DIR/opensearch.pid"
-    if ! wait_for opensearch 120 "$OS_LOG" os_healthy_or_dead; then
-      stop_pid opensearch   # a half-started node would block the next start's ports
+    echo $! >"$RUN_DIR/$OS_NAME.pid"
+    if ! wait_for "$OS_NAME" 120 "$OS_LOG" os_healthy_or_dead; then
+      stop_pid "$OS_NAME"   # a half-started node would block the next start's ports
       exit 1
     fi
   fi
-  if ! pid_alive opensearch; then
-    rm -f "$RUN_DIR/opensearch.pid"
+  if ! pid_alive "$OS_NAME"; then
+    rm -f "$RUN_DIR/$OS_NAME.pid"
     tail -n 40 "$OS_LOG" >&2 || true
     die "opensearch: process exited during start (log: $OS_LOG)"
   fi
@@ -101,16 +106,16 @@ cmd_start() {
 
 cmd_status() {
   local version
-  if pid_alive opensearch && version="$(curl -sf --max-time 2 "$OS_URL/")"; then
+  if pid_alive "$OS_NAME" && version="$(curl -sf --max-time 2 "$OS_URL/")"; then
     version="$(sed -n 's/.*"number" *: *"\([^"]*\)".*/\1/p' <<<"$version")"
-    echo "opensearch: up (pid $(cat "$RUN_DIR/opensearch.pid"), 127.0.0.1:$OPENSEARCH_PORT, version $version)"
+    echo "opensearch: up (pid $(cat "$RUN_DIR/$OS_NAME.pid"), 127.0.0.1:$OPENSEARCH_PORT, version $version)"
   else
     echo "opensearch: down"
     return 1
   fi
 }
 
-cmd_stop() { stop_pid opensearch 30; }
+cmd_stop() { stop_pid "$OS_NAME" 30; }
 
 cmd_reset() {
   cmd_stop

@@ -41,7 +41,11 @@ public final class Launcher {
         for (String d : new String[] {"modules", "plugins", "config"}) Files.createDirectories(home.resolve(d));
         Files.createDirectories(data);
 
-        Settings settings = Settings.builder()
+        Settings.Builder builder = Settings.builder();
+        // A test's node with a small request limit (opensearch.sh OPENSEARCH_HTTP_MAX_CONTENT_LENGTH).
+        String maxContent = System.getProperty("lp.http.max_content_length");
+        if (maxContent != null && !maxContent.isEmpty()) builder.put("http.max_content_length", maxContent);
+        Settings settings = builder
                 .put("path.home", home.toString())
                 .put("path.data", data.toString())
                 .put("node.name", NODE_NAME)
