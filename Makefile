@@ -4,7 +4,7 @@ INFRA := tests/infra/infra.sh
 # Integration tests share one Kafka, PostgreSQL and OpenSearch: run them one at a time.
 TEST_FLAGS ?= --test-threads=1
 
-.PHONY: test go-tools chaos compat demo services-up services-down services-status build release bench system-deps
+.PHONY: unit test go-tools chaos compat demo services-up services-down services-status build release bench system-deps
 
 # The build's Debian packages (cmake, libcurl headers, ...): one list, scripts/system-deps.sh.
 # Installs only what is missing, or fails naming the packages to install by hand.
@@ -20,6 +20,11 @@ go-tools:
 # The chaos tests run here at reduced sizes (CHAOS_FULL unset).
 test: system-deps go-tools services-up
 	eval "$$(bash $(INFRA) env)" && cargo test --locked --features failpoints -- $(TEST_FLAGS)
+
+# Every test that needs no service, no Go tool and no Java: the library's and binary's unit and
+# property tests and the source-shape check (tests/architecture.rs). The fast loop.
+unit: system-deps
+	cargo test --locked --features failpoints --lib --bins --test architecture
 
 # The full chaos suites (tests/chaos.rs, the store refusals of tests/refusals.rs, the partition
 # leader failover of tests/failover.rs on a three-broker cluster, parked records, and a topic,

@@ -8,7 +8,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use super::{AdminError, FilterArgs};
+use super::{AdminError, FilterArgs, one_line};
 use crate::config::Settings;
 use crate::sink::postgres::StoredDeadLetter;
 
@@ -156,16 +156,4 @@ impl fmt::Display for Listing {
 
 fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
-/// `s` on one line, cut to `max` characters.
-pub(super) fn one_line(s: &str, max: usize) -> String {
-    let flat: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    match flat.char_indices().nth(max) {
-        Some((i, _)) => format!("{}…", &flat[..i]),
-        None => flat,
-    }
 }

@@ -115,3 +115,15 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| format!("expected an RFC 3339 time such as 2026-11-30T06:00:00Z: {e}"))
 }
+
+/// `s` on one line, cut to `max` characters.
+fn one_line(s: &str, max: usize) -> String {
+    let flat: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    match flat.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &flat[..i]),
+        None => flat,
+    }
+}

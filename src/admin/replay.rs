@@ -18,8 +18,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
-use super::dead_letters::one_line;
-use super::{AdminError, FilterArgs};
+use super::{AdminError, FilterArgs, one_line};
 use crate::config::{ConfigError, Settings};
 use crate::dead_letter::{decrypt, parse_key};
 use crate::decode::decode;

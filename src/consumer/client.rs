@@ -1,5 +1,5 @@
 //! The rdkafka client: creating and subscribing a consumer, its context (log routing,
-//! statistics, rebalance callbacks turned into typed events), and replacing a stuck one.
+//! statistics; the rebalance callback is in `rebalance.rs`), and replacing a stuck one.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
@@ -8,11 +8,9 @@ use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
-use rdkafka::topic_partition_list::TopicPartitionList;
-use rdkafka::types::RDKafkaRespErr;
 
 use crate::group_watch::GroupWatch;
 use crate::metrics::Metrics;
@@ -20,8 +18,6 @@ use crate::model::TopicPartition;
 use crate::shutdown::Shutdown;
 
 use super::fetch_watch::{FetchWatch, STALL_AFTER, Sample};
-use super::rebalance::Rebalance;
-use super::state::partitions_of;
 use super::{ConsumerSettings, Kafka, OffsetStore, State};
 
 /// The rdkafka context: rebalance callbacks and log routing.
@@ -273,41 +269,6 @@ impl ClientContext for Bridge {
                 error.as_deref(),
             );
         }
-    }
-}
-
-impl ConsumerContext for Bridge {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
-        if self.retired.load(Relaxed) {
-            // Being closed after a replacement: the state belongs to the successor.
-            if let Err(e) = consumer.unassign() {
-                tracing::debug!(error = %e, "unassign of a replaced consumer failed");
-            }
-            return;
-        }
-        let event = match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Rebalance::Assign {
-                partitions: partitions_of(tpl),
-            },
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke {
-                partitions: partitions_of(tpl),
-                lost: consumer.assignment_lost(),
-            },
-            other => {
-                tracing::error!(error = ?other, "rebalance error; giving up the assignment");
-                let owned = self.lock().assigned.keys().cloned().collect();
-                Rebalance::Revoke {
-                    partitions: owned,
-                    lost: true,
-                }
-            }
-        };
-        self.handle(consumer, event);
     }
 }
 

@@ -1,17 +1,20 @@
-//! Rebalances: where an assigned partition starts, and what a revocation waits for.
+//! Rebalances: the rdkafka rebalance callback turned into typed events, where an assigned
+//! partition starts, and what a revocation waits for.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{Consumer, RebalanceProtocol};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::topic_partition_list::Offset;
+use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::types::RDKafkaRespErr;
 
 use crate::model::TopicPartition;
 
 use super::client::Bridge;
 use super::start::{Start, end_offset, start_offset};
-use super::state::{pause, tpl_at, tpl_of};
+use super::state::{partitions_of, pause, tpl_at, tpl_of};
 use super::{Kafka, State};
 
 impl Bridge {
@@ -299,4 +302,39 @@ pub(super) enum Rebalance {
         partitions: Vec<TopicPartition>,
         lost: bool,
     },
+}
+
+impl ConsumerContext for Bridge {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        if self.retired.load(Relaxed) {
+            // Being closed after a replacement: the state belongs to the successor.
+            if let Err(e) = consumer.unassign() {
+                tracing::debug!(error = %e, "unassign of a replaced consumer failed");
+            }
+            return;
+        }
+        let event = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Rebalance::Assign {
+                partitions: partitions_of(tpl),
+            },
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke {
+                partitions: partitions_of(tpl),
+                lost: consumer.assignment_lost(),
+            },
+            other => {
+                tracing::error!(error = ?other, "rebalance error; giving up the assignment");
+                let owned = self.lock().assigned.keys().cloned().collect();
+                Rebalance::Revoke {
+                    partitions: owned,
+                    lost: true,
+                }
+            }
+        };
+        self.handle(consumer, event);
+    }
 }
