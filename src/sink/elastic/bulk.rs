@@ -1,4 +1,4 @@
-//! The `_bulk` service: per-item results classified (`retry::classify_item`), failed items
+//! The `_bulk` service: per-item results classified (`classify::classify_item`), failed items
 //! retried with backoff, a 413 split, refused documents returned for the dead-letter table.
 
 use bytes::Bytes;
@@ -6,9 +6,9 @@ use elasticsearch::http::Method;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::classify::{ItemAction, classify_item, field_limit, request_ok};
 use crate::model::{StoredRecord, TopicPartition, document_id};
 use crate::sink::SinkError;
-use crate::sink::retry::{ItemAction, classify_item, field_limit, request_ok};
 
 use super::{ElasticSink, STORE, truncate};
 
@@ -43,7 +43,7 @@ pub enum ItemFate {
 
 impl ElasticSink {
     /// Indexes the records with deterministic ids. A refusal of a document itself (see
-    /// `retry::classify_item`) comes back as a rejection, for the dead-letter table; a refusal
+    /// `classify::classify_item`) comes back as a rejection, for the dead-letter table; a refusal
     /// by its destination index comes back as parked once the store is seen taking other
     /// documents (in the same request, or in any request sent after the refused one), so
     /// one blocked index never holds the rest. Every other failure, of an item or of the whole

@@ -13,6 +13,7 @@
 
 mod accepts;
 mod bulk;
+pub mod classify;
 mod encode;
 mod stream;
 mod template;

@@ -7,9 +7,9 @@ use elasticsearch::http::Method;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::classify::request_ok;
 use crate::model::{StoredRecord, TopicPartition, document_id};
 use crate::sink::SinkError;
-use crate::sink::retry::request_ok;
 
 use super::bulk::Bulk;
 use super::{ElasticSink, truncate};

@@ -10,8 +10,8 @@
 use elasticsearch::http::Method;
 use serde_json::json;
 
+use super::classify::request_ok;
 use crate::sink::SinkError;
-use crate::sink::retry::request_ok;
 
 use super::{ElasticSink, STORE, truncate};
 
