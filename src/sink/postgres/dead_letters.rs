@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use super::{PgSink, Refusal, Rows, classify, insert_records, within};
+use super::PgSink;
+use super::refusal::{Refusal, classify, within};
+use super::rows::{Rows, insert_records};
 use crate::model::{RejectStage, StoredRecord, TopicPartition};
 use crate::sink::SinkError;
 

@@ -2,7 +2,8 @@
 
 use std::collections::HashMap;
 
-use super::{PgSink, classify};
+use super::PgSink;
+use super::refusal::classify;
 use crate::model::TopicPartition;
 use crate::sink::SinkError;
 

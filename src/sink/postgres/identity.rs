@@ -1,7 +1,8 @@
 //! `topic_identities`: which incarnation of a topic each stored name holds (see
 //! `crate::identity`).
 
-use super::{PgSink, classify};
+use super::PgSink;
+use super::refusal::classify;
 use crate::identity::{Binding, TopicIdentity};
 use crate::sink::SinkError;
 

@@ -6,7 +6,9 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Postgres, Transaction};
 
-use super::{PgSink, Refusal, Rows, classify, insert_records, kafka_time};
+use super::refusal::{Refusal, classify};
+use super::rows::{Rows, insert_records};
+use super::{PgSink, kafka_time};
 use crate::model::{
     DeadLetter, LogEntry, Parked, PayloadEncoding, RejectStage, StoredRecord, TopicPartition,
 };
@@ -99,7 +101,7 @@ impl Row {
     fn into_parked(self) -> Result<(TopicPartition, Parked), SinkError> {
         let tp = TopicPartition::new(self.topic, self.kafka_partition);
         let fields = crate::model::Fields::from_text(self.fields).map_err(|e| {
-            super::permanent(format!("parked_records {tp}@{}: {e}", self.kafka_offset))
+            super::refusal::permanent(format!("parked_records {tp}@{}: {e}", self.kafka_offset))
         })?;
         let kafka_timestamp_ms = self.kafka_ts.map(|t| t.timestamp_millis());
         let encoding = match self.payload_encoding.as_str() {

@@ -10,7 +10,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 
-use super::{Refusal, STORE, classify, code, kafka_time};
+use super::refusal::{Refusal, classify, code};
+use super::{STORE, kafka_time};
 use crate::model::{StoredRecord, TopicPartition};
 use crate::sink::SinkError;
 
