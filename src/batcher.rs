@@ -43,10 +43,11 @@ impl Batcher {
     ) -> Vec<Vec<RawRecord>> {
         let mut full = Vec::new();
         let size = record.size();
-        if let Some(open) = self.open.get(tp) {
-            if !open.records.is_empty() && open.bytes + size > self.limits.max_bytes {
-                full.extend(self.take(tp));
-            }
+        if let Some(open) = self.open.get(tp)
+            && !open.records.is_empty()
+            && open.bytes + size > self.limits.max_bytes
+        {
+            full.extend(self.take(tp));
         }
         let open = self.open.entry(tp.clone()).or_insert_with(|| Open {
             records: Vec::new(),

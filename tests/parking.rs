@@ -47,13 +47,16 @@ fn far(i: u64) -> (Option<Vec<u8>>, Vec<u8>) {
     )
 }
 
+/// A record to produce: its key and payload.
+type Keyed = (Option<Vec<u8>>, Vec<u8>);
+
 /// `current` generated records with `extra(i)` after every `every`-th one.
 fn mixed(
     current: u64,
     every: u64,
-    extra: impl Fn(u64) -> (Option<Vec<u8>>, Vec<u8>),
+    extra: impl Fn(u64) -> Keyed,
     first_extra: u64,
-) -> (Vec<(Option<Vec<u8>>, Vec<u8>)>, u64) {
+) -> (Vec<Keyed>, u64) {
     let mut out = Vec::new();
     let mut n = 0;
     for seq in 0..current {

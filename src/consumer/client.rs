@@ -226,12 +226,12 @@ impl ClientContext for Bridge {
             let mut watch = self.watch();
             let now = Instant::now();
             watch.observe_brokers(crate::group_watch::known_brokers(&statistics), now);
-            if let Some(group) = &statistics.cgrp {
-                if let Some(state) = watch.observe(&group.state, &group.join_state, now) {
-                    // Rare (joins, rebalances, outages) and the first thing to read when a
-                    // consumer stops receiving records.
-                    tracing::info!(group_state = state, "consumer group state changed");
-                }
+            if let Some(group) = &statistics.cgrp
+                && let Some(state) = watch.observe(&group.state, &group.join_state, now)
+            {
+                // Rare (joins, rebalances, outages) and the first thing to read when a
+                // consumer stops receiving records.
+                tracing::info!(group_state = state, "consumer group state changed");
             }
         }
         let mut samples = Vec::new();

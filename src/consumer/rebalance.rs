@@ -133,7 +133,7 @@ impl Bridge {
             st.hold(tp, reason);
         }
         if st.closing {
-            pause(consumer, &tps);
+            pause(consumer, tps);
         } else {
             st.apply_pause(consumer);
         }
@@ -182,7 +182,7 @@ impl Bridge {
             // the next owner still starts at PostgreSQL's watermark.
             st.commit(consumer, true, &self.metrics);
         }
-        st.forget(&tps);
+        st.forget(tps);
         drop(st);
         if lost && crate::failpoint::skips("lost_unassign") {
             return;

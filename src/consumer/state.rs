@@ -352,10 +352,10 @@ impl State {
         if !to_pause.is_empty() {
             pause(consumer, &to_pause);
         }
-        if !to_resume.is_empty() {
-            if let Err(e) = consumer.resume(&tpl_of(&to_resume)) {
-                tracing::warn!(error = %e, "resume failed");
-            }
+        if !to_resume.is_empty()
+            && let Err(e) = consumer.resume(&tpl_of(&to_resume))
+        {
+            tracing::warn!(error = %e, "resume failed");
         }
         self.paused = want;
     }

@@ -137,7 +137,7 @@ mod tests {
         );
 
         cancel.cancel();
-        let r: Result<(), _> = retry("op", b, &cancel, || {}, || std::future::pending()).await;
+        let r: Result<(), _> = retry("op", b, &cancel, || {}, std::future::pending).await;
         assert!(matches!(r, Err(SinkError::Cancelled)));
     }
 }

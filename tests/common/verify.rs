@@ -661,7 +661,7 @@ impl Scenario {
             let src = &hit["_source"];
             if src["kafka"]["topic"]
                 .as_str()
-                .is_some_and(|t| other_incarnation(t))
+                .is_some_and(&other_incarnation)
             {
                 return;
             }
