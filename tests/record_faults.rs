@@ -195,6 +195,34 @@ async fn no_kill_around_the_commit_leaves_a_document_without_its_row() {
     s.cleanup().await;
 }
 
+/// Runs the daemon until every record is a row or a dead letter, stops it, and checks that
+/// exactly one record was dead-lettered, by the search store, for a reason naming `cause`.
+/// Returns how long storing took and that reason.
+async fn one_index_dead_letter(
+    s: &Scenario,
+    env: &[(String, String)],
+    cause: &str,
+) -> (Duration, String) {
+    let started = std::time::Instant::now();
+    let mut d = Daemon::start(env);
+    s.wait_all_stored(Duration::from_secs(90)).await;
+    let took = started.elapsed();
+    d.signal("TERM");
+    assert_eq!(d.wait(Duration::from_secs(30)), 0, "{}", d.tail(20));
+    let pool = s.pg().await;
+    let dead: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT stage, reason FROM {}.dead_letters",
+        s.schema
+    )))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].0, "index");
+    assert!(dead[0].1.contains(cause), "the fault: {}", dead[0].1);
+    (took, dead[0].1.clone())
+}
+
 /// A value Lucene cannot index (a 40,000-character `level`, a keyword field: one term over
 /// 32,766 bytes) is refused the same way every time: a dead letter naming the cause, while
 /// every other record of every partition is stored, not held behind it.
@@ -209,28 +237,7 @@ async fn an_immense_term_is_a_dead_letter_and_nothing_waits_for_it() {
     .into_bytes();
     s.produce_raw(&[(None, immense.clone())]);
     s.produce(1_500, 1_500, 0.0);
-    let started = std::time::Instant::now();
-    let mut d = Daemon::start(&s.env());
-    s.wait_all_stored(Duration::from_secs(60)).await;
-    let took = started.elapsed();
-    d.signal("TERM");
-    assert_eq!(d.wait(Duration::from_secs(30)), 0, "{}", d.tail(20));
-
-    let pool = s.pg().await;
-    let dead: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT stage, reason FROM {}.dead_letters",
-        s.schema
-    )))
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    assert_eq!(dead.len(), 1, "{dead:?}");
-    assert_eq!(dead[0].0, "index");
-    assert!(
-        dead[0].1.contains("immense term"),
-        "the fault: {}",
-        dead[0].1
-    );
+    let (took, _) = one_index_dead_letter(&s, &s.env(), "immense term").await;
     let expect = common::verify::Expectation {
         refused_by_index: vec![immense],
         ..Default::default()
@@ -317,31 +324,8 @@ async fn a_document_over_the_stores_request_limit_is_a_dead_letter_naming_the_li
     assert_eq!(status, 413, "a 1.5 MB request to a 1 MiB store");
     s.produce_raw(&[(None, over.clone())]);
     s.produce(1_500, 1_500, 0.0);
-    let started = std::time::Instant::now();
-    let mut d = Daemon::start(&with(
-        &s.env(),
-        &[("LP_ELASTICSEARCH_URL", store.url.clone())],
-    ));
-    s.wait_all_stored(Duration::from_secs(90)).await;
-    let took = started.elapsed();
-    d.signal("TERM");
-    assert_eq!(d.wait(Duration::from_secs(30)), 0, "{}", d.tail(20));
-
-    let pool = s.pg().await;
-    let dead: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT stage, reason FROM {}.dead_letters",
-        s.schema
-    )))
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    assert_eq!(dead.len(), 1, "{dead:?}");
-    assert_eq!(dead[0].0, "index");
-    assert!(
-        dead[0].1.contains("http.max_content_length"),
-        "the fault: {}",
-        dead[0].1
-    );
+    let env = with(&s.env(), &[("LP_ELASTICSEARCH_URL", store.url.clone())]);
+    let (took, reason) = one_index_dead_letter(&s, &env, "http.max_content_length").await;
     let expect = common::verify::Expectation {
         refused_by_index: vec![over],
         search_url: Some(store.url.clone()),
@@ -349,8 +333,7 @@ async fn a_document_over_the_stores_request_limit_is_a_dead_letter_naming_the_li
     };
     s.verify_with(&expect).await.assert_exact("request limit");
     println!(
-        "request limit: 3,000 other records stored in {took:?} with a 1.5 MB record before a 1 MiB limit; dead letter: {}",
-        dead[0].1
+        "request limit: 3,000 other records stored in {took:?} with a 1.5 MB record before a 1 MiB limit; dead letter: {reason}"
     );
     s.cleanup().await;
 }
