@@ -43,11 +43,12 @@ impl Budget {
     }
 
     /// Whether fetching must stop: from the limit on, until usage is back below 90% of it
-    /// (so fetching does not flap around the limit).
+    /// (so fetching does not flap around the limit), or at zero (a limit under ten bytes has
+    /// no 90% in whole bytes; the property test found it stuck there).
     pub(super) fn exhausted(&mut self) -> bool {
         if self.used >= self.limit {
             self.exhausted = true;
-        } else if self.used < self.limit / 10 * 9 {
+        } else if self.used == 0 || self.used < self.limit / 10 * 9 {
             self.exhausted = false;
         }
         self.exhausted
@@ -65,6 +66,44 @@ impl Budget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever records enter and in whatever order their batches are released: usage is
+        /// the sum of what is held, with its copies; fetching stops whenever the limit is
+        /// reached; and once everything is released the budget is back at zero and fetching
+        /// goes on.
+        #[test]
+        fn usage_is_what_is_held_and_returns_to_zero(
+            limit in 1usize..10_000,
+            records in proptest::collection::vec(1usize..3_000, 0..60),
+            order in proptest::collection::vec(any::<prop::sample::Index>(), 0..60),
+        ) {
+            let mut b = Budget::new(limit);
+            let mut held: Vec<usize> = Vec::new();
+            let mut order = order.into_iter();
+            for r in records {
+                b.take(r);
+                held.push(r);
+                prop_assert_eq!(b.used(), held.iter().sum::<usize>() * COPIES);
+                if b.used() >= limit {
+                    prop_assert!(b.exhausted(), "at the limit fetching stops");
+                }
+                // Release some batch now and then, not necessarily the oldest.
+                if let Some(i) = order.next().filter(|_| !held.is_empty()) {
+                    let r = held.swap_remove(i.index(held.len()));
+                    b.release(r);
+                    prop_assert_eq!(b.used(), held.iter().sum::<usize>() * COPIES);
+                }
+                prop_assert!(b.peak() >= b.used());
+            }
+            for r in held.drain(..) {
+                b.release(r);
+            }
+            prop_assert_eq!(b.used(), 0);
+            prop_assert!(!b.exhausted(), "nothing held: fetching goes on");
+        }
+    }
 
     #[test]
     fn stops_at_the_limit_and_resumes_below_ninety_percent() {
