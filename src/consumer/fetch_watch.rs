@@ -156,6 +156,74 @@ pub(super) fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Over any sequence of statistics for a few partitions: a partition is reported
+        /// stalled only after it could fetch, had records beyond its position and kept that
+        /// position for the whole bound; once per stall; and every report is ended by a
+        /// `Moving` before the next one.
+        #[test]
+        fn reports_only_real_stalls_once_each(
+            steps in proptest::collection::vec(
+                (0i32..3, 0i64..4, 0i64..3, any::<bool>(), 0u64..20),
+                1..200,
+            ),
+        ) {
+            let after = Duration::from_secs(30);
+            let mut w = FetchWatch::new(after);
+            let t0 = Instant::now();
+            let mut now = t0;
+            // Per partition: (position, since when it could fetch at it with records beyond).
+            let mut waiting: HashMap<i32, (i64, Instant)> = HashMap::new();
+            let mut reported: HashMap<i32, bool> = HashMap::new();
+            // Every statistics report lists all three partitions; one changes per step.
+            let mut current: Vec<Sample> = (0..3)
+                .map(|p| Sample { tp: TopicPartition::new("t", p), position: -1, end: -1, fetching: false })
+                .collect();
+            for (p, position, ahead, fetching, secs) in steps {
+                now += Duration::from_secs(secs);
+                current[p as usize] = Sample {
+                    tp: TopicPartition::new("t", p),
+                    position,
+                    end: position + ahead,
+                    fetching,
+                };
+                for s in &current {
+                    let q = s.tp.partition;
+                    let stuck = s.fetching && s.position >= 0 && s.end > s.position;
+                    let since = match waiting.get(&q) {
+                        Some(&(pos, since)) if stuck && pos == s.position => since,
+                        _ => now,
+                    };
+                    if stuck { waiting.insert(q, (s.position, since)); } else { waiting.remove(&q); }
+                }
+                for c in w.observe(&current, now) {
+                    match c {
+                        Change::Stalled { tp, at, stalled_for, .. } => {
+                            let q = tp.partition;
+                            let (pos, since) = waiting.get(&q).copied().expect("only a waiting partition stalls");
+                            prop_assert_eq!(at, pos);
+                            prop_assert!(now.duration_since(since) >= after);
+                            prop_assert!(stalled_for >= after);
+                            prop_assert!(!reported.get(&q).copied().unwrap_or(false), "once");
+                            reported.insert(q, true);
+                        }
+                        Change::Moving { tp } => {
+                            prop_assert!(reported.get(&tp.partition).copied().unwrap_or(false));
+                            reported.insert(tp.partition, false);
+                        }
+                    }
+                }
+                // A partition waiting past the bound has been reported.
+                for (q, &(_, since)) in &waiting {
+                    if now.duration_since(since) >= after {
+                        prop_assert!(reported.get(q).copied().unwrap_or(false), "stall of {} unreported", q);
+                    }
+                }
+            }
+        }
+    }
 
     fn sample(position: i64, end: i64, fetching: bool) -> Sample {
         Sample {
