@@ -66,7 +66,7 @@ fn references(at: &str, text: &str, known: &BTreeSet<String>) -> BTreeSet<String
                 .split("::")
                 .filter(|s| !s.is_empty())
                 .collect();
-            let mut module: Vec<&str> = if segments[0] == "crate" {
+            let module: Vec<&str> = if segments[0] == "crate" {
                 segments.remove(0);
                 vec![]
             } else {
@@ -104,7 +104,6 @@ fn references(at: &str, text: &str, known: &BTreeSet<String>) -> BTreeSet<String
                 }
                 refs.insert(full.join("::"));
             }
-            module.clear();
         }
     }
     refs

@@ -87,13 +87,7 @@ async fn restart_kafka() {
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .expect("VmHWM")
+    proc_status_kib(pid, "VmHWM:").expect("VmHWM")
 }
 
 // ---------------------------------------------------------------------------------------------

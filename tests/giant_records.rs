@@ -156,19 +156,13 @@ impl Drop for MemoryCgroup {
 fn sample_rss(pid: u32) -> std::thread::JoinHandle<(u64, u64)> {
     std::thread::spawn(move || {
         let (mut anon, mut file) = (0, 0);
-        while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-            let kib = |key: &str| {
-                (status.lines())
-                    .find_map(|l| l.strip_prefix(key))
-                    .and_then(|l| l.split_whitespace().next())
-                    .and_then(|n| n.parse::<u64>().ok())
-                    .unwrap_or(0)
-            };
-            if kib("State:") == 0 && status.contains("State:\tZ") {
-                break;
-            }
-            anon = anon.max(kib("RssAnon:") / 1024);
-            file = file.max(kib("RssFile:") / 1024);
+        // A zombie has no memory fields left: the loop ends with the process.
+        while let (Some(a), Some(f)) = (
+            proc_status_kib(pid, "RssAnon:"),
+            proc_status_kib(pid, "RssFile:"),
+        ) {
+            anon = anon.max(a / 1024);
+            file = file.max(f / 1024);
             std::thread::sleep(Duration::from_millis(50));
         }
         (anon, file)
@@ -176,14 +170,7 @@ fn sample_rss(pid: u32) -> std::thread::JoinHandle<(u64, u64)> {
 }
 
 fn peak_rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|n| n.parse::<u64>().ok())
-        .expect("VmHWM")
-        / 1024
+    proc_status_kib(pid, "VmHWM:").expect("VmHWM") / 1024
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -186,12 +186,7 @@ async fn a_wedged_consumer_thread_fails_liveness_and_starves_the_watchdog() {
 
 /// Peak resident memory of a process, from the kernel's high-water mark.
 fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
+    proc_status_kib(pid, "VmHWM:").map_or(0.0, |kib| kib as f64 / 1024.0)
 }
 
 /// Runs the daemon for a while on a 48-partition backlog with PostgreSQL slowed down, and
