@@ -437,6 +437,22 @@ mod tests {
     }
 
     #[test]
+    fn the_memory_settings_name_their_field_and_enter_the_worst_case() {
+        let err = parse(&["--kafka-fetch-max-bytes", "1048576"])
+            .validate()
+            .unwrap_err();
+        assert!(err.field.starts_with("LP_KAFKA_FETCH_MAX_BYTES"), "{err:?}");
+        // Two 4 MiB batches with four copies each need 32 MiB.
+        let err = parse(&["--memory-budget-mb", "31"]).validate().unwrap_err();
+        assert!(err.field.starts_with("LP_MEMORY_BUDGET_MB"), "{err:?}");
+        parse(&["--memory-budget-mb", "32"]).validate().unwrap();
+        // 64 + 16 (queue) + 17 (a 16 MiB fetch and framing) + 128 + 4 x 17.
+        assert_eq!(parse(&[]).worst_case_memory_mib(), 293);
+        let bigger = parse(&["--kafka-fetch-max-bytes", "33554432"]);
+        assert_eq!(bigger.worst_case_memory_mib(), 293 + 5 * 16);
+    }
+
+    #[test]
     fn revoke_drain_below_session_timeout() {
         let err = parse(&[
             "--session-timeout-ms",
