@@ -106,7 +106,7 @@ async fn write(ctx: &WorkerContext, batch: &Batch, held_now: &Notify) -> Result<
             .make(raw_at(batch, offset), RejectStage::Store, reason)
     };
     // Offsets whose documents are removed already: the transaction commits only once every
-    // `store` dead letter of the batch is among them (see `postgres::write_tx`).
+    // `store` dead letter of the batch is among them (see `postgres::batch::write_tx`).
     let mut removed: Vec<i64> = Vec::new();
     let mut attempt = 0;
     let written = loop {
