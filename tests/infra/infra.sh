@@ -55,6 +55,9 @@ up() {
 down() {
   local s rc=0
   for s in "${services[@]}"; do run "$s" stop || rc=1; done
+  # The secured servers tests/secured.rs starts (secure.sh up) go too: left running, they would
+  # answer the next checkout's tests with another checkout's certificates.
+  bash "$INFRA_DIR/secure.sh" down || rc=1
   return "$rc"
 }
 
