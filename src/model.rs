@@ -89,6 +89,9 @@ pub struct Batch {
     /// Batches of the partition being written: the worker counts this one in while it writes
     /// it (until its ack is sent), so a revocation knows what it waits for.
     pub writing: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Which assignment of the partition it belongs to (a number the consumer counts up): its
+    /// ack counts only while that assignment lasts.
+    pub assignment: u64,
 }
 
 /// Where a partition stands before a batch.
@@ -268,6 +271,8 @@ pub struct Ack {
     /// batch follows (`SinkError::Behind`): the consumer must read it again from the stored
     /// watermark. Why, for the log.
     pub reread: Option<String>,
+    /// The batch's `assignment`.
+    pub assignment: u64,
 }
 
 /// The deterministic document id: a replay of the same record overwrites the same document.

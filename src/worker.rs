@@ -197,6 +197,7 @@ impl Books {
             durable,
             bytes: batch.bytes,
             reread,
+            assignment: batch.assignment,
         });
         if tried {
             batch.writing.fetch_sub(1, Relaxed); // after the ack: see `Batch::writing`

@@ -201,3 +201,31 @@ fn the_circle_check_finds_a_circle() {
     let c = circle(&graph).expect("client <-> rebalance is a circle");
     assert!(c.len() >= 3, "{c:?}");
 }
+
+/// The consumer's rules run without Kafka, channels or a runtime (`consumer::rules`): that is
+/// what lets their property tests drive them with any order of events.
+#[test]
+fn the_consumer_rules_do_no_io() {
+    let modules = modules();
+    let rules: Vec<(&String, &String)> = modules
+        .iter()
+        .filter(|(m, _)| m.as_str() == "consumer::rules" || m.starts_with("consumer::rules::"))
+        .collect();
+    assert!(rules.len() >= 2, "the rules and their tests: {rules:?}");
+    for (module, text) in rules {
+        let code: String = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect();
+        for io in [
+            "rdkafka",
+            "tokio::sync",
+            "mpsc",
+            "sqlx",
+            "elasticsearch",
+            "std::thread",
+        ] {
+            assert!(!code.contains(io), "{module} names {io}");
+        }
+    }
+}

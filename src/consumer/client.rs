@@ -130,8 +130,8 @@ pub(super) fn replace(old: Kafka, why: &str, stalled_for: Duration) -> Kafka {
     bridge.retired.store(true, Relaxed);
     {
         let mut st = bridge.lock();
-        let owned: Vec<_> = st.assigned.keys().cloned().collect();
-        st.forget(&owned);
+        let owned = st.core.owned();
+        st.core.forget(&owned);
     }
     bridge.metrics.consumer_replacements.fetch_add(1, Relaxed);
     // Closing waits for the group handler, which is what is stuck: close it on the side and
@@ -248,7 +248,7 @@ impl ClientContext for Bridge {
                     if p.consumer_lag >= 0 {
                         lag.insert(tp.clone(), p.consumer_lag);
                     }
-                    let fetching = st.assigned.contains_key(&tp) && !st.paused.contains(&tp);
+                    let fetching = st.core.fetching(&tp);
                     samples.push(Sample {
                         tp,
                         position: p.next_offset,

@@ -17,18 +17,13 @@ pub(super) fn close(consumer: Kafka) -> ConsumerReport {
     let shutdown = bridge.shutdown.clone();
     {
         let mut st = bridge.lock();
-        st.closing = true;
-        let all: Vec<_> = st.assigned.keys().cloned().collect();
-        pause(&consumer, &all);
         // Only writes under way are finished. What was read but is not being written yet (open
         // batches, batches waiting for a worker or queued in one) is given up, uncommitted:
         // the partition's next owner reads it again. Writing it here would make the exit, and
         // so the handoff, wait for work the next owner does anyway (with 48 partitions, one
         // final batch each took seconds).
-        st.discard(&all);
-        for owned in st.assigned.values() {
-            owned.draining.cancel();
-        }
+        let all = st.core.begin_close();
+        pause(&consumer, &all);
     }
     shutdown.phase("fetching stopped");
 
@@ -38,15 +33,15 @@ pub(super) fn close(consumer: Kafka) -> ConsumerReport {
         bridge.metrics.consumer_beat();
         {
             let mut st = bridge.lock();
-            st.drain_acks(&bridge.metrics);
+            st.drain_acks();
             if shutdown.abort.is_cancelled() {
-                st.pending.clear();
+                st.core.drop_pending();
             }
             st.dispatch();
-            if st.pending.is_empty() {
-                st.workers.clear(); // closes the queues: workers exit once they are empty
+            if !st.core.has_pending() {
+                st.close_queues();
             }
-            if st.workers_gone {
+            if st.workers_gone() {
                 break;
             }
         }
@@ -72,7 +67,9 @@ pub(super) fn close(consumer: Kafka) -> ConsumerReport {
             .hard_deadline()
             .map(|d| d.saturating_duration_since(Instant::now()));
         st.commit_final(&consumer, timeout, &bridge.metrics);
-        st.abandoned()
+        ConsumerReport {
+            abandoned: st.core.abandoned(),
+        }
     };
     shutdown.phase("offsets committed");
     for (tp, from, to) in &report.abandoned {

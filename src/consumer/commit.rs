@@ -11,11 +11,10 @@ use std::time::Duration;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::topic_partition_list::Offset;
 
-use crate::metrics::Metrics;
-use crate::model::TopicPartition;
-
+use super::Kafka;
+use super::state::State;
 use super::state::tpl_at;
-use super::{Kafka, State};
+use crate::metrics::Metrics;
 
 /// Bound on the final commit when no shutdown deadline applies.
 const FINAL_COMMIT_BOUND: Duration = Duration::from_secs(5);
@@ -28,21 +27,21 @@ impl State {
     /// of a manual asynchronous commit to nobody (it only logs it), so a watermark whose commit
     /// failed counts as committed until the next `all` commit sends it again.
     pub(super) fn commit(&mut self, consumer: &Kafka, all: bool, metrics: &Metrics) {
-        let moved = self.to_commit(all);
+        let moved = self.core.to_commit(all);
         if moved.is_empty() {
             return;
         }
         crate::failpoint::hit_blocking("before_kafka_commit");
         if !all && crate::failpoint::skips("lost_async_commit") {
             // As if librdkafka had sent it and the broker refused it, unseen by us.
-            self.committed(moved);
+            self.core.committed(moved);
             return;
         }
         let tpl = tpl_at(moved.iter().map(|(tp, o)| (tp, Offset::Offset(*o))));
         match consumer.commit(&tpl, CommitMode::Async) {
             Ok(()) => {
                 metrics.commits.fetch_add(1, Relaxed);
-                self.committed(moved);
+                self.core.committed(moved);
             }
             Err(e) => {
                 metrics.commit_errors.fetch_add(1, Relaxed);
@@ -60,7 +59,7 @@ impl State {
         timeout: Option<Duration>,
         metrics: &Metrics,
     ) {
-        let moved = self.to_commit(true);
+        let moved = self.core.to_commit(true);
         let bound = timeout.unwrap_or(FINAL_COMMIT_BOUND);
         if moved.is_empty() {
             return;
@@ -87,7 +86,7 @@ impl State {
         match rx.recv_timeout(bound) {
             Ok(Ok(())) => {
                 metrics.commits.fetch_add(1, Relaxed);
-                self.committed(moved);
+                self.core.committed(moved);
             }
             Ok(Err(e)) => {
                 metrics.commit_errors.fetch_add(1, Relaxed);
@@ -100,25 +99,6 @@ impl State {
                     "final offset commit unanswered; leaving without it (PostgreSQL's watermark stands in for it)"
                 );
             }
-        }
-    }
-
-    /// The watermarks to commit, of owned partitions only.
-    fn to_commit(&self, all: bool) -> Vec<(TopicPartition, i64)> {
-        let candidates: Vec<_> = if all {
-            self.watermarks.durable_all()
-        } else {
-            self.watermarks.to_commit().into_iter().collect()
-        };
-        candidates
-            .into_iter()
-            .filter(|(tp, _)| self.assigned.contains_key(tp))
-            .collect()
-    }
-
-    fn committed(&mut self, offsets: Vec<(TopicPartition, i64)>) {
-        for (tp, offset) in offsets {
-            self.watermarks.get_mut(&tp).mark_committed(offset);
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, c_char};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::bindings as rd;
 use rdkafka::client::Client;
@@ -260,15 +260,11 @@ impl Bridge {
                         format!("topic {topic} is now stored under another name")
                     });
                     // Nothing more is read under the old name from now on.
-                    let owned: Vec<_> = st
-                        .assigned
-                        .keys()
-                        .filter(|tp| *tp.topic == *topic)
-                        .cloned()
-                        .collect();
+                    let mut owned = st.core.owned();
+                    owned.retain(|tp| *tp.topic == *topic);
                     for tp in owned {
                         tracing::error!(partition = %tp, "{why}");
-                        st.hold(tp, why.clone());
+                        st.core.hold(tp, why.clone());
                     }
                     why
                 }
@@ -276,7 +272,7 @@ impl Bridge {
                 (None, None) => continue,
             };
             st.identities.insert(topic, now.cloned());
-            st.rejoin_now(why);
+            st.core.rejoin_now(why, Instant::now());
         }
         st.apply_pause(consumer);
     }

@@ -13,6 +13,7 @@ mod commit;
 mod fetch_watch;
 mod identity;
 mod rebalance;
+mod rules;
 mod start;
 mod state;
 
@@ -33,13 +34,12 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use tokio::sync::mpsc::Sender;
 
-use crate::batcher::{Batcher, Limits};
+use crate::batcher::Limits;
 use crate::group_watch::GroupWatch;
 use crate::identity::Binding;
 use crate::metrics::Metrics;
 use crate::model::{Ack, Batch, RawRecord, TopicPartition};
 use crate::shutdown::Shutdown;
-use crate::watermark::Watermarks;
 
 /// A future of the consumer's stores.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'a>>;
@@ -128,27 +128,13 @@ pub fn spawn(
     shutdown: Shutdown,
     metrics: Arc<Metrics>,
 ) -> Result<std::thread::JoinHandle<ConsumerReport>, ConsumerError> {
-    let n_workers = workers.len();
-    let state = State {
-        batcher: Batcher::new(settings.limits),
-        watermarks: Watermarks::default(),
-        workers,
-        acks,
-        pending: HashMap::new(),
-        assigned: HashMap::new(),
-        n_workers,
-        budget: budget::Budget::new(settings.memory_budget_bytes),
-        paused: HashSet::new(),
-        held: HashMap::new(),
-        fetched: HashMap::new(),
-        closing: false,
-        metrics: Arc::clone(&metrics),
-        rejoin_at: None,
-        workers_gone: false,
-        identities: HashMap::new(),
-        identity_check_at: Instant::now() + IDENTITY_RECHECK,
-        sends: 0,
-    };
+    let core = rules::Core::new(
+        settings.limits,
+        workers.len(),
+        settings.memory_budget_bytes,
+        Arc::clone(&metrics),
+    );
+    let state = State::new(core, workers, acks, Instant::now() + IDENTITY_RECHECK);
     let bridge = Bridge {
         state: Arc::new(Mutex::new(state)),
         retired: AtomicBool::new(false),
@@ -211,7 +197,7 @@ fn run(mut consumer: Kafka) -> ConsumerReport {
                 continue;
             }
             let st = consumer.context().lock();
-            st.batcher
+            st.core
                 .next_expiry()
                 .map_or(Duration::from_millis(50), |t| {
                     t.saturating_duration_since(now)
@@ -233,16 +219,8 @@ fn run(mut consumer: Kafka) -> ConsumerReport {
                 };
                 drop(m);
                 bridge.metrics.consumed.fetch_add(1, Relaxed);
-                let mut st = bridge.lock();
-                if st.assigned.contains_key(&tp) && !st.held.contains_key(&tp) {
-                    st.fetched.insert(tp.clone(), record.offset + 1);
-                    st.budget.take(record.size());
-                    for full in st.batcher.push(&tp, record, Instant::now()) {
-                        st.enqueue(&consumer, tp.clone(), full);
-                        due = true;
-                    }
-                    due |= st.budget.exhausted();
-                }
+                let log_start = |tp: &TopicPartition| start::log_start(&consumer, tp);
+                due |= (bridge.lock().core).record(&tp, record, Instant::now(), &log_start);
             }
             Some(Err(e)) => {
                 poll_errors += 1;
@@ -270,10 +248,9 @@ fn housekeeping(
     bridge.metrics.consumer_beat();
     {
         let mut st = bridge.lock();
-        st.drain_acks(&bridge.metrics);
-        for (tp, records) in st.batcher.expired(now) {
-            st.enqueue(consumer, tp, records);
-        }
+        st.drain_acks();
+        let log_start = |tp: &TopicPartition| start::log_start(consumer, tp);
+        st.core.expire(now, &log_start);
         st.dispatch();
         st.apply_pause(consumer);
         if now >= *next_commit {
@@ -288,7 +265,7 @@ fn housekeeping(
     }
     let recheck = {
         let mut st = bridge.lock();
-        let due = now >= st.identity_check_at && !st.closing;
+        let due = now >= st.identity_check_at && st.core.phase() == rules::Phase::Running;
         if due {
             st.identity_check_at = now + IDENTITY_RECHECK;
         }
@@ -298,14 +275,8 @@ fn housekeeping(
         bridge.recheck_identities(consumer);
     }
     let stalled = bridge.watch().stalled(now).map(|(s, d)| (s.to_owned(), d));
-    let rejoin = {
-        let mut st = bridge.lock();
-        match &st.rejoin_at {
-            Some((at, _)) if *at <= now => st.rejoin_at.take(),
-            _ => None,
-        }
-    };
-    stalled.or_else(|| rejoin.map(|(_, why)| (why, Duration::ZERO)))
+    let rejoin = bridge.lock().core.take_rejoin(now);
+    stalled.or_else(|| rejoin.map(|why| (why, Duration::ZERO)))
 }
 
 /// Topic names as shared strings, so a record's partition costs no allocation.

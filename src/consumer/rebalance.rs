@@ -12,10 +12,11 @@ use rdkafka::types::RDKafkaRespErr;
 
 use crate::model::TopicPartition;
 
+use super::Kafka;
 use super::client::Bridge;
+use super::rules::Phase;
 use super::start::{Start, end_offset, start_offset};
 use super::state::{partitions_of, pause, tpl_at, tpl_of};
-use super::{Kafka, State};
 
 impl Bridge {
     /// Handles a rebalance on the consumer thread, inside librdkafka's callback (which must
@@ -115,24 +116,24 @@ impl Bridge {
             tracing::error!(error = %e, "assign failed");
             let why = format!("assign failed: {e}");
             for tp in tps {
-                st.own(tp.clone(), stored_as[tp].clone());
-                st.hold(tp.clone(), why.clone());
+                st.core.own(tp.clone(), stored_as[tp].clone());
+                st.core.hold(tp.clone(), why.clone());
             }
-            st.rejoin(why);
+            st.core.rejoin(why, Instant::now());
             drop(st);
             return;
         }
         for tp in tps {
-            st.own(tp.clone(), stored_as[tp].clone());
+            st.core.own(tp.clone(), stored_as[tp].clone());
         }
         for (tp, offset) in started {
-            st.watermarks.get_mut(&tp).start_at(offset);
+            st.core.start_at(&tp, offset);
         }
         for (tp, reason) in held {
             tracing::error!(partition = %tp, "{reason}");
-            st.hold(tp, reason);
+            st.core.hold(tp, reason);
         }
-        if st.closing {
+        if st.core.phase() == Phase::Closing {
             pause(consumer, tps);
         } else {
             st.apply_pause(consumer);
@@ -145,44 +146,28 @@ impl Bridge {
         let began = Instant::now();
         crate::failpoint::hit_blocking("in_revoke");
         let mut st = self.lock();
-        st.discard(tps);
-        for tp in tps {
-            if let Some(owned) = st.assigned.get(tp) {
-                owned.draining.cancel(); // batches not started yet are given up at once
-            }
-        }
-        if !lost && !st.closing {
+        st.core.begin_revoke(tps); // batches not started yet are given up at once
+        if !lost && st.core.phase() == Phase::Running {
             // Let the writes under way for these partitions finish, within a bound below the
             // session timeout (and before the shutdown abort, if one is coming).
             let mut until = Instant::now() + self.settings.revoke_drain_timeout;
             if let Some(at) = self.shutdown.abort_at() {
                 until = until.min(at);
             }
-            let writing = |st: &State| {
-                tps.iter().any(|tp| {
-                    st.assigned
-                        .get(tp)
-                        .is_some_and(|o| o.writing.load(Relaxed) > 0)
-                })
-            };
-            while writing(&st) && Instant::now() < until {
-                st.wait_ack(Duration::from_millis(20), &self.metrics);
+            while st.core.writing(tps) && Instant::now() < until {
+                st.wait_ack(Duration::from_millis(20));
             }
             // A worker acknowledges a batch before it stops counting it as written.
-            st.drain_acks(&self.metrics);
+            st.drain_acks();
         }
-        for tp in tps {
-            if let Some(owned) = st.assigned.get(tp) {
-                owned.revoked.cancel(); // whatever is still running for it is given up
-            }
-        }
+        st.core.cancel_writes(tps); // whatever is still running for them is given up
         if !lost {
             // Still owned during the callback: the last moment these partitions may be
             // committed. Sent without waiting, so the callback stays bounded; if it is lost,
             // the next owner still starts at PostgreSQL's watermark.
             st.commit(consumer, true, &self.metrics);
         }
-        st.forget(tps);
+        st.core.forget(tps);
         drop(st);
         if lost && crate::failpoint::skips("lost_unassign") {
             return;
@@ -234,10 +219,10 @@ impl Bridge {
         }
         let mut st = self.lock();
         for tp in tps {
-            st.own(tp.clone(), tp.clone());
-            st.hold(tp.clone(), why.to_string());
+            st.core.own(tp.clone(), tp.clone());
+            st.core.hold(tp.clone(), why.to_string());
         }
-        st.rejoin(why.to_string());
+        st.core.rejoin(why.to_string(), Instant::now());
         st.apply_pause(consumer);
     }
 
@@ -328,7 +313,7 @@ impl ConsumerContext for Bridge {
             },
             other => {
                 tracing::error!(error = ?other, "rebalance error; giving up the assignment");
-                let owned = self.lock().assigned.keys().cloned().collect();
+                let owned = self.lock().core.owned();
                 Rebalance::Revoke {
                     partitions: owned,
                     lost: true,

@@ -6,7 +6,7 @@
 //! for its partition; the partition's later batches follow it there in order, and the worker
 //! goes on with its queue. A lane whose batches are all done is closed at the partition's next
 //! batch, which the worker then writes itself again. The consumer caps the batches a partition
-//! has at its worker (`State::dispatch`), so a held lane never collects more than a few.
+//! has at its worker (`Core::dispatch`), so a held lane never collects more than a few.
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -1,0 +1,500 @@
+//! The core run against a model of Kafka, the workers and the stores, over random orders of
+//! events: assignments, revocations (also lost ones), records, offsets going back, acks out of
+//! order, failed writes, budget pressure and shutdown. After every event the invariants hold:
+//!
+//! - a committed offset never passes an offset the stores do not hold;
+//! - only owned partitions are committed, and a held or unowned partition is never dispatched;
+//! - a partition's batches reach its worker in order, each following the previous without a
+//!   hole;
+//! - once every batch is written and acknowledged, the budget is back at zero, no batch is
+//!   left in flight, and every offset read is committable unless a write was given up.
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use crate::batcher::Limits;
+use crate::metrics::Metrics;
+use crate::model::{Ack, Batch, RawRecord, TopicPartition};
+
+use super::{Core, Lanes, Phase};
+
+const PARTITIONS: i32 = 3;
+const WORKERS: usize = 2;
+const LANE_CAPACITY: usize = 1;
+const RECORD_BYTES: usize = 100;
+
+/// The workers' queues, in memory.
+struct Queues(RefCell<Vec<VecDeque<Batch>>>);
+
+impl Lanes for Queues {
+    fn count(&self) -> usize {
+        self.0.borrow().len()
+    }
+
+    fn capacity(&self, _: usize) -> usize {
+        LANE_CAPACITY
+    }
+
+    fn try_send(&self, w: usize, batch: Batch) -> Result<(), Batch> {
+        let mut lanes = self.0.borrow_mut();
+        if lanes[w].len() >= LANE_CAPACITY {
+            return Err(batch);
+        }
+        lanes[w].push_back(batch);
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Event {
+    Assign(i32),
+    Revoke {
+        partition: i32,
+        lost: bool,
+    },
+    /// The next record of a partition, `skip` offsets after the previous (transaction markers).
+    Record {
+        partition: i32,
+        skip: i64,
+    },
+    /// librdkafka reset the partition's position to 0: the topic was recreated.
+    OffsetsBack(i32),
+    Expire,
+    Dispatch,
+    /// A worker takes its next batch and writes it, or fails to.
+    Work {
+        worker: usize,
+        fails: bool,
+    },
+    /// An ack reaches the consumer; which one of those on the way is random.
+    Deliver(prop::sample::Index),
+    Pause,
+    Commit {
+        all: bool,
+    },
+    Hold(i32),
+    Close,
+}
+
+fn event() -> impl Strategy<Value = Event> {
+    let p = 0..PARTITIONS;
+    prop_oneof![
+        2 => p.clone().prop_map(Event::Assign),
+        1 => (p.clone(), any::<bool>()).prop_map(|(partition, lost)| Event::Revoke { partition, lost }),
+        8 => (p.clone(), prop_oneof![4 => Just(0i64), 1 => 1i64..3]).prop_map(|(partition, skip)| Event::Record { partition, skip }),
+        1 => p.clone().prop_map(Event::OffsetsBack),
+        2 => Just(Event::Expire),
+        3 => Just(Event::Dispatch),
+        3 => (0..WORKERS, prop::bool::weighted(0.15)).prop_map(|(worker, fails)| Event::Work { worker, fails }),
+        3 => any::<prop::sample::Index>().prop_map(Event::Deliver),
+        1 => Just(Event::Pause),
+        2 => any::<bool>().prop_map(|all| Event::Commit { all }),
+        1 => p.prop_map(Event::Hold),
+        1 => Just(Event::Close),
+    ]
+}
+
+/// What the stores and Kafka hold, and what the test knows about the core from outside.
+struct World {
+    core: Core,
+    lanes: Queues,
+    now: Instant,
+    /// Offsets both stores hold, per partition, whichever assignment wrote them.
+    stored: HashMap<i32, BTreeSet<i64>>,
+    /// Where the reader of an owned partition is: the next offset Kafka hands over.
+    reading: HashMap<i32, i64>,
+    /// Where each owned partition's next batch must begin.
+    next_batch: HashMap<i32, i64>,
+    /// Owned partitions held by the test or the core.
+    held: HashSet<i32>,
+    /// Owned partitions a write was given up for in this assignment.
+    gave_up: HashSet<i32>,
+    /// Owned partitions whose offsets went back (the core must notice on its own).
+    went_back: HashSet<i32>,
+    acks: Vec<Ack>,
+}
+
+fn tp(p: i32) -> TopicPartition {
+    TopicPartition::new("logs", p)
+}
+
+fn record(offset: i64) -> RawRecord {
+    RawRecord {
+        offset,
+        key: None,
+        payload: Some(vec![b'x'; RECORD_BYTES]),
+        kafka_timestamp_ms: None,
+    }
+}
+
+fn no_log_start(_: &TopicPartition) -> Option<i64> {
+    None
+}
+
+impl World {
+    fn new(budget_records: usize) -> Self {
+        let limits = Limits {
+            max_records: 3,
+            max_bytes: 1 << 20,
+            linger: Duration::from_millis(10),
+        };
+        let budget = budget_records * record(0).size() * RawRecord::COPIES;
+        World {
+            core: Core::new(limits, WORKERS, budget, Arc::new(Metrics::default())),
+            lanes: Queues(RefCell::new(
+                (0..WORKERS).map(|_| VecDeque::new()).collect(),
+            )),
+            now: Instant::now(),
+            stored: HashMap::new(),
+            reading: HashMap::new(),
+            next_batch: HashMap::new(),
+            held: HashSet::new(),
+            gave_up: HashSet::new(),
+            went_back: HashSet::new(),
+            acks: Vec::new(),
+        }
+    }
+
+    /// PostgreSQL's watermark: the end of the prefix of offsets the stores hold.
+    fn watermark(&self, p: i32) -> i64 {
+        let stored = self.stored.get(&p);
+        (0..)
+            .find(|o| !stored.is_some_and(|s| s.contains(o)))
+            .unwrap()
+    }
+
+    fn apply(&mut self, event: Event) -> Result<(), TestCaseError> {
+        let closing = self.core.phase() == Phase::Closing;
+        match event {
+            Event::Assign(p) if !closing && !self.core.owns(&tp(p)) => {
+                self.core.own(tp(p), tp(p));
+                let start = self.watermark(p);
+                self.core.start_at(&tp(p), start);
+                self.reading.insert(p, start);
+                self.next_batch.insert(p, start);
+            }
+            Event::Revoke { partition: p, lost } if self.core.owns(&tp(p)) => {
+                let tps = [tp(p)];
+                self.core.begin_revoke(&tps);
+                self.core.cancel_writes(&tps);
+                if !lost {
+                    self.commit(true)?;
+                }
+                self.core.forget(&tps);
+                for set in [&mut self.held, &mut self.gave_up, &mut self.went_back] {
+                    set.remove(&p);
+                }
+                self.reading.remove(&p);
+            }
+            Event::Record { partition: p, skip } if !closing => {
+                if let Some(at) = self.reading.get_mut(&p) {
+                    let offset = *at + skip;
+                    let record = record(offset);
+                    *at = offset + 1;
+                    self.core.record(&tp(p), record, self.now, &no_log_start);
+                }
+            }
+            Event::OffsetsBack(p) => {
+                if let Some(at) = self.reading.get_mut(&p)
+                    && *at > 0
+                {
+                    *at = 0;
+                    self.went_back.insert(p);
+                }
+            }
+            Event::Expire => {
+                self.now += Duration::from_millis(20);
+                self.core.expire(self.now, &no_log_start);
+            }
+            Event::Dispatch => self.dispatch()?,
+            Event::Work { worker, fails } => self.work(worker, fails),
+            Event::Deliver(i) if !self.acks.is_empty() => {
+                let ack = self.acks.swap_remove(i.index(self.acks.len()));
+                self.core.ack(ack, self.now);
+            }
+            Event::Pause => {
+                let before = self.core.paused.clone();
+                let change = self.core.pause_change();
+                let mut after = before.clone();
+                after.retain(|tp| !change.resume.contains(tp));
+                after.extend(change.pause.iter().cloned());
+                prop_assert_eq!(&after, &self.core.paused, "pause and resume add up");
+                for p in &self.held {
+                    prop_assert!(after.contains(&tp(*p)), "held partition {} not paused", p);
+                }
+                if self.core.budget.exhausted() {
+                    prop_assert_eq!(after.len(), self.core.assigned.len(), "budget used up");
+                }
+            }
+            Event::Commit { all } => self.commit(all)?,
+            Event::Hold(p) if self.core.owns(&tp(p)) => {
+                self.core.hold(tp(p), "held by the test".into());
+                self.held.insert(p);
+            }
+            Event::Close if !closing => {
+                let all = self.core.begin_close();
+                prop_assert_eq!(
+                    all.len(),
+                    self.reading.len(),
+                    "closing pauses every partition"
+                );
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn dispatch(&mut self) -> Result<(), TestCaseError> {
+        let before: Vec<usize> = self.lanes.0.borrow().iter().map(VecDeque::len).collect();
+        self.core.dispatch(&self.lanes);
+        for (lane, &had) in self.lanes.0.borrow().iter().zip(&before) {
+            for batch in lane.iter().skip(had) {
+                let p = batch.tp.partition;
+                prop_assert!(self.core.owns(&batch.tp), "dispatched unowned {}", p);
+                prop_assert!(!self.held.contains(&p), "dispatched held partition {}", p);
+                let expected = self.next_batch[&p];
+                prop_assert_eq!(batch.covered_from(), expected, "batches follow each other");
+                self.next_batch.insert(p, batch.next_offset);
+            }
+        }
+        Ok(())
+    }
+
+    /// A worker as `worker.rs` behaves: a batch of a revoked or draining partition is given
+    /// up unwritten; otherwise it is written to both stores, or the write fails.
+    fn work(&mut self, worker: usize, fails: bool) {
+        let Some(batch) = self.lanes.0.borrow_mut()[worker].pop_front() else {
+            return;
+        };
+        let skipped = batch.revoked.is_cancelled() || batch.drain.is_cancelled();
+        let durable = !skipped && !fails;
+        if durable {
+            let stored = self.stored.entry(batch.tp.partition).or_default();
+            stored.extend(batch.covered_from()..batch.next_offset);
+        } else if !batch.revoked.is_cancelled() {
+            // Given up in this assignment (a batch of an earlier one is not this one's loss).
+            self.gave_up.insert(batch.tp.partition);
+        }
+        self.acks.push(Ack {
+            tp: batch.tp.clone(),
+            first_offset: batch.first_offset(),
+            next_offset: batch.next_offset,
+            durable,
+            bytes: batch.bytes,
+            reread: None,
+            assignment: batch.assignment,
+        });
+    }
+
+    fn commit(&mut self, all: bool) -> Result<(), TestCaseError> {
+        let offsets = self.core.to_commit(all);
+        for (tp, offset) in &offsets {
+            let p = tp.partition;
+            prop_assert!(self.reading.contains_key(&p), "committed unowned {}", p);
+            let held = self.watermark(p);
+            prop_assert!(
+                *offset <= held,
+                "partition {} committed at {} but the stores hold only [0, {})",
+                p,
+                offset,
+                held
+            );
+        }
+        self.core.committed(offsets);
+        Ok(())
+    }
+
+    /// Everything read is cut, dispatched, written and acknowledged.
+    fn settle(&mut self) -> Result<(), TestCaseError> {
+        for _ in 0..1000 {
+            self.apply(Event::Expire)?;
+            self.dispatch()?;
+            for w in 0..WORKERS {
+                self.work(w, false);
+            }
+            for ack in std::mem::take(&mut self.acks) {
+                self.core.ack(ack, self.now);
+            }
+            let idle = self.lanes.0.borrow().iter().all(VecDeque::is_empty);
+            if idle && !self.core.has_pending() && self.core.next_expiry().is_none() {
+                return Ok(());
+            }
+        }
+        Err(TestCaseError::fail("the core never settled"))
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(2000)))]
+
+    #[test]
+    fn the_core_keeps_its_invariants(
+        budget_records in 2usize..20,
+        events in proptest::collection::vec(event(), 1..80),
+    ) {
+        let mut world = World::new(budget_records);
+        for event in events {
+            world.apply(event)?;
+        }
+        world.settle()?;
+        prop_assert_eq!(world.core.budget.used(), 0, "budget back at zero");
+        world.commit(true)?;
+        for (&p, &read) in &world.reading {
+            let progress = world.core.watermarks.get(&tp(p));
+            prop_assert_eq!(progress.map_or(0, |w| w.in_flight()), 0, "batches left in flight");
+            let stopped = [&world.held, &world.gave_up, &world.went_back].iter().any(|s| s.contains(&p));
+            if stopped || world.core.phase() == Phase::Closing {
+                continue;
+            }
+            let durable = progress.and_then(|w| w.durable());
+            prop_assert_eq!(durable.unwrap_or(read), read, "partition {} not durable to where it was read", p);
+        }
+    }
+}
+
+#[test]
+fn partitions_sharing_a_worker_take_turns() {
+    let mut core = Core::new(
+        Limits {
+            max_records: 1,
+            max_bytes: 1000,
+            linger: Duration::from_millis(10),
+        },
+        1,
+        1 << 20,
+        Arc::new(Metrics::default()),
+    );
+    let lanes = Queues(RefCell::new(vec![VecDeque::new()]));
+    for p in [0, 1] {
+        core.own(tp(p), tp(p));
+        for offset in 0..4 {
+            let record = RawRecord {
+                offset,
+                key: None,
+                payload: Some(b"{}".to_vec()),
+                kafka_timestamp_ms: None,
+            };
+            core.record(&tp(p), record, Instant::now(), &no_log_start);
+        }
+    }
+    // Each time the worker takes one batch, the partition that waited longer sends next.
+    let mut taken = Vec::new();
+    for _ in 0..6 {
+        core.dispatch(&lanes);
+        let batch = lanes.0.borrow_mut()[0].pop_front().expect("a batch");
+        taken.push(batch.tp.partition);
+        core.watermarks
+            .get_mut(&batch.tp)
+            .completed(batch.first_offset(), batch.next_offset);
+    }
+    let zeros = taken.iter().filter(|&&p| p == 0).count();
+    assert_eq!(
+        (zeros, taken.len() - zeros),
+        (3, 3),
+        "taken in the order {taken:?}"
+    );
+}
+
+#[test]
+fn partitions_go_to_the_least_loaded_worker() {
+    let limits = Limits {
+        max_records: 10,
+        max_bytes: 1000,
+        linger: Duration::from_millis(10),
+    };
+    let mut core = Core::new(limits, 4, 1 << 20, Arc::new(Metrics::default()));
+    // What a pod of R = 4 replicas gets with round-robin partitions: 0, 4, 8, ...
+    for p in (0..48).step_by(4) {
+        core.own(tp(p), tp(p));
+    }
+    let mut load = [0; 4];
+    for o in core.assigned.values() {
+        load[o.worker] += 1;
+    }
+    assert_eq!(load, [3, 3, 3, 3]);
+    // A revoked partition frees its worker for the next one.
+    let w = core.assigned[&tp(8)].worker;
+    core.forget(&[tp(8)]);
+    let other = TopicPartition::new("other", 0);
+    core.own(other.clone(), other.clone());
+    assert_eq!(core.assigned[&other].worker, w);
+}
+
+/// A batch of an earlier assignment of the same partition, acknowledged late (it was still in
+/// its worker's queue at the revocation), must not touch the batch of the new assignment that
+/// covers the same offsets.
+#[test]
+fn a_late_ack_of_an_earlier_assignment_changes_nothing() {
+    let mut world = World::new(100);
+    let run = |world: &mut World, events: Vec<Event>| {
+        for e in events {
+            world.apply(e).unwrap();
+        }
+    };
+    let records = |n| {
+        (0..n).map(|_| Event::Record {
+            partition: 0,
+            skip: 0,
+        })
+    };
+    run(&mut world, vec![Event::Assign(0)]);
+    run(&mut world, records(6).collect());
+    // The write of [0, 3) fails; [3, 6) waits in the worker's queue when the partition goes.
+    run(
+        &mut world,
+        vec![
+            Event::Dispatch,
+            Event::Work {
+                worker: 0,
+                fails: true,
+            },
+            Event::Dispatch,
+        ],
+    );
+    world.acks.clear();
+    run(
+        &mut world,
+        vec![
+            Event::Revoke {
+                partition: 0,
+                lost: true,
+            },
+            Event::Assign(0),
+        ],
+    );
+    // The worker gives the revoked [3, 6) up; its ack comes late.
+    world.work(0, false);
+    let late = world.acks.pop().expect("the given-up batch's ack");
+    assert!(!late.durable && late.first_offset == 3);
+    // The new assignment starts at PostgreSQL's watermark, 0, and writes [0, 3) and [3, 6).
+    run(&mut world, records(6).collect());
+    for _ in 0..2 {
+        run(
+            &mut world,
+            vec![
+                Event::Dispatch,
+                Event::Work {
+                    worker: 0,
+                    fails: false,
+                },
+            ],
+        );
+    }
+    let second = world.acks.pop().unwrap();
+    let first = world.acks.pop().unwrap();
+    assert_eq!((first.first_offset, second.first_offset), (0, 3));
+    // The new [3, 6) is done, then the late ack of the old [3, 6), then the new [0, 3).
+    world.core.ack(second, world.now);
+    world.core.ack(late, world.now);
+    world.core.ack(first, world.now);
+    let durable = world.core.watermarks.get(&tp(0)).and_then(|w| w.durable());
+    assert_eq!(
+        durable,
+        Some(6),
+        "the new assignment's batches are all durable"
+    );
+}
