@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod parking;
+pub mod pipeline;
 pub mod redact;
 pub mod shutdown;
 pub mod sink;

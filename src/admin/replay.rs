@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 use super::{AdminError, FilterArgs, one_line};
 use crate::config::{ConfigError, Settings};
 use crate::dead_letter::{decrypt, parse_key};
-use crate::decode::decode;
 use crate::model::{RawRecord, RejectStage, StoredRecord, TopicPartition};
+use crate::pipeline;
 use crate::redact::Redactor;
 use crate::sink::SinkError;
 use crate::sink::elastic::ElasticSink;
@@ -189,8 +189,7 @@ pub async fn replay(args: &ReplayArgs) -> Result<Summary, AdminError> {
         after = Some((last.topic.clone(), last.kafka_partition, last.kafka_offset));
         for group in page.chunk_by(|a, b| a.tp() == b.tp()) {
             let tp = group[0].tp();
-            let mut records = Vec::new();
-            let mut failing = Vec::new();
+            let mut raws = Vec::new();
             for d in group {
                 summary.selected += 1;
                 // A dead letter sealed after the check above (the daemon runs meanwhile).
@@ -210,26 +209,21 @@ pub async fn replay(args: &ReplayArgs) -> Result<Summary, AdminError> {
                         continue;
                     }
                 };
-                let raw = RawRecord {
+                raws.push(RawRecord {
                     offset: d.kafka_offset,
                     key: d.kafka_key.clone(),
                     payload,
                     kafka_timestamp_ms: kafka_ms(d.kafka_ts),
-                };
-                match decode(&raw, s.max_record_bytes, &redactor) {
-                    Ok(entry) => records.push(StoredRecord {
-                        offset: raw.offset,
-                        key: raw.key,
-                        kafka_timestamp_ms: raw.kafka_timestamp_ms,
-                        entry,
-                    }),
-                    Err(reason) => failing.push(StillFailing {
-                        offset: raw.offset,
-                        stage: RejectStage::Decode,
-                        reason,
-                    }),
-                }
+                });
             }
+            let (records, undecodable) = pipeline::decode_all(&raws, s.max_record_bytes, &redactor);
+            let failing = (undecodable.into_iter())
+                .map(|(raw, reason)| StillFailing {
+                    offset: raw.offset,
+                    stage: RejectStage::Decode,
+                    reason,
+                })
+                .collect();
             let (stored, failed) = match &es {
                 None => (records.len(), failing),
                 Some(es) => {
@@ -274,15 +268,13 @@ async fn redrive(
     }))
     .await?;
     // A destination that will not take a document now: the dead letter stays, and says so.
-    let rejected = indexed.rejected.into_iter().chain(indexed.parked);
-    let rejected: Vec<_> = rejected.collect();
-    let refused: Vec<i64> = rejected.iter().map(|r| records[r.index].offset).collect();
-    failing.extend(rejected.into_iter().map(|r| StillFailing {
-        offset: records[r.index].offset,
+    let refused = pipeline::take_refused(&mut records, indexed);
+    let refused = refused.rejected.into_iter().chain(refused.parked);
+    failing.extend(refused.map(|(record, reason)| StillFailing {
+        offset: record.offset,
         stage: RejectStage::Index,
-        reason: r.reason,
+        reason,
     }));
-    records.retain(|r| !refused.contains(&r.offset));
     if not_first {
         // Documents indexed, their rows not stored: a kill here must cost nothing.
         crate::failpoint::hit("redrive_after_index").await;
@@ -290,10 +282,8 @@ async fn redrive(
     let done = pg.redrive(tp, &records, &failing).await?;
     if !done.refused.is_empty() {
         // Their documents went in above; PostgreSQL refused the rows, so they must go.
-        let gone: Vec<&StoredRecord> = records
-            .iter()
-            .filter(|r| done.refused.iter().any(|(o, _)| *o == r.offset))
-            .collect();
+        let offsets: Vec<i64> = done.refused.iter().map(|(o, _)| *o).collect();
+        let gone = pipeline::documents_of(&records, &offsets);
         bounded(es.delete(tp, &gone, &CancellationToken::new(), |why| {
             tracing::warn!(partition = %tp, reason = why, "deleting documents; retrying");
         }))

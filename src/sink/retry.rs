@@ -1,5 +1,8 @@
-//! When to retry, and how long to wait: capped exponential backoff with jitter. What a
-//! search store's answer means is `sink::elastic::classify`'s.
+//! How the daemon retries: capped exponential backoff with jitter, every wait logged and cut
+//! short by a cancellation token (`Attempts`), and the loop that retries an operation until it
+//! succeeds or fails for good (`retry`). Every retry loop waits through `Attempts`; what is
+//! worth retrying is the caller's (`SinkError::is_transient`, and for a search store's items
+//! `sink::elastic::classify`).
 
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
@@ -30,6 +33,44 @@ impl Backoff {
     }
 }
 
+/// The failed attempts of one operation: each is logged with its number and why, then waited
+/// out (`Backoff`), unless `cancel` fires first.
+pub struct Attempts<'a> {
+    what: &'a str,
+    backoff: Backoff,
+    cancel: &'a CancellationToken,
+    failed: u32,
+}
+
+impl<'a> Attempts<'a> {
+    /// `what`: the operation as the log names it ("postgresql batch").
+    pub fn new(what: &'a str, backoff: Backoff, cancel: &'a CancellationToken) -> Self {
+        Attempts {
+            what,
+            backoff,
+            cancel,
+            failed: 0,
+        }
+    }
+
+    /// Runs one attempt, or answers `Cancelled` when `cancel` fires first.
+    pub async fn run<T>(&self, attempt: impl Future<Output = T>) -> Result<T, SinkError> {
+        tokio::select! {
+            r = attempt => Ok(r),
+            _ = self.cancel.cancelled() => Err(SinkError::Cancelled),
+        }
+    }
+
+    /// An attempt failed (`why`): logged, then the backoff waited out. `Cancelled` when
+    /// `cancel` fires meanwhile.
+    pub async fn failed(&mut self, why: &(dyn std::fmt::Display + Sync)) -> Result<(), SinkError> {
+        self.failed += 1;
+        let delay = self.backoff.delay(self.failed);
+        tracing::warn!(attempt = self.failed, delay_ms = delay.as_millis() as u64, error = %why, "{} failed, retrying", self.what);
+        self.run(tokio::time::sleep(delay)).await
+    }
+}
+
 /// Runs `op` until it succeeds, fails permanently, or `cancel` fires. Transient errors are
 /// retried with backoff and logged with the attempt number (at most one line per delay).
 pub async fn retry<T, F, Fut>(
@@ -43,22 +84,12 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, SinkError>>,
 {
-    let mut attempt = 0;
+    let mut attempts = Attempts::new(what, backoff, cancel);
     loop {
-        let result = tokio::select! {
-            r = op() => r,
-            _ = cancel.cancelled() => return Err(SinkError::Cancelled),
-        };
-        match result {
+        match attempts.run(op()).await? {
             Err(e) if e.is_transient() => {
-                attempt += 1;
                 on_retry();
-                let delay = backoff.delay(attempt);
-                tracing::warn!(attempt, delay_ms = delay.as_millis() as u64, error = %e, "{what} failed, retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = cancel.cancelled() => return Err(SinkError::Cancelled),
-                }
+                attempts.failed(&e).await?;
             }
             other => return other,
         }

@@ -11,10 +11,11 @@ use std::time::Instant;
 use tokio::sync::Notify;
 
 use super::{Outcome, WorkerContext};
-use crate::decode::decode;
 use crate::model::{Batch, Parked, RawRecord, RejectStage, StoredRecord};
+use crate::pipeline;
 use crate::sink::SinkError;
 use crate::sink::postgres::BatchWrite;
+use crate::sink::retry::Attempts;
 
 /// Writes the batch unless the partition is revoked or shutdown aborts. `held_now` is
 /// notified when the batch starts waiting for a store that refuses it.
@@ -38,19 +39,11 @@ pub(super) async fn process(ctx: &WorkerContext, batch: &Batch, held_now: &Notif
 /// Makes the batch durable; returns only when it is, or with `Cancelled`.
 async fn write(ctx: &WorkerContext, batch: &Batch, held_now: &Notify) -> Result<(), SinkError> {
     let cancel = &batch.revoked;
-    let mut records = Vec::with_capacity(batch.records.len());
-    let mut dead = Vec::new();
-    for raw in &batch.records {
-        match decode(raw, ctx.max_record_bytes, &ctx.redactor) {
-            Ok(entry) => records.push(StoredRecord {
-                offset: raw.offset,
-                key: raw.key.clone(),
-                kafka_timestamp_ms: raw.kafka_timestamp_ms,
-                entry,
-            }),
-            Err(reason) => dead.push(ctx.dead_letters.make(raw, RejectStage::Decode, reason)),
-        }
-    }
+    let (mut records, undecodable) =
+        pipeline::decode_all(&batch.records, ctx.max_record_bytes, &ctx.redactor);
+    let mut dead: Vec<_> = (undecodable.into_iter())
+        .map(|(raw, reason)| ctx.dead_letters.make(raw, RejectStage::Decode, reason))
+        .collect();
 
     // Whether this batch marked its partition held; only then does it clear the mark (the
     // consumer holds partitions too, for reasons of its own).
@@ -71,33 +64,21 @@ async fn write(ctx: &WorkerContext, batch: &Batch, held_now: &Notify) -> Result<
         .await?;
     ctx.metrics.es_latency.observe(t.elapsed());
     crate::failpoint::hit("after_es_bulk").await;
-    let mut parked = Vec::with_capacity(indexed.parked.len());
-    if !indexed.rejected.is_empty() || !indexed.parked.is_empty() {
-        let mut refused = std::collections::HashSet::new();
-        for r in indexed.rejected {
-            let offset = records[r.index].offset;
-            refused.insert(offset);
-            dead.push(
-                ctx.dead_letters
-                    .make(raw_at(batch, offset), RejectStage::Index, r.reason),
-            );
-        }
-        for r in indexed.parked {
-            let record = &records[r.index];
-            refused.insert(record.offset);
-            let destination = ctx.es.index_name(record);
-            tracing::warn!(tp = %batch.tp, offset = record.offset, destination, reason = %r.reason, "record parked: its index refuses it while the store takes others; retried in the background");
-            parked.push(Parked {
-                record: record.clone(),
-                letter: ctx.dead_letters.make(
-                    raw_at(batch, record.offset),
-                    RejectStage::Index,
-                    r.reason,
-                ),
-                destination,
-            });
-        }
-        records.retain(|r| !refused.contains(&r.offset));
+    let refused = pipeline::take_refused(&mut records, indexed);
+    for (record, reason) in refused.rejected {
+        let raw = raw_at(batch, record.offset);
+        dead.push(ctx.dead_letters.make(raw, RejectStage::Index, reason));
+    }
+    let mut parked = Vec::with_capacity(refused.parked.len());
+    for (record, reason) in refused.parked {
+        let destination = ctx.es.index_name(&record);
+        tracing::warn!(tp = %batch.tp, offset = record.offset, destination, reason = %reason, "record parked: its index refuses it while the store takes others; retried in the background");
+        let raw = raw_at(batch, record.offset);
+        parked.push(Parked {
+            letter: ctx.dead_letters.make(raw, RejectStage::Index, reason),
+            record,
+            destination,
+        });
     }
 
     let t = Instant::now();
@@ -108,7 +89,7 @@ async fn write(ctx: &WorkerContext, batch: &Batch, held_now: &Notify) -> Result<
     // Offsets whose documents are removed already: the transaction commits only once every
     // `store` dead letter of the batch is among them (see `postgres::batch::write_tx`).
     let mut removed: Vec<i64> = Vec::new();
-    let mut attempt = 0;
+    let mut attempts = Attempts::new("postgresql batch", ctx.backoff, cancel);
     let written = loop {
         let write = BatchWrite {
             group_id: &ctx.group_id,
@@ -127,10 +108,7 @@ async fn write(ctx: &WorkerContext, batch: &Batch, held_now: &Notify) -> Result<
             Ok(written) if written.committed => break written,
             Ok(written) => {
                 // Rolled back: their documents go first, then the batch is written again.
-                let gone: Vec<&StoredRecord> = records
-                    .iter()
-                    .filter(|r| written.store_dead_letters.binary_search(&r.offset).is_ok())
-                    .collect();
+                let gone = pipeline::documents_of(&records, &written.store_dead_letters);
                 ctx.es
                     .delete(&batch.stored, &gone, cancel, |why| {
                         ctx.metrics.retries_es.fetch_add(1, Relaxed);
@@ -153,15 +131,9 @@ async fn write(ctx: &WorkerContext, batch: &Batch, held_now: &Notify) -> Result<
                 return Err(SinkError::Cancelled);
             }
             Err(e) => {
-                attempt += 1;
                 ctx.metrics.retries_pg.fetch_add(1, Relaxed);
                 hold(&e.to_string());
-                let delay = ctx.backoff.delay(attempt);
-                tracing::warn!(attempt, delay_ms = delay.as_millis() as u64, error = %e, "postgresql batch failed, retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = cancel.cancelled() => return Err(SinkError::Cancelled),
-                }
+                attempts.failed(&e).await?;
             }
         }
     };

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::classify::{ItemAction, classify_item, field_limit, request_ok};
 use crate::model::{StoredRecord, TopicPartition, document_id};
 use crate::sink::SinkError;
+use crate::sink::retry::Attempts;
 
 use super::{ElasticSink, STORE, truncate};
 
@@ -62,7 +63,7 @@ impl ElasticSink {
         // When each document was first refused by its destination (the clock's reading).
         let mut refused_at: std::collections::HashMap<usize, u64> = Default::default();
         let mut max_bytes = self.settings.bulk_max_bytes;
-        let mut attempt = 0;
+        let mut attempts = Attempts::new("bulk items", self.settings.backoff, cancel);
         while !pending.is_empty() {
             let fates = self
                 .pass(&lines, records, &pending, &mut max_bytes, cancel)
@@ -93,20 +94,9 @@ impl ElasticSink {
             }
             pending = again;
             if !pending.is_empty() {
-                attempt += 1;
                 on_retry(&why);
-                let delay = self.settings.backoff.delay(attempt);
-                tracing::warn!(
-                    attempt,
-                    items = pending.len(),
-                    delay_ms = delay.as_millis() as u64,
-                    reason = %why,
-                    "retrying bulk items"
-                );
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = cancel.cancelled() => return Err(SinkError::Cancelled),
-                }
+                let why = format!("{} of them: {why}", pending.len());
+                attempts.failed(&why).await?;
             }
         }
         out.rejected.sort_by_key(|r| r.index);
@@ -259,13 +249,9 @@ impl ElasticSink {
             body.push(b'\n');
         }
         let body = Bytes::from(body);
-        let mut attempt = 0;
+        let mut attempts = Attempts::new("deleting documents", self.settings.backoff, cancel);
         loop {
-            let outcome = tokio::select! {
-                r = self.bulk(body.clone()) => r,
-                _ = cancel.cancelled() => return Err(SinkError::Cancelled),
-            };
-            let why = match outcome {
+            let why = match attempts.run(self.bulk(body.clone())).await? {
                 Ok(Bulk::Items(items)) if items.len() == records.len() => {
                     match items.iter().find(|i| !matches!(i.status, 200..=299 | 404)) {
                         None => return Ok(()),
@@ -275,12 +261,8 @@ impl ElasticSink {
                 Ok(_) => "delete: unexpected bulk response".to_string(),
                 Err(e) => e.to_string(),
             };
-            attempt += 1;
             on_retry(&why);
-            tokio::select! {
-                _ = tokio::time::sleep(self.settings.backoff.delay(attempt)) => {}
-                _ = cancel.cancelled() => return Err(SinkError::Cancelled),
-            }
+            attempts.failed(&why).await?;
         }
     }
 

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::classify::request_ok;
 use crate::model::{StoredRecord, TopicPartition, document_id};
 use crate::sink::SinkError;
+use crate::sink::retry::Attempts;
 
 use super::bulk::Bulk;
 use super::{ElasticSink, truncate};
@@ -32,23 +33,15 @@ impl ElasticSink {
                 .push(document_id(tp, r.offset));
         }
         for (stream, ids) in by_stream {
-            let mut attempt = 0;
+            let mut attempts = Attempts::new("deleting documents", self.settings.backoff, cancel);
             loop {
-                let outcome = tokio::select! {
-                    r = self.delete_by_ids(&stream, &ids) => r,
-                    _ = cancel.cancelled() => return Err(SinkError::Cancelled),
-                };
-                let why = match outcome {
+                let why = match attempts.run(self.delete_by_ids(&stream, &ids)).await? {
                     Ok(None) => break,
                     Ok(Some(why)) => why,
                     Err(e) => e.to_string(),
                 };
-                attempt += 1;
                 on_retry(&why);
-                tokio::select! {
-                    _ = tokio::time::sleep(self.settings.backoff.delay(attempt)) => {}
-                    _ = cancel.cancelled() => return Err(SinkError::Cancelled),
-                }
+                attempts.failed(&why).await?;
             }
         }
         Ok(())

@@ -1,0 +1,130 @@
+//! The steps of a batch's way into both stores that the worker (`worker::write`) and
+//! `dead-letters replay` (`admin::replay`) share, so the rules that keep "no document without
+//! its row" true are written once: records decoded, the documents the search store refused
+//! taken out before PostgreSQL sees their rows, and the documents of rows PostgreSQL refused
+//! found for removal.
+
+use crate::decode::decode;
+use crate::model::{RawRecord, StoredRecord};
+use crate::redact::Redactor;
+use crate::sink::elastic::Indexed;
+
+/// Decodes records: those that decode, in their order, and the others with why not.
+pub fn decode_all<'a>(
+    raws: impl IntoIterator<Item = &'a RawRecord>,
+    max_record_bytes: usize,
+    redactor: &Redactor,
+) -> (Vec<StoredRecord>, Vec<(&'a RawRecord, String)>) {
+    let mut records = Vec::new();
+    let mut undecodable = Vec::new();
+    for raw in raws {
+        match decode(raw, max_record_bytes, redactor) {
+            Ok(entry) => records.push(StoredRecord {
+                offset: raw.offset,
+                key: raw.key.clone(),
+                kafka_timestamp_ms: raw.kafka_timestamp_ms,
+                entry,
+            }),
+            Err(reason) => undecodable.push((raw, reason)),
+        }
+    }
+    (records, undecodable)
+}
+
+/// The records the search store did not take, with why.
+#[derive(Debug, Default)]
+pub struct Refused {
+    /// Refused for their own content: dead letters.
+    pub rejected: Vec<(StoredRecord, String)>,
+    /// Refused by their destination index while the store took others: parked by the worker,
+    /// left dead letters by a replay.
+    pub parked: Vec<(StoredRecord, String)>,
+}
+
+/// Takes the records `indexed` says were refused out of `records` (the slice that was
+/// indexed): only the rest may become rows.
+pub fn take_refused(records: &mut Vec<StoredRecord>, indexed: Indexed) -> Refused {
+    if indexed.rejected.is_empty() && indexed.parked.is_empty() {
+        return Refused::default();
+    }
+    let pick = |r: crate::sink::elastic::Rejection| (records[r.index].clone(), r.reason);
+    let refused = Refused {
+        rejected: indexed.rejected.into_iter().map(pick).collect(),
+        parked: indexed.parked.into_iter().map(pick).collect(),
+    };
+    let gone: std::collections::HashSet<i64> = (refused.rejected.iter())
+        .chain(&refused.parked)
+        .map(|(r, _)| r.offset)
+        .collect();
+    records.retain(|r| !gone.contains(&r.offset));
+    refused
+}
+
+/// The records among `records` whose rows PostgreSQL refused (`offsets`): their documents
+/// went in and must go.
+pub fn documents_of<'a>(records: &'a [StoredRecord], offsets: &[i64]) -> Vec<&'a StoredRecord> {
+    records
+        .iter()
+        .filter(|r| offsets.contains(&r.offset))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::elastic::Rejection;
+
+    fn raw(offset: i64, payload: &[u8]) -> RawRecord {
+        RawRecord {
+            offset,
+            key: Some(b"k".to_vec()),
+            payload: Some(payload.to_vec()),
+            kafka_timestamp_ms: Some(1_700_000_000_000),
+        }
+    }
+
+    #[test]
+    fn records_that_do_not_decode_are_returned_with_their_reason() {
+        let raws = [
+            raw(1, br#"{"message":"a"}"#),
+            raw(2, b"not json"),
+            raw(3, b"{}"),
+        ];
+        let (records, bad) = decode_all(&raws, 1 << 20, &Redactor::default());
+        let offsets: Vec<i64> = records.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, [1, 3]);
+        assert_eq!(records[0].key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].0.offset, 2);
+        assert!(!bad[0].1.is_empty());
+    }
+
+    #[test]
+    fn refused_documents_are_taken_out_before_their_rows_are_written() {
+        let raws: Vec<RawRecord> = (10..15).map(|o| raw(o, b"{}")).collect();
+        let (mut records, _) = decode_all(&raws, 1 << 20, &Redactor::default());
+        let reject = |index, reason: &str| Rejection {
+            index,
+            reason: reason.into(),
+        };
+        let indexed = Indexed {
+            rejected: vec![reject(1, "mapper_parsing_exception")],
+            parked: vec![reject(3, "index read-only")],
+        };
+        let refused = take_refused(&mut records, indexed);
+        let offsets = |rs: &[StoredRecord]| rs.iter().map(|r| r.offset).collect::<Vec<_>>();
+        assert_eq!(offsets(&records), [10, 12, 14]);
+        assert_eq!(refused.rejected[0].0.offset, 11);
+        assert_eq!(refused.rejected[0].1, "mapper_parsing_exception");
+        assert_eq!(refused.parked[0].0.offset, 13);
+        assert_eq!(
+            offsets(
+                &documents_of(&records, &[12, 99])
+                    .into_iter()
+                    .cloned()
+                    .collect::<Vec<_>>()
+            ),
+            [12]
+        );
+    }
+}
