@@ -15,6 +15,7 @@ mod accepts;
 mod bulk;
 pub mod classify;
 mod encode;
+mod response;
 mod stream;
 mod template;
 mod version;

@@ -12,7 +12,7 @@ use crate::model::{StoredRecord, TopicPartition, document_id};
 use crate::sink::SinkError;
 use crate::sink::retry::Attempts;
 
-use super::bulk::Bulk;
+use super::response::Bulk;
 use super::{ElasticSink, truncate};
 
 impl ElasticSink {
