@@ -11,6 +11,7 @@ mod env_file;
 mod kafka_options;
 mod mask;
 mod pg_url;
+mod secret;
 mod secret_files;
 pub mod security;
 mod summary;

@@ -1,7 +1,7 @@
 //! `..._FILE` settings: a secret read from a file (a Kubernetes Secret mounted as a volume, a
 //! systemd credential) instead of the environment, where `ps e` and crash dumps would show it.
 
-use super::security::read_secret;
+use super::secret::read_secret;
 use super::{ConfigError, Settings, invalid};
 
 impl Settings {
