@@ -1,0 +1,156 @@
+//! Named cases of the core's rules: turns between partitions, worker choice, late acks.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::batcher::Limits;
+use crate::metrics::Metrics;
+use crate::model::{RawRecord, TopicPartition};
+
+use super::super::Core;
+use super::{Event, Queues, World, no_log_start, tp};
+
+#[test]
+fn partitions_sharing_a_worker_take_turns() {
+    let mut core = Core::new(
+        Limits {
+            max_records: 1,
+            max_bytes: 1000,
+            linger: Duration::from_millis(10),
+        },
+        1,
+        1 << 20,
+        Arc::new(Metrics::default()),
+    );
+    let lanes = Queues(RefCell::new(vec![VecDeque::new()]));
+    for p in [0, 1] {
+        core.own(tp(p), tp(p));
+        for offset in 0..4 {
+            let record = RawRecord {
+                offset,
+                key: None,
+                payload: Some(b"{}".to_vec()),
+                kafka_timestamp_ms: None,
+            };
+            core.record(&tp(p), record, Instant::now(), &no_log_start);
+        }
+    }
+    // Each time the worker takes one batch, the partition that waited longer sends next.
+    let mut taken = Vec::new();
+    for _ in 0..6 {
+        core.dispatch(&lanes);
+        let batch = lanes.0.borrow_mut()[0].pop_front().expect("a batch");
+        taken.push(batch.tp.partition);
+        core.watermarks
+            .get_mut(&batch.tp)
+            .completed(batch.first_offset(), batch.next_offset);
+    }
+    let zeros = taken.iter().filter(|&&p| p == 0).count();
+    assert_eq!(
+        (zeros, taken.len() - zeros),
+        (3, 3),
+        "taken in the order {taken:?}"
+    );
+}
+
+#[test]
+fn partitions_go_to_the_least_loaded_worker() {
+    let limits = Limits {
+        max_records: 10,
+        max_bytes: 1000,
+        linger: Duration::from_millis(10),
+    };
+    let mut core = Core::new(limits, 4, 1 << 20, Arc::new(Metrics::default()));
+    // What a pod of R = 4 replicas gets with round-robin partitions: 0, 4, 8, ...
+    for p in (0..48).step_by(4) {
+        core.own(tp(p), tp(p));
+    }
+    let mut load = [0; 4];
+    for o in core.assigned.values() {
+        load[o.worker] += 1;
+    }
+    assert_eq!(load, [3, 3, 3, 3]);
+    // A revoked partition frees its worker for the next one.
+    let w = core.assigned[&tp(8)].worker;
+    core.forget(&[tp(8)]);
+    let other = TopicPartition::new("other", 0);
+    core.own(other.clone(), other.clone());
+    assert_eq!(core.assigned[&other].worker, w);
+}
+
+/// A batch of an earlier assignment of the same partition, acknowledged late (it was still in
+/// its worker's queue at the revocation), must not touch the batch of the new assignment that
+/// covers the same offsets.
+#[test]
+fn a_late_ack_of_an_earlier_assignment_changes_nothing() {
+    let mut world = World::new(100);
+    let run = |world: &mut World, events: Vec<Event>| {
+        for e in events {
+            world.apply(e).unwrap();
+        }
+    };
+    let records = |n| {
+        (0..n).map(|_| Event::Record {
+            partition: 0,
+            skip: 0,
+        })
+    };
+    run(&mut world, vec![Event::Assign(0)]);
+    run(&mut world, records(6).collect());
+    // The write of [0, 3) fails; [3, 6) waits in the worker's queue when the partition goes.
+    run(
+        &mut world,
+        vec![
+            Event::Dispatch,
+            Event::Work {
+                worker: 0,
+                fails: true,
+            },
+            Event::Dispatch,
+        ],
+    );
+    world.acks.clear();
+    run(
+        &mut world,
+        vec![
+            Event::Revoke {
+                partition: 0,
+                lost: true,
+            },
+            Event::Assign(0),
+        ],
+    );
+    // The worker gives the revoked [3, 6) up; its ack comes late.
+    world.work(0, false);
+    let late = world.acks.pop().expect("the given-up batch's ack");
+    assert!(!late.durable && late.first_offset == 3);
+    // The new assignment starts at PostgreSQL's watermark, 0, and writes [0, 3) and [3, 6).
+    run(&mut world, records(6).collect());
+    for _ in 0..2 {
+        run(
+            &mut world,
+            vec![
+                Event::Dispatch,
+                Event::Work {
+                    worker: 0,
+                    fails: false,
+                },
+            ],
+        );
+    }
+    let second = world.acks.pop().unwrap();
+    let first = world.acks.pop().unwrap();
+    assert_eq!((first.first_offset, second.first_offset), (0, 3));
+    // The new [3, 6) is done, then the late ack of the old [3, 6), then the new [0, 3).
+    world.core.ack(second, world.now);
+    world.core.ack(late, world.now);
+    world.core.ack(first, world.now);
+    let durable = world.core.watermarks.get(&tp(0)).and_then(|w| w.durable());
+    assert_eq!(
+        durable,
+        Some(6),
+        "the new assignment's batches are all durable"
+    );
+}
