@@ -98,7 +98,7 @@ pub async fn run(
     triggers: impl Stream<Item = &'static str> + Send + Unpin + 'static,
 ) -> Result<Exit, AppError> {
     settings.validate()?;
-    let shutdown = Shutdown::new(settings.shutdown_deadline());
+    let shutdown = Shutdown::new(settings.shutdown_deadline_ms.0);
     let metrics = Arc::new(Metrics::default());
     // The consumer thread's longest legitimate silence is a rebalance callback: a revocation
     // drain (below the session timeout) plus reads bounded at 5 s each.
@@ -174,15 +174,7 @@ pub async fn run(
         settings.redact_hash.clone(),
         settings.redact_key.as_deref(),
     );
-    let dead_letter_key = settings
-        .dead_letter_key
-        .as_deref()
-        .map(crate::dead_letter::parse_key)
-        .transpose()
-        .map_err(|e| crate::config::ConfigError {
-            field: "LP_DEAD_LETTER_KEY (--dead-letter-key)",
-            message: e.to_string(),
-        })?;
+    let dead_letter_key = settings.dead_letter_key()?;
     let ctx = Arc::new(WorkerContext {
         group_id: settings.group_id.clone(),
         pg: pg.clone(),
@@ -201,7 +193,7 @@ pub async fn run(
             pg: pg.clone(),
             es: stores::elasticsearch(&settings)?,
             metrics: metrics.clone(),
-            interval: Duration::from_millis(settings.parked_retry_ms),
+            interval: settings.parked_retry_ms.0,
         }
         .run(shutdown.drain.clone()),
     );
@@ -230,18 +222,18 @@ pub async fn run(
         brokers: settings.kafka_brokers.clone(),
         group_id: settings.group_id.clone(),
         topics: settings.topics(),
-        session_timeout_ms: settings.session_timeout_ms,
-        max_poll_interval_ms: settings.max_poll_interval_ms,
+        session_timeout: settings.session_timeout_ms.0,
+        max_poll_interval: settings.max_poll_interval_ms.0,
         queue_kbytes: settings.kafka_queue_kbytes,
         fetch_max_bytes: settings.kafka_fetch_max_bytes,
         receive_max_bytes: settings.kafka_receive_max_bytes(),
         limits: Limits {
             max_records: settings.batch_max_records,
             max_bytes: settings.batch_max_bytes,
-            linger: settings.batch_linger(),
+            linger: settings.batch_linger_ms.0,
         },
         memory_budget_bytes: settings.memory_budget_mb * 1024 * 1024,
-        commit_interval: Duration::from_millis(settings.commit_interval_ms),
+        commit_interval: settings.commit_interval_ms.0,
         revoke_drain_timeout: settings.revoke_drain_timeout(),
         group_stall_timeout: settings.group_stall_timeout(),
         client_properties: consumer::ClientProperties(settings.security.kafka_properties()?),

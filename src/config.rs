@@ -37,11 +37,21 @@ pub struct Settings {
     #[arg(long, env = "LP_GROUP_ID", default_value = "log-processor")]
     pub group_id: String,
     /// Kafka session timeout: how long the group waits for a silent member.
-    #[arg(long, env = "LP_SESSION_TIMEOUT_MS", default_value_t = 30_000)]
-    pub session_timeout_ms: u64,
+    #[arg(
+        long = "session-timeout-ms",
+        env = "LP_SESSION_TIMEOUT_MS",
+        default_value = "30000",
+        value_name = "MS"
+    )]
+    pub session_timeout_ms: Millis,
     /// Kafka max.poll.interval.ms; the consumer keeps polling while paused, so this is a safety net.
-    #[arg(long, env = "LP_MAX_POLL_INTERVAL_MS", default_value_t = 300_000)]
-    pub max_poll_interval_ms: u64,
+    #[arg(
+        long = "max-poll-interval-ms",
+        env = "LP_MAX_POLL_INTERVAL_MS",
+        default_value = "300000",
+        value_name = "MS"
+    )]
+    pub max_poll_interval_ms: Millis,
     /// Upper bound of records prefetched by librdkafka, in KiB (bounds memory under backlog).
     #[arg(long, env = "LP_KAFKA_QUEUE_KBYTES", default_value_t = 16_384)]
     pub kafka_queue_kbytes: u64,
@@ -59,8 +69,13 @@ pub struct Settings {
     #[arg(long, env = "LP_BATCH_MAX_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub batch_max_bytes: usize,
     /// ...or when its first record has waited this long.
-    #[arg(long, env = "LP_BATCH_LINGER_MS", default_value_t = 200)]
-    pub batch_linger_ms: u64,
+    #[arg(
+        long = "batch-linger-ms",
+        env = "LP_BATCH_LINGER_MS",
+        default_value = "200",
+        value_name = "MS"
+    )]
+    pub batch_linger_ms: Millis,
     /// One bound on the records held in batches across all partitions (open, waiting for a
     /// worker, queued, being written), in MiB, each record counted with the copies it has while
     /// written (four times its bytes). When reached, fetching stops for every partition.
@@ -74,19 +89,32 @@ pub struct Settings {
     #[arg(long, env = "LP_WORKER_QUEUE", default_value_t = 2)]
     pub worker_queue: usize,
     /// How often durable offsets are committed to Kafka.
-    #[arg(long, env = "LP_COMMIT_INTERVAL_MS", default_value_t = 1000)]
-    pub commit_interval_ms: u64,
+    #[arg(
+        long = "commit-interval-ms",
+        env = "LP_COMMIT_INTERVAL_MS",
+        default_value = "1000",
+        value_name = "MS"
+    )]
+    pub commit_interval_ms: Millis,
     /// On revocation, how long batches already being written for revoked partitions may
     /// finish before they are given up. Must stay below the session timeout; defaults to the
     /// smaller of 10 s and half the session timeout.
-    #[arg(long, env = "LP_REVOKE_DRAIN_TIMEOUT_MS")]
-    pub revoke_drain_timeout_ms: Option<u64>,
+    #[arg(
+        long = "revoke-drain-timeout-ms",
+        env = "LP_REVOKE_DRAIN_TIMEOUT_MS",
+        value_name = "MS"
+    )]
+    pub revoke_drain_timeout_ms: Option<Millis>,
     /// When the consumer's group membership has not been steady this long (it lost its
     /// partitions and is not getting them back), the consumer is replaced by a new one.
     /// At least twice the session timeout; defaults to the larger of 120 s and four session
     /// timeouts.
-    #[arg(long, env = "LP_GROUP_STALL_TIMEOUT_MS")]
-    pub group_stall_timeout_ms: Option<u64>,
+    #[arg(
+        long = "group-stall-timeout-ms",
+        env = "LP_GROUP_STALL_TIMEOUT_MS",
+        value_name = "MS"
+    )]
+    pub group_stall_timeout_ms: Option<Millis>,
     /// Where a partition with no watermark stored in PostgreSQL starts: `earliest` reads what
     /// Kafka still holds (nothing is skipped, also after a restore from before the partition's
     /// first batch); `committed` trusts the group's committed offset in Kafka.
@@ -108,8 +136,13 @@ pub struct Settings {
     #[arg(long, env = "LP_PG_POOL_SIZE")]
     pub pg_pool_size: Option<u32>,
     /// Bound on connecting to PostgreSQL and on taking a pooled connection.
-    #[arg(long, env = "LP_PG_CONNECT_TIMEOUT_MS", default_value_t = 5000)]
-    pub pg_connect_timeout_ms: u64,
+    #[arg(
+        long = "pg-connect-timeout-ms",
+        env = "LP_PG_CONNECT_TIMEOUT_MS",
+        default_value = "5000",
+        value_name = "MS"
+    )]
+    pub pg_connect_timeout_ms: Millis,
     /// What start-up does with the schema: `auto` migrates unless it is already at this
     /// version (then a role with only SELECT/INSERT/UPDATE on the tables can run the daemon),
     /// `off` only checks it.
@@ -117,8 +150,13 @@ pub struct Settings {
     pub migrate: MigrateMode,
     /// Server-side statement timeout for the daemon's statements. A batch's whole transaction
     /// is bounded client side by this plus the connect timeout (then retried on a new connection).
-    #[arg(long, env = "LP_PG_STATEMENT_TIMEOUT_MS", default_value_t = 30_000)]
-    pub pg_statement_timeout_ms: u64,
+    #[arg(
+        long = "pg-statement-timeout-ms",
+        env = "LP_PG_STATEMENT_TIMEOUT_MS",
+        default_value = "30000",
+        value_name = "MS"
+    )]
+    pub pg_statement_timeout_ms: Millis,
 
     /// Elasticsearch (or OpenSearch) URL; credentials in it are never logged.
     #[arg(
@@ -143,17 +181,37 @@ pub struct Settings {
     #[arg(long, env = "LP_ES_BULK_MAX_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub es_bulk_max_bytes: usize,
     /// Bound on one Elasticsearch request.
-    #[arg(long, env = "LP_ES_TIMEOUT_MS", default_value_t = 30_000)]
-    pub es_timeout_ms: u64,
+    #[arg(
+        long = "es-timeout-ms",
+        env = "LP_ES_TIMEOUT_MS",
+        default_value = "30000",
+        value_name = "MS"
+    )]
+    pub es_timeout_ms: Millis,
     /// First retry delay for transient store errors (doubles up to the max, with jitter).
-    #[arg(long, env = "LP_RETRY_INITIAL_MS", default_value_t = 100)]
-    pub retry_initial_ms: u64,
+    #[arg(
+        long = "retry-initial-ms",
+        env = "LP_RETRY_INITIAL_MS",
+        default_value = "100",
+        value_name = "MS"
+    )]
+    pub retry_initial_ms: Millis,
     /// Largest retry delay.
-    #[arg(long, env = "LP_RETRY_MAX_MS", default_value_t = 5000)]
-    pub retry_max_ms: u64,
+    #[arg(
+        long = "retry-max-ms",
+        env = "LP_RETRY_MAX_MS",
+        default_value = "5000",
+        value_name = "MS"
+    )]
+    pub retry_max_ms: Millis,
     /// How often parked records (refused by their destination index) are offered to it again.
-    #[arg(long, env = "LP_PARKED_RETRY_MS", default_value_t = 5000)]
-    pub parked_retry_ms: u64,
+    #[arg(
+        long = "parked-retry-ms",
+        env = "LP_PARKED_RETRY_MS",
+        default_value = "5000",
+        value_name = "MS"
+    )]
+    pub parked_retry_ms: Millis,
 
     /// Records larger than this are dead-lettered instead of stored.
     #[arg(long, env = "LP_MAX_RECORD_BYTES", default_value_t = 8 * 1024 * 1024)]
@@ -174,21 +232,40 @@ pub struct Settings {
     pub dead_letter_key: Option<String>,
 
     /// Time from the first SIGTERM/SIGINT to exit, covering drain, commit and group leave.
-    #[arg(long, env = "LP_SHUTDOWN_DEADLINE_MS", default_value_t = 25_000)]
-    pub shutdown_deadline_ms: u64,
+    #[arg(
+        long = "shutdown-deadline-ms",
+        env = "LP_SHUTDOWN_DEADLINE_MS",
+        default_value = "25000",
+        value_name = "MS"
+    )]
+    pub shutdown_deadline_ms: Millis,
     /// The grace period the supervisor allows before SIGKILL (Kubernetes
     /// terminationGracePeriodSeconds, systemd TimeoutStopSec).
-    #[arg(long, env = "LP_GRACE_PERIOD_MS", default_value_t = 30_000)]
-    pub grace_period_ms: u64,
+    #[arg(
+        long = "grace-period-ms",
+        env = "LP_GRACE_PERIOD_MS",
+        default_value = "30000",
+        value_name = "MS"
+    )]
+    pub grace_period_ms: Millis,
     /// Minimum headroom between the deadline and the grace period (at least 2000).
-    #[arg(long, env = "LP_SHUTDOWN_MARGIN_MS", default_value_t = 2000)]
-    pub shutdown_margin_ms: u64,
+    #[arg(
+        long = "shutdown-margin-ms",
+        env = "LP_SHUTDOWN_MARGIN_MS",
+        default_value = "2000",
+        value_name = "MS"
+    )]
+    pub shutdown_margin_ms: Millis,
 
     /// `/healthz` fails (and systemd's watchdog is no longer pinged) when the Kafka consumer
     /// thread has not gone round its loop for this long. Defaults to the larger of 60 s and two
     /// session timeouts; must exceed the revoke drain timeout plus 20 s (a rebalance's reads).
-    #[arg(long, env = "LP_LIVENESS_TIMEOUT_MS")]
-    pub liveness_timeout_ms: Option<u64>,
+    #[arg(
+        long = "liveness-timeout-ms",
+        env = "LP_LIVENESS_TIMEOUT_MS",
+        value_name = "MS"
+    )]
+    pub liveness_timeout_ms: Option<Millis>,
     /// Address serving /metrics, /healthz and /readyz.
     #[arg(long, env = "LP_HTTP_ADDR", default_value = "0.0.0.0:9898")]
     pub http_addr: SocketAddr,
@@ -234,6 +311,26 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// A duration given in milliseconds, as every `LP_*_MS` setting is: parsed once, into a
+/// `Duration` (`.0`). `check-config` shows it as the number its variable takes.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Millis(pub Duration);
+
+impl std::str::FromStr for Millis {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let ms = text.trim().parse::<u64>();
+        ms.map(|ms| Millis(Duration::from_millis(ms)))
+            .map_err(|e| format!("{text:?} is not a number of milliseconds: {e}"))
+    }
+}
+
+impl fmt::Debug for Millis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.as_millis())
+    }
+}
+
 fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError {
         field,
@@ -252,12 +349,6 @@ impl Settings {
     pub fn pg_pool_size(&self) -> u32 {
         self.pg_pool_size.unwrap_or(self.workers as u32 + 2)
     }
-    pub fn shutdown_deadline(&self) -> Duration {
-        Duration::from_millis(self.shutdown_deadline_ms)
-    }
-    pub fn batch_linger(&self) -> Duration {
-        Duration::from_millis(self.batch_linger_ms)
-    }
     /// librdkafka's `receive.message.max.bytes`: a fetch response of LP_KAFKA_FETCH_MAX_BYTES
     /// plus room for the protocol's framing of many partitions (librdkafka wants 512 at least).
     pub fn kafka_receive_max_bytes(&self) -> usize {
@@ -275,17 +366,29 @@ impl Settings {
             + self.memory_budget_mb
             + crate::model::RawRecord::COPIES * receive
     }
+    /// The dead-letter key (`LP_DEAD_LETTER_KEY` or its file), parsed: the one place it is.
+    pub fn dead_letter_key(&self) -> Result<Option<[u8; 32]>, ConfigError> {
+        let key = self
+            .dead_letter_key
+            .as_deref()
+            .map(crate::dead_letter::parse_key);
+        key.transpose()
+            .map_err(|e| invalid("LP_DEAD_LETTER_KEY (--dead-letter-key)", e.to_string()))
+    }
+    /// `LP_LIVENESS_TIMEOUT_MS`, by default the larger of 60 s and two session timeouts.
     pub fn liveness_timeout(&self) -> Duration {
-        let default = 60_000.max(2 * self.session_timeout_ms);
-        Duration::from_millis(self.liveness_timeout_ms.unwrap_or(default))
+        let default = Duration::from_secs(60).max(2 * self.session_timeout_ms.0);
+        self.liveness_timeout_ms.map_or(default, |m| m.0)
     }
+    /// `LP_REVOKE_DRAIN_TIMEOUT_MS`, by default the smaller of 10 s and half a session timeout.
     pub fn revoke_drain_timeout(&self) -> Duration {
-        let default = 10_000.min(self.session_timeout_ms / 2);
-        Duration::from_millis(self.revoke_drain_timeout_ms.unwrap_or(default))
+        let default = Duration::from_secs(10).min(self.session_timeout_ms.0 / 2);
+        self.revoke_drain_timeout_ms.map_or(default, |m| m.0)
     }
+    /// `LP_GROUP_STALL_TIMEOUT_MS`, by default the larger of 120 s and four session timeouts.
     pub fn group_stall_timeout(&self) -> Duration {
-        let default = 120_000.max(4 * self.session_timeout_ms);
-        Duration::from_millis(self.group_stall_timeout_ms.unwrap_or(default))
+        let default = Duration::from_secs(120).max(4 * self.session_timeout_ms.0);
+        self.group_stall_timeout_ms.map_or(default, |m| m.0)
     }
 }
 
@@ -300,9 +403,9 @@ impl fmt::Display for Settings {
         s.security.kafka_option = (s.security.kafka_option.iter())
             .map(|o| kafka_options::shown_flag(o))
             .collect();
-        s.group_stall_timeout_ms = Some(self.group_stall_timeout().as_millis() as u64);
-        s.revoke_drain_timeout_ms = Some(self.revoke_drain_timeout().as_millis() as u64);
-        s.liveness_timeout_ms = Some(self.liveness_timeout().as_millis() as u64);
+        s.group_stall_timeout_ms = Some(Millis(self.group_stall_timeout()));
+        s.revoke_drain_timeout_ms = Some(Millis(self.revoke_drain_timeout()));
+        s.liveness_timeout_ms = Some(Millis(self.liveness_timeout()));
         writeln!(f, "{s:#?}")?;
         writeln!(f, "{}", self.security_summary())?;
         write!(

@@ -2,8 +2,6 @@
 //! the operator commands (`admin`), so both reach the stores with the same URL, TLS and
 //! credentials.
 
-use std::time::Duration;
-
 use crate::config::Settings;
 use crate::sink::SinkError;
 use crate::sink::elastic::{ElasticSink, EsAuth, EsSettings, EsTls};
@@ -12,8 +10,8 @@ use crate::sink::retry::Backoff;
 
 pub fn backoff(s: &Settings) -> Backoff {
     Backoff {
-        initial: Duration::from_millis(s.retry_initial_ms),
-        max: Duration::from_millis(s.retry_max_ms),
+        initial: s.retry_initial_ms.0,
+        max: s.retry_max_ms.0,
     }
 }
 
@@ -23,8 +21,8 @@ pub fn postgres(s: &Settings, pool_size: u32) -> Result<PgSink, SinkError> {
         url: s.pg_url_with_tls(),
         schema: s.pg_schema.clone(),
         pool_size,
-        connect_timeout: Duration::from_millis(s.pg_connect_timeout_ms),
-        statement_timeout: Duration::from_millis(s.pg_statement_timeout_ms),
+        connect_timeout: s.pg_connect_timeout_ms.0,
+        statement_timeout: s.pg_statement_timeout_ms.0,
     })
 }
 
@@ -35,7 +33,7 @@ pub fn elasticsearch(s: &Settings) -> Result<ElasticSink, SinkError> {
         bulk_max_bytes: s.es_bulk_max_bytes,
         data_stream: s.es_data_stream,
         template_priority: s.es_template_priority,
-        timeout: Duration::from_millis(s.es_timeout_ms),
+        timeout: s.es_timeout_ms.0,
         backoff: backoff(s),
         tls: es_tls(s),
         auth: es_auth(s),

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{AdminError, FilterArgs, one_line};
 use crate::config::{ConfigError, Settings};
-use crate::dead_letter::{decrypt, parse_key};
+use crate::dead_letter::decrypt;
 use crate::model::{RawRecord, RejectStage, StoredRecord, TopicPartition};
 use crate::pipeline;
 use crate::redact::Redactor;
@@ -124,15 +124,7 @@ fn lacking(recorded: Option<&str>, redactor: &Redactor) -> Vec<String> {
 pub async fn replay(args: &ReplayArgs) -> Result<Summary, AdminError> {
     let s = &args.settings;
     let filter = args.filter.filter(s);
-    let key = s
-        .dead_letter_key
-        .as_deref()
-        .map(parse_key)
-        .transpose()
-        .map_err(|e| ConfigError {
-            field: "LP_DEAD_LETTER_KEY (--dead-letter-key)",
-            message: e.to_string(),
-        })?;
+    let key = s.dead_letter_key()?;
     let redactor = Redactor::new(
         s.redact_drop.clone(),
         s.redact_hash.clone(),
@@ -331,6 +323,7 @@ fn progress_bar(total: u64) -> ProgressBar {
 mod tests {
     use super::*;
     use crate::dead_letter::DeadLetterPolicy;
+    use crate::dead_letter::parse_key;
     use crate::model::PayloadEncoding;
 
     fn stored(payload: Option<Vec<u8>>, encoding: PayloadEncoding) -> StoredDeadLetter {

@@ -68,22 +68,23 @@ impl Settings {
                 "must be at least 1",
             ));
         }
-        if self.session_timeout_ms > self.max_poll_interval_ms {
+        if self.session_timeout_ms.0 > self.max_poll_interval_ms.0 {
             return Err(invalid(
                 "LP_SESSION_TIMEOUT_MS (--session-timeout-ms)",
                 format!(
                     "{} must not exceed LP_MAX_POLL_INTERVAL_MS ({})",
-                    self.session_timeout_ms, self.max_poll_interval_ms
+                    ms(self.session_timeout_ms.0),
+                    ms(self.max_poll_interval_ms.0)
                 ),
             ));
         }
-        if self.revoke_drain_timeout().as_millis() as u64 >= self.session_timeout_ms {
+        if self.revoke_drain_timeout() >= self.session_timeout_ms.0 {
             return Err(invalid(
                 "LP_REVOKE_DRAIN_TIMEOUT_MS (--revoke-drain-timeout-ms)",
                 format!(
                     "{} must be below LP_SESSION_TIMEOUT_MS ({})",
-                    self.revoke_drain_timeout().as_millis(),
-                    self.session_timeout_ms
+                    ms(self.revoke_drain_timeout()),
+                    ms(self.session_timeout_ms.0)
                 ),
             ));
         }
@@ -104,70 +105,74 @@ impl Settings {
         for (field, value) in [
             (
                 "LP_COMMIT_INTERVAL_MS (--commit-interval-ms)",
-                self.commit_interval_ms,
+                self.commit_interval_ms.0,
             ),
             (
                 "LP_BATCH_LINGER_MS (--batch-linger-ms)",
-                self.batch_linger_ms,
+                self.batch_linger_ms.0,
             ),
-            ("LP_ES_TIMEOUT_MS (--es-timeout-ms)", self.es_timeout_ms),
+            ("LP_ES_TIMEOUT_MS (--es-timeout-ms)", self.es_timeout_ms.0),
             (
                 "LP_PG_STATEMENT_TIMEOUT_MS (--pg-statement-timeout-ms)",
-                self.pg_statement_timeout_ms,
+                self.pg_statement_timeout_ms.0,
             ),
             (
                 "LP_PG_CONNECT_TIMEOUT_MS (--pg-connect-timeout-ms)",
-                self.pg_connect_timeout_ms,
+                self.pg_connect_timeout_ms.0,
             ),
             (
                 "LP_SESSION_TIMEOUT_MS (--session-timeout-ms)",
-                self.session_timeout_ms,
+                self.session_timeout_ms.0,
             ),
         ] {
-            if value == 0 {
+            if value.is_zero() {
                 return Err(invalid(field, "must be at least 1"));
             }
         }
         if let Some(stall) = self
             .group_stall_timeout_ms
-            .filter(|s| *s < 2 * self.session_timeout_ms)
+            .map(|m| m.0)
+            .filter(|s| *s < 2 * self.session_timeout_ms.0)
         {
             return Err(invalid(
                 "LP_GROUP_STALL_TIMEOUT_MS (--group-stall-timeout-ms)",
                 format!(
-                    "{stall} must be at least twice LP_SESSION_TIMEOUT_MS ({})",
-                    self.session_timeout_ms
+                    "{} must be at least twice LP_SESSION_TIMEOUT_MS ({})",
+                    ms(stall),
+                    ms(self.session_timeout_ms.0)
                 ),
             ));
         }
-        if self.shutdown_margin_ms < 2000 {
+        if self.shutdown_margin_ms.0 < Duration::from_secs(2) {
             return Err(invalid(
                 "LP_SHUTDOWN_MARGIN_MS (--shutdown-margin-ms)",
                 "must be at least 2000",
             ));
         }
-        if self.shutdown_deadline_ms == 0 {
+        if self.shutdown_deadline_ms.0.is_zero() {
             return Err(invalid(
                 "LP_SHUTDOWN_DEADLINE_MS (--shutdown-deadline-ms)",
                 "must be above 0",
             ));
         }
-        if self.shutdown_deadline_ms + self.shutdown_margin_ms > self.grace_period_ms {
+        if self.shutdown_deadline_ms.0 + self.shutdown_margin_ms.0 > self.grace_period_ms.0 {
             return Err(invalid(
                 "LP_SHUTDOWN_DEADLINE_MS (--shutdown-deadline-ms)",
                 format!(
                     "{} ms plus the {} ms margin does not fit in the {} ms grace period (LP_GRACE_PERIOD_MS)",
-                    self.shutdown_deadline_ms, self.shutdown_margin_ms, self.grace_period_ms
+                    ms(self.shutdown_deadline_ms.0),
+                    ms(self.shutdown_margin_ms.0),
+                    ms(self.grace_period_ms.0)
                 ),
             ));
         }
-        if self.parked_retry_ms == 0 {
+        if self.parked_retry_ms.0.is_zero() {
             return Err(invalid(
                 "LP_PARKED_RETRY_MS (--parked-retry-ms)",
                 "must be above 0",
             ));
         }
-        if self.retry_initial_ms == 0 || self.retry_initial_ms > self.retry_max_ms {
+        if self.retry_initial_ms.0.is_zero() || self.retry_initial_ms.0 > self.retry_max_ms.0 {
             return Err(invalid(
                 "LP_RETRY_INITIAL_MS (--retry-initial-ms)",
                 "must be above 0 and at most LP_RETRY_MAX_MS",
@@ -218,10 +223,7 @@ impl Settings {
                 ),
             ));
         }
-        if let Some(key) = &self.dead_letter_key {
-            crate::dead_letter::parse_key(key)
-                .map_err(|e| invalid("LP_DEAD_LETTER_KEY (--dead-letter-key)", e.to_string()))?;
-        }
+        self.dead_letter_key()?;
         self.security.validate(&self.elasticsearch_url)?;
         if !self.redact_hash.is_empty() && self.redact_key.as_deref().unwrap_or("").is_empty() {
             return Err(invalid(
@@ -255,4 +257,9 @@ pub fn valid_index_name(name: &str) -> bool {
         && !name
             .chars()
             .any(|c| c.is_ascii_uppercase() || " *,#\\/?\"<>|".contains(c))
+}
+
+/// A duration in the milliseconds its setting is given in, for messages.
+fn ms(d: Duration) -> u128 {
+    d.as_millis()
 }

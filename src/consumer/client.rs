@@ -53,15 +53,15 @@ pub(super) fn connect(bridge: Bridge) -> Result<Kafka, KafkaError> {
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set(
             "session.timeout.ms",
-            settings.session_timeout_ms.to_string(),
+            settings.session_timeout.as_millis().to_string(),
         )
         .set(
             "heartbeat.interval.ms",
-            heartbeat_interval_ms(settings.session_timeout_ms).to_string(),
+            heartbeat_interval_ms(settings.session_timeout.as_millis() as u64).to_string(),
         )
         .set(
             "max.poll.interval.ms",
-            settings.max_poll_interval_ms.to_string(),
+            settings.max_poll_interval.as_millis().to_string(),
         )
         .set(
             "queued.max.messages.kbytes",

@@ -65,8 +65,8 @@ pub struct ConsumerSettings {
     pub brokers: String,
     pub group_id: String,
     pub topics: Vec<String>,
-    pub session_timeout_ms: u64,
-    pub max_poll_interval_ms: u64,
+    pub session_timeout: Duration,
+    pub max_poll_interval: Duration,
     pub queue_kbytes: u64,
     /// librdkafka's `fetch.max.bytes` and `receive.message.max.bytes`.
     pub fetch_max_bytes: usize,
