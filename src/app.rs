@@ -177,8 +177,8 @@ pub async fn run(
     let dead_letter_key = settings.dead_letter_key()?;
     let ctx = Arc::new(WorkerContext {
         group_id: settings.group_id.clone(),
-        pg: pg.clone(),
-        es,
+        pg: Box::new(pg.clone()),
+        es: Box::new(es),
         dead_letters: DeadLetterPolicy::new(redactor.clone(), dead_letter_key),
         redactor,
         max_record_bytes: settings.max_record_bytes,

@@ -17,7 +17,10 @@
 //! partition's later batches in order, and the worker goes on with its queue.
 
 mod lane;
+mod stores;
 mod write;
+
+pub use stores::{RowStore, SearchStore};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,15 +36,13 @@ use crate::metrics::Metrics;
 use crate::model::{Ack, Batch, Position, TopicPartition};
 use crate::redact::Redactor;
 use crate::shutdown::Shutdown;
-use crate::sink::elastic::ElasticSink;
-use crate::sink::postgres::PgSink;
 use crate::sink::retry::Backoff;
 
 /// What every worker shares.
 pub struct WorkerContext {
     pub group_id: String,
-    pub pg: PgSink,
-    pub es: ElasticSink,
+    pub pg: Box<dyn RowStore>,
+    pub es: Box<dyn SearchStore>,
     pub redactor: Redactor,
     /// How dead letters keep their bytes (redaction honoured).
     pub dead_letters: DeadLetterPolicy,

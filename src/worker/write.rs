@@ -54,13 +54,14 @@ async fn write(ctx: &WorkerContext, batch: &Batch, held_now: &Notify) -> Result<
         // The worker moves this partition aside so its other partitions are not held too.
         held_now.notify_one();
     };
+    let search_refused = |why: &str| {
+        ctx.metrics.retries_es.fetch_add(1, Relaxed);
+        hold(&format!("elasticsearch: {why}"));
+    };
     let t = Instant::now();
     let indexed = ctx
         .es
-        .index(&batch.stored, &records, cancel, |why| {
-            ctx.metrics.retries_es.fetch_add(1, Relaxed);
-            hold(&format!("elasticsearch: {why}"));
-        })
+        .index(&batch.stored, &records, cancel, &search_refused)
         .await?;
     ctx.metrics.es_latency.observe(t.elapsed());
     crate::failpoint::hit("after_es_bulk").await;
@@ -110,10 +111,7 @@ async fn write(ctx: &WorkerContext, batch: &Batch, held_now: &Notify) -> Result<
                 // Rolled back: their documents go first, then the batch is written again.
                 let gone = pipeline::documents_of(&records, &written.store_dead_letters);
                 ctx.es
-                    .delete(&batch.stored, &gone, cancel, |why| {
-                        ctx.metrics.retries_es.fetch_add(1, Relaxed);
-                        hold(&format!("elasticsearch: {why}"));
-                    })
+                    .delete(&batch.stored, &gone, cancel, &search_refused)
                     .await?;
                 crate::failpoint::hit("refused_documents_removed").await;
                 // All of them: one this run did not index (not in `records`) has no document
@@ -155,10 +153,7 @@ async fn write(ctx: &WorkerContext, batch: &Batch, held_now: &Notify) -> Result<
         // It was taken before; a refusal now changes nothing the row could follow.
         let _indexed = ctx
             .es
-            .index(&batch.stored, &back, cancel, |why| {
-                ctx.metrics.retries_es.fetch_add(1, Relaxed);
-                hold(&format!("elasticsearch: {why}"));
-            })
+            .index(&batch.stored, &back, cancel, &search_refused)
             .await?;
     }
     if held.load(Relaxed) {
@@ -190,3 +185,6 @@ fn raw_at(batch: &Batch, offset: i64) -> &RawRecord {
         .expect("an offset taken from this batch");
     &batch.records[i]
 }
+
+#[cfg(test)]
+mod tests;
