@@ -10,6 +10,7 @@ use clap::{Args, ValueEnum};
 mod env_file;
 mod kafka_options;
 mod mask;
+mod millis;
 mod pg_url;
 mod secret;
 mod secret_files;
@@ -18,6 +19,7 @@ mod summary;
 mod validate;
 
 pub use mask::{mask_url, scrub_urls};
+pub use millis::Millis;
 pub use validate::valid_index_name;
 
 pub use env_file::read_env_file;
@@ -309,26 +311,6 @@ pub enum MigrateMode {
 pub struct ConfigError {
     pub field: &'static str,
     pub message: String,
-}
-
-/// A duration given in milliseconds, as every `LP_*_MS` setting is: parsed once, into a
-/// `Duration` (`.0`). `check-config` shows it as the number its variable takes.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Millis(pub Duration);
-
-impl std::str::FromStr for Millis {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        let ms = text.trim().parse::<u64>();
-        ms.map(|ms| Millis(Duration::from_millis(ms)))
-            .map_err(|e| format!("{text:?} is not a number of milliseconds: {e}"))
-    }
-}
-
-impl fmt::Debug for Millis {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0.as_millis())
-    }
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {

@@ -3,11 +3,10 @@
 
 use bytes::Bytes;
 use elasticsearch::http::Method;
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::classify::{ItemAction, classify_item, field_limit};
-use crate::model::{StoredRecord, TopicPartition, document_id};
+use crate::model::{StoredRecord, TopicPartition};
 use crate::sink::SinkError;
 use crate::sink::retry::Attempts;
 
@@ -227,44 +226,6 @@ impl ElasticSink {
             }
         }
         Ok(fates)
-    }
-
-    /// Deletes the documents of records that ended up as dead letters after they were indexed
-    /// (PostgreSQL refused their rows), so no document exists without its row. A missing
-    /// document counts as deleted; anything else is retried until done or `cancel` fires.
-    pub async fn delete(
-        &self,
-        tp: &TopicPartition,
-        records: &[&StoredRecord],
-        cancel: &CancellationToken,
-        mut on_retry: impl FnMut(&str),
-    ) -> Result<(), SinkError> {
-        if self.settings.data_stream {
-            return self.delete_in_streams(tp, records, cancel, on_retry).await;
-        }
-        let mut body = Vec::new();
-        for r in records {
-            let action = json!({ "delete": { "_index": self.index_name(r), "_id": document_id(tp, r.offset) } });
-            serde_json::to_writer(&mut body, &action)
-                .expect("serialising JSON to memory cannot fail");
-            body.push(b'\n');
-        }
-        let body = Bytes::from(body);
-        let mut attempts = Attempts::new("deleting documents", self.settings.backoff, cancel);
-        loop {
-            let why = match attempts.run(self.bulk(body.clone())).await? {
-                Ok(Bulk::Items(items)) if items.len() == records.len() => {
-                    match items.iter().find(|i| !matches!(i.status, 200..=299 | 404)) {
-                        None => return Ok(()),
-                        Some(i) => format!("delete: HTTP {} {}", i.status, i.reason),
-                    }
-                }
-                Ok(_) => "delete: unexpected bulk response".to_string(),
-                Err(e) => e.to_string(),
-            };
-            on_retry(&why);
-            attempts.failed(&why).await?;
-        }
     }
 
     /// One `_bulk` call: per-item results, or the error of the whole request.

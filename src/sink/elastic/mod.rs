@@ -14,6 +14,7 @@
 mod accepts;
 mod bulk;
 pub mod classify;
+mod delete;
 mod encode;
 mod response;
 mod stream;
