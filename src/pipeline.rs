@@ -63,10 +63,9 @@ pub fn take_refused(records: &mut Vec<StoredRecord>, indexed: Indexed) -> Refuse
 /// The records among `records` whose rows PostgreSQL refused (`offsets`): their documents
 /// went in and must go.
 pub fn documents_of<'a>(records: &'a [StoredRecord], offsets: &[i64]) -> Vec<&'a StoredRecord> {
-    records
-        .iter()
-        .filter(|r| offsets.contains(&r.offset))
-        .collect()
+    let offsets: std::collections::HashSet<i64> = offsets.iter().copied().collect();
+    let refused = records.iter().filter(|r| offsets.contains(&r.offset));
+    refused.collect()
 }
 
 #[cfg(test)]

@@ -276,10 +276,8 @@ async fn redrive(
         // Their documents went in above; PostgreSQL refused the rows, so they must go.
         let offsets: Vec<i64> = done.refused.iter().map(|(o, _)| *o).collect();
         let gone = pipeline::documents_of(&records, &offsets);
-        bounded(es.delete(tp, &gone, &CancellationToken::new(), |why| {
-            tracing::warn!(partition = %tp, reason = why, "deleting documents; retrying");
-        }))
-        .await?;
+        // Each retry is logged by the delete itself (`sink::retry::Attempts`).
+        bounded(es.delete(tp, &gone, &CancellationToken::new(), |_| {})).await?;
         failing.extend(
             done.refused
                 .into_iter()

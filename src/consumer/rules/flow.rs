@@ -25,8 +25,10 @@ impl Core {
         if let Some(&next) = self.fetched.get(tp)
             && record.offset < next
         {
-            // librdkafka reset a position that no longer exists to the earliest while records
-            // before it were still being batched: the topic was recreated.
+            // Not after the last record read (the same offset again, or one below it):
+            // librdkafka reset a position that no longer exists to the earliest, the topic was
+            // recreated. Caught here, before the record joins an open batch whose first offset
+            // the watermark check in `enqueue` would let pass.
             self.went_back(tp.clone(), next, record.offset);
             return true;
         }

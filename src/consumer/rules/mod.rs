@@ -5,7 +5,8 @@
 //! values (a partition assigned or revoked, a record, an ack, the time) and applies what it
 //! answers: which partitions to pause and resume, which offsets to commit, whether to rejoin
 //! the group. Batches leave through `Lanes`, the workers' bounded queues, so the rules run in a
-//! unit test with queues in memory (see `tests.rs`: property tests over random event orders).
+//! unit test with queues in memory (see `tests/`: property tests over random event orders, and
+//! named cases).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -170,8 +171,13 @@ impl Core {
     }
 
     /// Takes ownership of `tp`, giving it to the worker with the fewest partitions.
-    /// `stored`: the partition as its records are stored (see `Batch::stored`).
+    /// `stored`: the partition as its records are stored (see `Batch::stored`). A partition
+    /// assigned again while owned starts afresh, as after a lost one: what was in flight for it
+    /// is given up (its acks belong to the earlier assignment) and it restarts where it is told.
     pub(super) fn own(&mut self, tp: TopicPartition, stored: TopicPartition) {
+        if self.owns(&tp) {
+            self.forget(std::slice::from_ref(&tp));
+        }
         let mut load = vec![0usize; self.n_workers.max(1)];
         for o in self.assigned.values() {
             load[o.worker] += 1;

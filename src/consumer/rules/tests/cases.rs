@@ -154,3 +154,79 @@ fn a_late_ack_of_an_earlier_assignment_changes_nothing() {
         "the new assignment's batches are all durable"
     );
 }
+
+/// Offsets that go back while a batch is open (librdkafka reset a vanished position to the
+/// earliest within the linger): the partition is held, and nothing of the mixed batch is sent.
+#[test]
+fn offsets_going_back_inside_an_open_batch_hold_the_partition() {
+    let mut world = World::new(100);
+    world.apply(Event::Assign(0)).unwrap();
+    // Offsets 0 and 1 wait in an open batch of up to three records; then offset 0 again.
+    for _ in 0..2 {
+        world
+            .apply(Event::Record {
+                partition: 0,
+                skip: 0,
+            })
+            .unwrap();
+    }
+    world.apply(Event::OffsetsBack(0)).unwrap();
+    world
+        .apply(Event::Record {
+            partition: 0,
+            skip: 0,
+        })
+        .unwrap();
+    assert!(world.core.held.contains_key(&tp(0)), "held");
+    for e in [Event::Expire, Event::Dispatch] {
+        world.apply(e).unwrap();
+    }
+    assert!(
+        world.lanes.0.borrow().iter().all(VecDeque::is_empty),
+        "nothing dispatched"
+    );
+    assert_eq!(
+        world.core.budget.used(),
+        0,
+        "the open batch's memory released"
+    );
+}
+
+/// A partition assigned again while owned starts afresh: its new batches become durable even
+/// though the acks of the earlier assignment's batches come late.
+#[test]
+fn a_partition_assigned_again_while_owned_starts_afresh() {
+    let mut world = World::new(100);
+    world.apply(Event::Assign(0)).unwrap();
+    for _ in 0..3 {
+        world
+            .apply(Event::Record {
+                partition: 0,
+                skip: 0,
+            })
+            .unwrap();
+    }
+    world.apply(Event::Dispatch).unwrap();
+    world.apply(Event::Assign(0)).unwrap();
+    // The earlier assignment's batch is given up by its worker; its ack comes after the new
+    // assignment's batch is written.
+    world.work(0, false);
+    let late = world.acks.pop().expect("the earlier batch's ack");
+    assert!(!late.durable, "given up: its partition was revoked");
+    for _ in 0..3 {
+        world
+            .apply(Event::Record {
+                partition: 0,
+                skip: 0,
+            })
+            .unwrap();
+    }
+    world.apply(Event::Dispatch).unwrap();
+    world.work(0, false);
+    let new = world.acks.pop().expect("the new batch's ack");
+    world.core.ack(late, world.now);
+    world.core.ack(new, world.now);
+    let durable = world.core.watermarks.get(&tp(0)).and_then(|w| w.durable());
+    assert_eq!(durable, Some(3));
+    assert_eq!(world.core.budget.used(), 0);
+}

@@ -172,7 +172,11 @@ impl World {
     fn apply(&mut self, event: Event) -> Result<(), TestCaseError> {
         let closing = self.core.phase() == Phase::Closing;
         match event {
-            Event::Assign(p) if !closing && !self.core.owns(&tp(p)) => {
+            Event::Assign(p) if !closing => {
+                // Assigned again while owned: it starts afresh, as after a lost one.
+                for set in [&mut self.held, &mut self.gave_up, &mut self.went_back] {
+                    set.remove(&p);
+                }
                 self.core.own(tp(p), tp(p));
                 let start = self.watermark(p);
                 self.core.start_at(&tp(p), start);
