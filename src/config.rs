@@ -40,7 +40,7 @@ pub struct Settings {
     pub group_id: String,
     /// Kafka session timeout: how long the group waits for a silent member.
     #[arg(
-        long = "session-timeout-ms",
+        long,
         env = "LP_SESSION_TIMEOUT_MS",
         default_value = "30000",
         value_name = "MS"
@@ -48,7 +48,7 @@ pub struct Settings {
     pub session_timeout_ms: Millis,
     /// Kafka max.poll.interval.ms; the consumer keeps polling while paused, so this is a safety net.
     #[arg(
-        long = "max-poll-interval-ms",
+        long,
         env = "LP_MAX_POLL_INTERVAL_MS",
         default_value = "300000",
         value_name = "MS"
@@ -72,7 +72,7 @@ pub struct Settings {
     pub batch_max_bytes: usize,
     /// ...or when its first record has waited this long.
     #[arg(
-        long = "batch-linger-ms",
+        long,
         env = "LP_BATCH_LINGER_MS",
         default_value = "200",
         value_name = "MS"
@@ -92,7 +92,7 @@ pub struct Settings {
     pub worker_queue: usize,
     /// How often durable offsets are committed to Kafka.
     #[arg(
-        long = "commit-interval-ms",
+        long,
         env = "LP_COMMIT_INTERVAL_MS",
         default_value = "1000",
         value_name = "MS"
@@ -101,21 +101,13 @@ pub struct Settings {
     /// On revocation, how long batches already being written for revoked partitions may
     /// finish before they are given up. Must stay below the session timeout; defaults to the
     /// smaller of 10 s and half the session timeout.
-    #[arg(
-        long = "revoke-drain-timeout-ms",
-        env = "LP_REVOKE_DRAIN_TIMEOUT_MS",
-        value_name = "MS"
-    )]
+    #[arg(long, env = "LP_REVOKE_DRAIN_TIMEOUT_MS", value_name = "MS")]
     pub revoke_drain_timeout_ms: Option<Millis>,
     /// When the consumer's group membership has not been steady this long (it lost its
     /// partitions and is not getting them back), the consumer is replaced by a new one.
     /// At least twice the session timeout; defaults to the larger of 120 s and four session
     /// timeouts.
-    #[arg(
-        long = "group-stall-timeout-ms",
-        env = "LP_GROUP_STALL_TIMEOUT_MS",
-        value_name = "MS"
-    )]
+    #[arg(long, env = "LP_GROUP_STALL_TIMEOUT_MS", value_name = "MS")]
     pub group_stall_timeout_ms: Option<Millis>,
     /// Where a partition with no watermark stored in PostgreSQL starts: `earliest` reads what
     /// Kafka still holds (nothing is skipped, also after a restore from before the partition's
@@ -139,7 +131,7 @@ pub struct Settings {
     pub pg_pool_size: Option<u32>,
     /// Bound on connecting to PostgreSQL and on taking a pooled connection.
     #[arg(
-        long = "pg-connect-timeout-ms",
+        long,
         env = "LP_PG_CONNECT_TIMEOUT_MS",
         default_value = "5000",
         value_name = "MS"
@@ -153,7 +145,7 @@ pub struct Settings {
     /// Server-side statement timeout for the daemon's statements. A batch's whole transaction
     /// is bounded client side by this plus the connect timeout (then retried on a new connection).
     #[arg(
-        long = "pg-statement-timeout-ms",
+        long,
         env = "LP_PG_STATEMENT_TIMEOUT_MS",
         default_value = "30000",
         value_name = "MS"
@@ -184,7 +176,7 @@ pub struct Settings {
     pub es_bulk_max_bytes: usize,
     /// Bound on one Elasticsearch request.
     #[arg(
-        long = "es-timeout-ms",
+        long,
         env = "LP_ES_TIMEOUT_MS",
         default_value = "30000",
         value_name = "MS"
@@ -192,7 +184,7 @@ pub struct Settings {
     pub es_timeout_ms: Millis,
     /// First retry delay for transient store errors (doubles up to the max, with jitter).
     #[arg(
-        long = "retry-initial-ms",
+        long,
         env = "LP_RETRY_INITIAL_MS",
         default_value = "100",
         value_name = "MS"
@@ -200,7 +192,7 @@ pub struct Settings {
     pub retry_initial_ms: Millis,
     /// Largest retry delay.
     #[arg(
-        long = "retry-max-ms",
+        long,
         env = "LP_RETRY_MAX_MS",
         default_value = "5000",
         value_name = "MS"
@@ -208,7 +200,7 @@ pub struct Settings {
     pub retry_max_ms: Millis,
     /// How often parked records (refused by their destination index) are offered to it again.
     #[arg(
-        long = "parked-retry-ms",
+        long,
         env = "LP_PARKED_RETRY_MS",
         default_value = "5000",
         value_name = "MS"
@@ -235,7 +227,7 @@ pub struct Settings {
 
     /// Time from the first SIGTERM/SIGINT to exit, covering drain, commit and group leave.
     #[arg(
-        long = "shutdown-deadline-ms",
+        long,
         env = "LP_SHUTDOWN_DEADLINE_MS",
         default_value = "25000",
         value_name = "MS"
@@ -244,7 +236,7 @@ pub struct Settings {
     /// The grace period the supervisor allows before SIGKILL (Kubernetes
     /// terminationGracePeriodSeconds, systemd TimeoutStopSec).
     #[arg(
-        long = "grace-period-ms",
+        long,
         env = "LP_GRACE_PERIOD_MS",
         default_value = "30000",
         value_name = "MS"
@@ -252,7 +244,7 @@ pub struct Settings {
     pub grace_period_ms: Millis,
     /// Minimum headroom between the deadline and the grace period (at least 2000).
     #[arg(
-        long = "shutdown-margin-ms",
+        long,
         env = "LP_SHUTDOWN_MARGIN_MS",
         default_value = "2000",
         value_name = "MS"
@@ -262,11 +254,7 @@ pub struct Settings {
     /// `/healthz` fails (and systemd's watchdog is no longer pinged) when the Kafka consumer
     /// thread has not gone round its loop for this long. Defaults to the larger of 60 s and two
     /// session timeouts; must exceed the revoke drain timeout plus 20 s (a rebalance's reads).
-    #[arg(
-        long = "liveness-timeout-ms",
-        env = "LP_LIVENESS_TIMEOUT_MS",
-        value_name = "MS"
-    )]
+    #[arg(long, env = "LP_LIVENESS_TIMEOUT_MS", value_name = "MS")]
     pub liveness_timeout_ms: Option<Millis>,
     /// Address serving /metrics, /healthz and /readyz.
     #[arg(long, env = "LP_HTTP_ADDR", default_value = "0.0.0.0:9898")]

@@ -162,21 +162,9 @@ fn offsets_going_back_inside_an_open_batch_hold_the_partition() {
     let mut world = World::new(100);
     world.apply(Event::Assign(0)).unwrap();
     // Offsets 0 and 1 wait in an open batch of up to three records; then offset 0 again.
-    for _ in 0..2 {
-        world
-            .apply(Event::Record {
-                partition: 0,
-                skip: 0,
-            })
-            .unwrap();
-    }
+    read(&mut world, 2);
     world.apply(Event::OffsetsBack(0)).unwrap();
-    world
-        .apply(Event::Record {
-            partition: 0,
-            skip: 0,
-        })
-        .unwrap();
+    read(&mut world, 1);
     assert!(world.core.held.contains_key(&tp(0)), "held");
     for e in [Event::Expire, Event::Dispatch] {
         world.apply(e).unwrap();
@@ -198,14 +186,7 @@ fn offsets_going_back_inside_an_open_batch_hold_the_partition() {
 fn a_partition_assigned_again_while_owned_starts_afresh() {
     let mut world = World::new(100);
     world.apply(Event::Assign(0)).unwrap();
-    for _ in 0..3 {
-        world
-            .apply(Event::Record {
-                partition: 0,
-                skip: 0,
-            })
-            .unwrap();
-    }
+    read(&mut world, 3);
     world.apply(Event::Dispatch).unwrap();
     world.apply(Event::Assign(0)).unwrap();
     // The earlier assignment's batch is given up by its worker; its ack comes after the new
@@ -213,14 +194,7 @@ fn a_partition_assigned_again_while_owned_starts_afresh() {
     world.work(0, false);
     let late = world.acks.pop().expect("the earlier batch's ack");
     assert!(!late.durable, "given up: its partition was revoked");
-    for _ in 0..3 {
-        world
-            .apply(Event::Record {
-                partition: 0,
-                skip: 0,
-            })
-            .unwrap();
-    }
+    read(&mut world, 3);
     world.apply(Event::Dispatch).unwrap();
     world.work(0, false);
     let new = world.acks.pop().expect("the new batch's ack");
@@ -229,4 +203,15 @@ fn a_partition_assigned_again_while_owned_starts_afresh() {
     let durable = world.core.watermarks.get(&tp(0)).and_then(|w| w.durable());
     assert_eq!(durable, Some(3));
     assert_eq!(world.core.budget.used(), 0);
+}
+
+/// The next `n` records of partition 0.
+fn read(world: &mut World, n: usize) {
+    for _ in 0..n {
+        let record = Event::Record {
+            partition: 0,
+            skip: 0,
+        };
+        world.apply(record).unwrap();
+    }
 }
