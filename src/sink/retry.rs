@@ -71,6 +71,29 @@ impl<'a> Attempts<'a> {
     }
 }
 
+impl Attempts<'_> {
+    /// Runs `attempt` until it answers `Ok(None)` (done). Its `Ok(Some(why))`, and any error,
+    /// is a failed attempt: told to `on_retry`, logged and waited out.
+    pub async fn until_done<Fut>(
+        &mut self,
+        mut on_retry: impl FnMut(&str),
+        mut attempt: impl FnMut() -> Fut,
+    ) -> Result<(), SinkError>
+    where
+        Fut: Future<Output = Result<Option<String>, SinkError>>,
+    {
+        loop {
+            let why = match self.run(attempt()).await? {
+                Ok(None) => return Ok(()),
+                Ok(Some(why)) => why,
+                Err(e) => e.to_string(),
+            };
+            on_retry(&why);
+            self.failed(&why).await?;
+        }
+    }
+}
+
 /// Runs `op` until it succeeds, fails permanently, or `cancel` fires. Transient errors are
 /// retried with backoff and logged with the attempt number (at most one line per delay).
 pub async fn retry<T, F, Fut>(

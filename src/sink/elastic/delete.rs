@@ -6,7 +6,6 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::ElasticSink;
-use super::response::Bulk;
 use crate::model::{StoredRecord, TopicPartition, document_id};
 use crate::sink::SinkError;
 use crate::sink::retry::Attempts;
@@ -20,7 +19,7 @@ impl ElasticSink {
         tp: &TopicPartition,
         records: &[&StoredRecord],
         cancel: &CancellationToken,
-        mut on_retry: impl FnMut(&str),
+        on_retry: impl FnMut(&str),
     ) -> Result<(), SinkError> {
         if self.settings.data_stream {
             return self.delete_in_streams(tp, records, cancel, on_retry).await;
@@ -34,19 +33,10 @@ impl ElasticSink {
         }
         let body = Bytes::from(body);
         let mut attempts = Attempts::new("deleting documents", self.settings.backoff, cancel);
-        loop {
-            let why = match attempts.run(self.bulk(body.clone())).await? {
-                Ok(Bulk::Items(items)) if items.len() == records.len() => {
-                    match items.iter().find(|i| !matches!(i.status, 200..=299 | 404)) {
-                        None => return Ok(()),
-                        Some(i) => format!("delete: HTTP {} {}", i.status, i.reason),
-                    }
-                }
-                Ok(_) => "delete: unexpected bulk response".to_string(),
-                Err(e) => e.to_string(),
-            };
-            on_retry(&why);
-            attempts.failed(&why).await?;
-        }
+        let attempt = || async {
+            let answer = self.bulk(body.clone()).await?;
+            Ok(answer.delete_failure(records.len(), "delete"))
+        };
+        attempts.until_done(on_retry, attempt).await
     }
 }

@@ -97,6 +97,19 @@ pub(super) enum Bulk {
     TooLarge,
 }
 
+impl Bulk {
+    /// For a request of `sent` deletes (`what` names it in the reason): `None` when each was
+    /// done, a missing document counting as deleted; else why not.
+    pub(super) fn delete_failure(self, sent: usize, what: &str) -> Option<String> {
+        match self {
+            Bulk::Items(items) if items.len() == sent => (items.iter())
+                .find(|i| !matches!(i.status, 200..=299 | 404))
+                .map(|i| format!("{what}: HTTP {} {}", i.status, i.reason)),
+            _ => Some(format!("{what}: unexpected bulk response")),
+        }
+    }
+}
+
 /// One bulk item's result.
 pub(super) struct Item {
     pub(super) status: u16,

@@ -12,7 +12,6 @@ use crate::model::{StoredRecord, TopicPartition, document_id};
 use crate::sink::SinkError;
 use crate::sink::retry::Attempts;
 
-use super::response::Bulk;
 use super::{ElasticSink, truncate};
 
 impl ElasticSink {
@@ -34,15 +33,7 @@ impl ElasticSink {
         }
         for (stream, ids) in by_stream {
             let mut attempts = Attempts::new("deleting documents", self.settings.backoff, cancel);
-            loop {
-                let why = match attempts.run(self.delete_by_ids(&stream, &ids)).await? {
-                    Ok(None) => break,
-                    Ok(Some(why)) => why,
-                    Err(e) => e.to_string(),
-                };
-                on_retry(&why);
-                attempts.failed(&why).await?;
-            }
+            (attempts.until_done(&mut on_retry, || self.delete_by_ids(&stream, &ids))).await?;
         }
         Ok(())
     }
@@ -100,12 +91,7 @@ impl ElasticSink {
                 .expect("serialising JSON to memory cannot fail");
             body.push(b'\n');
         }
-        Ok(match self.bulk(body.into()).await? {
-            Bulk::Items(items) if items.len() == hits.len() => items
-                .iter()
-                .find(|i| !matches!(i.status, 200..=299 | 404))
-                .map(|i| format!("delete in {stream}: HTTP {} {}", i.status, i.reason)),
-            _ => Some(format!("delete in {stream}: unexpected bulk response")),
-        })
+        let answer = self.bulk(body.into()).await?;
+        Ok(answer.delete_failure(hits.len(), &format!("delete in {stream}")))
     }
 }
