@@ -1,18 +1,4 @@
-use clap::Parser;
-
-use super::super::Settings;
-
-#[derive(Parser)]
-struct T {
-    #[command(flatten)]
-    s: Settings,
-}
-
-fn parse(args: &[&str]) -> Settings {
-    T::try_parse_from(std::iter::once("t").chain(args.iter().copied()))
-        .unwrap()
-        .s
-}
+use super::super::tests::parse;
 
 fn pem_file(name: &str) -> String {
     let path = std::env::temp_dir().join(format!("lp-sec-{}-{name}", std::process::id()));

@@ -9,7 +9,8 @@ struct T {
     s: Settings,
 }
 
-fn parse(args: &[&str]) -> Settings {
+/// The settings these flags give (also used by `security_tests.rs`).
+pub(super) fn parse(args: &[&str]) -> Settings {
     T::try_parse_from(std::iter::once("t").chain(args.iter().copied()))
         .unwrap()
         .s
