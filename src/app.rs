@@ -197,6 +197,20 @@ pub async fn run(
         }
         .run(shutdown.drain.clone()),
     );
+    if !settings.audit_interval_ms.0.is_zero() {
+        tokio::spawn(
+            crate::audit::sample::Sampler {
+                pg: pg.clone(),
+                es: stores::elasticsearch(&settings)?,
+                metrics: metrics.clone(),
+                group_id: settings.group_id.clone(),
+                names: settings.topics(),
+                interval: settings.audit_interval_ms.0,
+                size: settings.audit_sample,
+            }
+            .run(shutdown.drain.clone()),
+        );
+    }
     let (ack_tx, ack_rx) = std::sync::mpsc::channel();
     let mut senders = Vec::with_capacity(settings.workers);
     let mut workers = Vec::with_capacity(settings.workers);

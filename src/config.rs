@@ -206,6 +206,18 @@ pub struct Settings {
         value_name = "MS"
     )]
     pub parked_retry_ms: Millis,
+    /// How often the daemon checks a sample of recently stored offsets of each partition
+    /// across both stores (`log_processor_divergence_total`); 0 turns the check off.
+    #[arg(
+        long,
+        env = "LP_AUDIT_INTERVAL_MS",
+        default_value = "60000",
+        value_name = "MS"
+    )]
+    pub audit_interval_ms: Millis,
+    /// Offsets per partition that check reads: the last ones below the watermark.
+    #[arg(long, env = "LP_AUDIT_SAMPLE", default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=5000))]
+    pub audit_sample: i64,
 
     /// Records larger than this are dead-lettered instead of stored.
     #[arg(long, env = "LP_MAX_RECORD_BYTES", default_value_t = 8 * 1024 * 1024)]

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod allocator;
 pub mod app;
+pub mod audit;
 pub mod batcher;
 pub mod config;
 pub mod consumer;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
+use log_processor::admin::audit::AuditArgs;
 use log_processor::admin::dead_letters::DeadLettersCommand;
 use log_processor::admin::parked::ParkedCommand;
 use log_processor::admin::status::StatusArgs;
@@ -42,6 +43,9 @@ enum Command {
     /// Where each partition stands: Kafka's end and committed offsets, PostgreSQL's watermark,
     /// lag and dead letters (reads Kafka and PostgreSQL; the daemon need not run).
     Status(StatusArgs),
+    /// Compare every offset below each partition's watermark across Kafka, PostgreSQL and the
+    /// search store; report divergences by kind (exit 3), `--repair` what needs no guess.
+    Audit(AuditArgs),
     /// List dead letters, or replay them with today's settings.
     #[command(subcommand)]
     DeadLetters(DeadLettersCommand),
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
         Command::Run(s) | Command::Migrate(s) | Command::CheckConfig(s) => s.log_format,
         Command::Loadgen(_) => LogFormat::Human,
         Command::Status(a) => a.settings.log_format,
+        Command::Audit(a) => a.settings.log_format,
         Command::DeadLetters(DeadLettersCommand::List(a)) => a.settings.log_format,
         Command::DeadLetters(DeadLettersCommand::Replay(a)) => a.settings.log_format,
         Command::Topics(TopicsCommand::List(a)) => a.settings.log_format,
@@ -129,6 +134,22 @@ fn main() -> ExitCode {
             }
             Ok(())
         }),
+        Command::Audit(a) => {
+            let mut code = 0;
+            let done = admin_command(&a.settings, async {
+                let outcome = admin::audit::audit(&a).await?;
+                match a.json {
+                    true => println!("{}", serde_json::to_string_pretty(&outcome)?),
+                    false => println!("{outcome}"),
+                }
+                code = outcome.exit_code();
+                Ok(())
+            });
+            match code {
+                0 => done,
+                c => ExitCode::from(c),
+            }
+        }
         Command::DeadLetters(DeadLettersCommand::List(a)) => admin_command(&a.settings, async {
             let listing = admin::dead_letters::list(&a).await?;
             match a.json {

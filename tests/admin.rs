@@ -10,67 +10,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::*;
-use serde_json::Value;
-
-/// Runs `log-processor ARGS` to the end (bounded); returns exit code, stdout and stderr.
-fn lp(env: &[(String, String)], args: &[&str]) -> (i32, String, String) {
-    let mut child = Command::new(binary())
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .env("LP_LOG", "warn,librdkafka=off")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start log-processor");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        out.read_to_string(&mut s).ok();
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        err.read_to_string(&mut s).ok();
-        s
-    });
-    let started = Instant::now();
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code().unwrap_or(-1);
-        }
-        if started.elapsed() > Duration::from_secs(120) {
-            let _ = child.kill();
-            panic!("log-processor {args:?} did not finish within 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (code, reader.join().unwrap(), err_reader.join().unwrap())
-}
-
-fn ok(env: &[(String, String)], args: &[&str]) -> String {
-    let (code, out, err) = lp(env, args);
-    assert_eq!(code, 0, "log-processor {args:?}:\n{out}\n{err}");
-    out
-}
-
-fn json(env: &[(String, String)], args: &[&str]) -> Value {
-    let out = ok(env, args);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
-}
-
-/// Runs the daemon until both stores hold every record, then stops it cleanly.
-async fn process_all(s: &Scenario, env: &[(String, String)]) {
-    let mut d = Daemon::start(env);
-    s.wait_all_stored(Duration::from_secs(90)).await;
-    d.signal("TERM");
-    assert_eq!(d.wait(Duration::from_secs(40)), 0, "{}", d.tail(30));
-}
 
 async fn dead_letters_by_partition(s: &Scenario) -> BTreeMap<i32, i64> {
     let q = format!(

@@ -12,11 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::chaos_kit::sized;
 use common::*;
-use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, Producer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 /// The gaps stored for the scenario: partition -> [(from, to, cause)].
 async fn gaps(s: &Scenario) -> BTreeMap<i32, Vec<(i64, i64, String)>> {
@@ -79,28 +75,6 @@ async fn wait_watermarks_at_end(s: &Scenario, d: &Daemon, timeout: Duration) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// Deletes partition 0's records below `cut` (what retention or `kafka-delete-records` does)
-/// and checks that the log starts there now.
-async fn delete_records_below(s: &Scenario, cut: i64) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", kafka_brokers())
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&s.topic, 0, Offset::Offset(cut))
-        .unwrap();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let result = admin
-        .delete_records(&tpl, &opts)
-        .await
-        .expect("delete records");
-    assert_eq!(
-        result.elements()[0].offset(),
-        Offset::Offset(cut),
-        "the fault: the log of partition 0 now starts at {cut}"
-    );
 }
 
 async fn metric(d: &Daemon, prefix: &str) -> Option<i64> {

@@ -1,9 +1,11 @@
 //! Operator commands that work on the stores directly, with the daemon's configuration and
-//! whether or not the daemon runs: `status` (where each partition stands), `dead-letters list`
+//! whether or not the daemon runs: `status` (where each partition stands), `audit` (every
+//! offset compared across Kafka and both stores, `--repair` to mend), `dead-letters list`
 //! and `dead-letters replay` (re-drive dead letters with today's settings), `topics list` and
 //! `topics adopt` (which incarnation of a topic the stored names hold), `parked list`, `drop`
 //! and `reroute` (records their destination index would not take).
 
+pub mod audit;
 pub mod dead_letters;
 pub mod parked;
 pub mod replay;
@@ -110,7 +112,7 @@ impl FilterArgs {
     }
 }
 
-fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+pub(crate) fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| format!("expected an RFC 3339 time such as 2026-11-30T06:00:00Z: {e}"))

@@ -144,6 +144,23 @@ impl Metrics {
                     .collect(),
             },
             Family {
+                name: "log_processor_divergence",
+                help: "Divergences between the stores the sampled check confirmed, by kind (see `log-processor audit`)",
+                kind: Kind::Counter,
+                samples: (self
+                    .divergences
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter())
+                .map(|(kind, n)| (vec![("kind", kind.to_string())], Value::Int(*n as i64)))
+                .collect(),
+            },
+            counter(
+                "log_processor_audited_offsets",
+                "Offsets the sampled check compared across both stores",
+                &self.audited,
+            ),
+            Family {
                 name: "log_processor_dead_letters",
                 help: "Records dead-lettered, by stage",
                 kind: Kind::Counter,

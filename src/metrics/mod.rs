@@ -65,6 +65,10 @@ pub struct Metrics {
     /// Offsets found without a record, by cause (`gaps::GapCause`: retention, no_record).
     gap_offsets: [AtomicU64; 2],
     pub consumer_replacements: AtomicU64,
+    /// Divergences the sampled check (`audit::sample`) confirmed, by kind, and the offsets it
+    /// checked.
+    divergences: Mutex<BTreeMap<&'static str, u64>>,
+    pub audited: AtomicU64,
     pub pg_latency: Histogram,
     pub es_latency: Histogram,
     pub batch_latency: Histogram,
@@ -101,6 +105,12 @@ impl Metrics {
         };
         debug_assert_eq!(STAGES[i], stage);
         self.dead_letters_by_stage[i].fetch_add(n, Relaxed);
+    }
+
+    /// `n` divergences of `kind` confirmed by the sampled check (0 makes the series exist).
+    pub fn divergences_found(&self, kind: &'static str, n: u64) {
+        let mut d = self.divergences.lock().unwrap_or_else(|p| p.into_inner());
+        *d.entry(kind).or_default() += n;
     }
 
     /// Gaps found in a batch about to be written (see `gaps`).

@@ -16,6 +16,7 @@ use crate::gaps::Gap;
 use crate::model::{DeadLetter, Parked, Position, StoredRecord, TopicPartition};
 
 mod advance;
+mod audit;
 mod batch;
 mod dead_letters;
 mod gaps;
@@ -24,6 +25,7 @@ mod parked;
 mod refusal;
 mod rows;
 
+pub use audit::Accounted;
 pub use gaps::GapCounts;
 pub use parked::{ParkedSummary, Released};
 

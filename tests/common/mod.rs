@@ -11,7 +11,7 @@ pub mod verify;
 pub use verify::{Expectation, Verdict};
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -676,4 +676,82 @@ pub fn strip_ansi(s: &str) -> String {
         }
     }
     out
+}
+
+/// Runs `log-processor ARGS` to the end (bounded); returns exit code, stdout and stderr.
+pub fn lp(env: &[(String, String)], args: &[&str]) -> (i32, String, String) {
+    let mut child = Command::new(binary())
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("LP_LOG", "warn,librdkafka=off")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start log-processor");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        out.read_to_string(&mut s).ok();
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        err.read_to_string(&mut s).ok();
+        s
+    });
+    let started = Instant::now();
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code().unwrap_or(-1);
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("log-processor {args:?} did not finish within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (code, reader.join().unwrap(), err_reader.join().unwrap())
+}
+
+pub fn ok(env: &[(String, String)], args: &[&str]) -> String {
+    let (code, out, err) = lp(env, args);
+    assert_eq!(code, 0, "log-processor {args:?}:\n{out}\n{err}");
+    out
+}
+
+pub fn json(env: &[(String, String)], args: &[&str]) -> Value {
+    let out = ok(env, args);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+}
+
+/// Runs the daemon until both stores hold every record, then stops it cleanly.
+pub async fn process_all(s: &Scenario, env: &[(String, String)]) {
+    let mut d = Daemon::start(env);
+    s.wait_all_stored(Duration::from_secs(90)).await;
+    d.signal("TERM");
+    assert_eq!(d.wait(Duration::from_secs(40)), 0, "{}", d.tail(30));
+}
+
+/// Deletes partition 0's records below `cut` (what retention or `kafka-delete-records` does)
+/// and checks that the log starts there now.
+pub async fn delete_records_below(s: &Scenario, cut: i64) {
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new()
+            .set("bootstrap.servers", kafka_brokers())
+            .create()
+            .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&s.topic, 0, Offset::Offset(cut))
+        .unwrap();
+    let opts = rdkafka::admin::AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let result = admin
+        .delete_records(&tpl, &opts)
+        .await
+        .expect("delete records");
+    assert_eq!(
+        result.elements()[0].offset(),
+        Offset::Offset(cut),
+        "the fault: the log of partition 0 now starts at {cut}"
+    );
 }

@@ -116,7 +116,7 @@ fn display<D: std::fmt::Display, S: serde::Serializer>(d: &D, s: S) -> Result<S:
 /// The document for a record. PostgreSQL holds the same fields. Borrowed, so serialising a
 /// batch copies no field maps.
 #[derive(serde::Serialize)]
-struct Document<'a> {
+pub(super) struct Document<'a> {
     #[serde(rename = "@timestamp")]
     timestamp: String,
     level: &'a Option<String>,
@@ -127,13 +127,13 @@ struct Document<'a> {
 }
 
 #[derive(serde::Serialize)]
-struct KafkaMeta<'a> {
+pub(super) struct KafkaMeta<'a> {
     topic: &'a str,
     partition: i32,
     offset: i64,
 }
 
-fn document<'a>(tp: &'a TopicPartition, r: &'a StoredRecord) -> Document<'a> {
+pub(super) fn document<'a>(tp: &'a TopicPartition, r: &'a StoredRecord) -> Document<'a> {
     Document {
         timestamp: r
             .entry

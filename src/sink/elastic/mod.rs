@@ -17,11 +17,13 @@ pub mod classify;
 mod delete;
 mod encode;
 mod response;
+mod scan;
 mod stream;
 mod template;
 mod version;
 
 pub use bulk::{Indexed, ItemFate, Rejection};
+pub use scan::Found;
 pub use version::{Product, StoreInfo};
 
 use std::path::PathBuf;

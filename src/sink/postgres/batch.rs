@@ -242,7 +242,7 @@ async fn insert_gaps(
     Ok(())
 }
 
-async fn insert_dead_letters(
+pub(super) async fn insert_dead_letters(
     tx: &mut Transaction<'_, Postgres>,
     tp: &TopicPartition,
     dead: &[DeadLetter],
