@@ -13,6 +13,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::AdminError;
+use crate::audit::read::Context;
 use crate::audit::repair::{Mended, Repair};
 use crate::audit::run::{self, Audit, Plan};
 use crate::audit::{PartitionReport, Report};
@@ -172,10 +173,12 @@ pub async fn audit(args: &AuditArgs) -> Result<Outcome, AdminError> {
         policy: DeadLetterPolicy::new(redactor.clone(), s.dead_letter_key().ok().flatten()),
     });
     let audit = Audit {
-        settings: s,
-        pg: &pg,
-        es: &es,
-        redactor,
+        ctx: Context {
+            settings: s,
+            pg: &pg,
+            es: &es,
+            redactor,
+        },
         chunk: args.chunk_size,
         budget: CHUNK_BYTES,
         recheck: Duration::from_secs(1),

@@ -19,6 +19,14 @@ use crate::sink::SinkError;
 use crate::sink::elastic::{ElasticSink, Found};
 use crate::sink::postgres::PgSink;
 
+/// The systems an audit reads and the settings it decodes records with.
+pub struct Context<'a> {
+    pub settings: &'a Settings,
+    pub pg: &'a PgSink,
+    pub es: &'a ElasticSink,
+    pub redactor: Redactor,
+}
+
 /// How long Kafka may stay silent while records are due.
 const KAFKA_SILENCE: Duration = Duration::from_secs(30);
 

@@ -18,9 +18,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::Kind;
-use super::read;
+use super::read::{self, Context};
 use super::rules::Finding;
-use super::run::Audit;
 use crate::dead_letter::DeadLetterPolicy;
 use crate::model::{RawRecord, RejectStage, StoredRecord, TopicPartition};
 use crate::pipeline;
@@ -75,7 +74,7 @@ impl Repair {
     /// records as Kafka holds them.
     pub async fn mend(
         &self,
-        a: &Audit<'_>,
+        a: &Context<'_>,
         tp: &TopicPartition,
         found: &[Finding],
         raws: &[RawRecord],
@@ -194,7 +193,7 @@ impl Repair {
     /// row's (its text is the one the daemon sent; the row's `jsonb` is normalised).
     fn best(
         &self,
-        a: &Audit<'_>,
+        a: &Context<'_>,
         tp: &TopicPartition,
         row: StoredRecord,
         kafka: &BTreeMap<i64, &RawRecord>,

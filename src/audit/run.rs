@@ -11,12 +11,8 @@ use super::read::{self, KafkaRange};
 use super::repair::{self, Mended};
 use super::rules::{self, Finding};
 use super::{Kind, PartitionReport};
-use crate::config::Settings;
 use crate::model::{RawRecord, TopicPartition};
-use crate::redact::Redactor;
 use crate::sink::SinkError;
-use crate::sink::elastic::ElasticSink;
-use crate::sink::postgres::PgSink;
 
 /// How one partition is audited.
 #[derive(Clone, Debug)]
@@ -33,10 +29,7 @@ pub struct Plan {
 
 /// What every chunk needs.
 pub struct Audit<'a> {
-    pub settings: &'a Settings,
-    pub pg: &'a PgSink,
-    pub es: &'a ElasticSink,
-    pub redactor: Redactor,
+    pub ctx: read::Context<'a>,
     /// Offsets per chunk at most.
     pub chunk: i64,
     /// Kafka bytes per chunk at most.
@@ -58,7 +51,7 @@ impl Audit<'_> {
         for &(from, to) in &plan.windows {
             let mut kafka = match plan.read_kafka {
                 true => {
-                    let (settings, tp) = (self.settings.clone(), plan.kafka.clone());
+                    let (settings, tp) = (self.ctx.settings.clone(), plan.kafka.clone());
                     let (k, low) = blocking(move || KafkaRange::open(&settings, &tp, from)).await?;
                     report.log_start = low;
                     Some(k)
@@ -86,7 +79,7 @@ impl Audit<'_> {
                     .await?;
                 if let (Some(r), false) = (&self.repair, found.is_empty()) {
                     let raws = raws.as_deref().unwrap_or_default();
-                    mended.add(r.mend(self, &plan.stored, &found, raws).await?);
+                    mended.add(r.mend(&self.ctx, &plan.stored, &found, raws).await?);
                 }
                 self.bar.inc((end - at) as u64);
                 at = end;
@@ -106,25 +99,33 @@ impl Audit<'_> {
     ) -> Result<Vec<Finding>, String> {
         let tp = &plan.stored;
         let kafka = raws.map(|raws| {
-            let decoded = read::sources(self.es, tp, raws, self.settings, &self.redactor);
+            let decoded =
+                read::sources(self.ctx.es, tp, raws, self.ctx.settings, &self.ctx.redactor);
             (report.log_start, decoded)
         });
-        let stored = read::stored(self.pg, self.es, tp, from, to)
+        let stored = read::stored(self.ctx.pg, self.ctx.es, tp, from, to)
             .await
             .map_err(show)?;
         report.offsets_checked += (to - from) as u64;
         report.records_read += raws.map_or(0, |r| r.len()) as u64;
         report.documents_read += stored.docs.len() as u64;
-        let first = rules::check(&read::range(self.es, tp, from, to, kafka.clone(), &stored));
+        let first = rules::check(&read::range(
+            self.ctx.es,
+            tp,
+            from,
+            to,
+            kafka.clone(),
+            &stored,
+        ));
         if first.is_empty() {
             return Ok(first);
         }
         tokio::time::sleep(self.recheck).await;
-        self.es.refresh().await.map_err(show)?;
-        let stored = read::stored(self.pg, self.es, tp, from, to)
+        self.ctx.es.refresh().await.map_err(show)?;
+        let stored = read::stored(self.ctx.pg, self.ctx.es, tp, from, to)
             .await
             .map_err(show)?;
-        let again = rules::check(&read::range(self.es, tp, from, to, kafka, &stored));
+        let again = rules::check(&read::range(self.ctx.es, tp, from, to, kafka, &stored));
         let found = rules::confirmed(&first, &again);
         for f in &found {
             report.record(f);

@@ -65,7 +65,7 @@ impl ElasticSink {
         let query = json!({
             "size": PAGE,
             "track_total_hits": false,
-            "sort": [{ "kafka.offset": "asc" }],
+            "sort": [{ "kafka.offset": { "order": "asc", "unmapped_type": "long" } }],
             "query": { "bool": { "filter": [
                 { "term": { "kafka.topic": &*tp.topic } },
                 { "term": { "kafka.partition": tp.partition } },
