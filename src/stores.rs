@@ -1,12 +1,31 @@
 //! How each store is configured from `Settings`: one place, used by the daemon (`app`) and by
-//! the operator commands (`admin`), so both reach the stores with the same URL, TLS and
+//! the operator commands (`admin`, `audit`), so both reach the stores with the same URL, TLS and
 //! credentials.
 
-use crate::config::Settings;
+use crate::config::{ConfigError, Settings};
 use crate::sink::SinkError;
 use crate::sink::elastic::{ElasticSink, EsAuth, EsSettings, EsTls};
 use crate::sink::postgres::{PgSettings, PgSink};
 use crate::sink::retry::Backoff;
+
+/// A Kafka client's settings for a command that reads metadata, the group's committed
+/// offsets or a partition by assignment (it never subscribes nor commits): the daemon's
+/// brokers, group and TLS/SASL properties.
+pub fn kafka_reader(
+    s: &Settings,
+    client_id: &str,
+) -> Result<rdkafka::config::ClientConfig, ConfigError> {
+    let mut config = rdkafka::config::ClientConfig::new();
+    config
+        .set("bootstrap.servers", &s.kafka_brokers)
+        .set("group.id", &s.group_id)
+        .set("enable.auto.commit", "false")
+        .set("client.id", client_id);
+    for (key, value) in s.security.kafka_properties()? {
+        config.set(key, value);
+    }
+    Ok(config)
+}
 
 pub fn backoff(s: &Settings) -> Backoff {
     Backoff {

@@ -190,7 +190,7 @@ pub async fn audit(args: &AuditArgs) -> Result<Outcome, AdminError> {
         let done = audit
             .partition(plan, report)
             .await
-            .map_err(AdminError::Refused)?;
+            .map_err(AdminError::Audit)?;
         mended.add(done);
     }
     audit.bar.finish_and_clear();

@@ -41,24 +41,17 @@ pub enum AdminError {
     Kafka(String),
     #[error("refused: {0}")]
     Refused(String),
+    #[error("audit: {0}")]
+    Audit(String),
 }
 
-/// A Kafka client with the daemon's brokers, group and TLS/SASL properties, for commands that
-/// read metadata or the group's committed offsets (it never subscribes).
+/// A Kafka client for commands that read metadata or the group's committed offsets
+/// (`stores::kafka_reader`).
 pub fn kafka_client(
     s: &Settings,
     client_id: &str,
 ) -> Result<rdkafka::consumer::BaseConsumer, AdminError> {
-    let mut config = rdkafka::config::ClientConfig::new();
-    config
-        .set("bootstrap.servers", &s.kafka_brokers)
-        .set("group.id", &s.group_id)
-        .set("enable.auto.commit", "false")
-        .set("client.id", client_id);
-    for (key, value) in s.security.kafka_properties()? {
-        config.set(key, value);
-    }
-    config
+    stores::kafka_reader(s, client_id)?
         .create()
         .map_err(|e| AdminError::Kafka(format!("creating a client: {e}")))
 }

@@ -46,22 +46,12 @@ impl KafkaRange {
         tp: &TopicPartition,
         from: i64,
     ) -> Result<(Self, i64), String> {
-        let mut config = rdkafka::config::ClientConfig::new();
+        let mut config = crate::stores::kafka_reader(settings, "log-processor-audit")
+            .map_err(|e| e.to_string())?;
         config
-            .set("bootstrap.servers", &settings.kafka_brokers)
-            .set("group.id", &settings.group_id)
-            .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("isolation.level", "read_committed")
-            .set("auto.offset.reset", "earliest")
-            .set("client.id", "log-processor-audit");
-        for (key, value) in settings
-            .security
-            .kafka_properties()
-            .map_err(|e| e.to_string())?
-        {
-            config.set(key, value);
-        }
+            .set("auto.offset.reset", "earliest");
         let consumer: BaseConsumer = config.create().map_err(|e| format!("kafka: {e}"))?;
         let (low, _high) = consumer
             .fetch_watermarks(&tp.topic, tp.partition, Duration::from_secs(10))
