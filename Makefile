@@ -4,7 +4,7 @@ INFRA := tests/infra/infra.sh
 # Integration tests share one Kafka, PostgreSQL and OpenSearch: run them one at a time.
 TEST_FLAGS ?= --test-threads=1
 
-.PHONY: unit test go-tools chaos compat demo services-up services-down services-status build release bench system-deps
+.PHONY: unit test go-tools chaos compat demo services-up services-down services-status build release bench audit-scale system-deps
 
 # The build's Debian packages (cmake, libcurl headers, ...): one list, scripts/system-deps.sh.
 # Installs only what is missing, or fails naming the packages to install by hand.
@@ -62,6 +62,11 @@ build: system-deps
 
 release: system-deps
 	cargo build --locked --release
+
+# `log-processor audit` over 1,000,000 consumed records: time, peak RSS, a run SIGKILLed half
+# way, the repair (scripts/measure-audit.sh; writes bench/results/audit.json).
+audit-scale: system-deps services-up
+	bash scripts/measure-audit.sh
 
 # Throughput, CPU, memory, batch size and crash cost against a peer and raw ceilings (bench/).
 bench: system-deps services-up

@@ -51,7 +51,9 @@ impl KafkaRange {
         config
             .set("enable.partition.eof", "true")
             .set("isolation.level", "read_committed")
-            .set("auto.offset.reset", "earliest");
+            .set("auto.offset.reset", "earliest")
+            // What librdkafka prefetches is memory too: a chunk's budget, not its 64 MiB default.
+            .set("queued.max.messages.kbytes", "16384");
         let consumer: BaseConsumer = config.create().map_err(|e| format!("kafka: {e}"))?;
         let (low, _high) = consumer
             .fetch_watermarks(&tp.topic, tp.partition, Duration::from_secs(10))
