@@ -204,7 +204,6 @@ pub async fn run(
                 es: stores::elasticsearch(&settings)?,
                 metrics: metrics.clone(),
                 group_id: settings.group_id.clone(),
-                names: settings.topics(),
                 interval: settings.audit_interval_ms.0,
                 size: settings.audit_sample,
             }

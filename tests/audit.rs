@@ -313,3 +313,42 @@ async fn the_sampled_check_counts_a_divergence_within_its_interval() {
     d.signal("TERM");
     assert_eq!(d.wait(Duration::from_secs(40)), 0, "{}", d.tail(30));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_outside_the_daemons_indices_is_found_by_its_id() {
+    // What `parked reroute` does: a record's document lives in an index LP_ES_INDEX does not
+    // name. Its row is not one without a document.
+    let s = Scenario::new("audit_elsewhere", 1).await;
+    s.produce(0, 100, 0.0);
+    let env = s.env();
+    process_all(&s, &env).await;
+    let moved: Offsets = (40..45).map(|o| (0, o)).collect();
+    let docs = documents(&s).await;
+    let elsewhere = format!("q{}", s.index);
+    let mut lines = Vec::new();
+    for &o in &moved {
+        let (_, source) = &docs[&id(&s, o)];
+        lines.push(json!({ "index": { "_index": elsewhere, "_id": id(&s, o) } }));
+        lines.push(source.clone());
+    }
+    bulk(&lines, moved.len()).await;
+    delete_documents(&s, &moved).await;
+    let (code, report, _) = audit(&env, &[]);
+    assert_eq!(code, 0, "found where they are: {report}");
+    assert_eq!(report["partitions"][0]["documents_read"], 100);
+    let (status, text) = http(
+        "DELETE",
+        &format!("{}/{elsewhere}", elasticsearch_url()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let (code, report, _) = audit(&env, &[]);
+    assert_eq!(code, 3, "and missing once they are gone: {report}");
+    assert_eq!(
+        found(&report),
+        [("row_without_document".to_string(), moved)]
+            .into_iter()
+            .collect()
+    );
+}

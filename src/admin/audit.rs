@@ -105,8 +105,9 @@ impl std::fmt::Display for Outcome {
             for note in m.notes.iter().take(20) {
                 write!(f, "\n  {note}")?;
             }
-            if m.notes.len() > 20 {
-                write!(f, "\n  … and {} more", m.notes.len() - 20)?;
+            let more = (m.notes.len().saturating_sub(20)) as u64 + m.notes_left_out;
+            if more > 0 {
+                write!(f, "\n  … and {more} more")?;
             }
         }
         Ok(())
@@ -163,6 +164,13 @@ pub async fn audit(args: &AuditArgs) -> Result<Outcome, AdminError> {
             read_kafka,
         });
         reports.push(report);
+    }
+    if plans.is_empty() && (args.topic.is_some() || args.partition.is_some()) {
+        return Err(AdminError::Audit(
+            "no selected partition has a watermark for this group (LP_GROUP_ID); check \
+             --topic, --partition and `log-processor status`"
+                .into(),
+        ));
     }
     let total: i64 = plans
         .iter()

@@ -153,7 +153,7 @@ pub struct Stored {
 }
 
 /// Reads `[from, to)` of `tp` (the name the records are stored under) from both stores: the
-/// documents first, so a record stored meanwhile shows as a row without document (seen again,
+/// documents of the daemon's indices first, so a record stored meanwhile shows as a row without document (seen again,
 /// or not, by the second read) rather than never.
 pub async fn stored(
     pg: &PgSink,
@@ -162,9 +162,18 @@ pub async fn stored(
     from: i64,
     to: i64,
 ) -> Result<Stored, SinkError> {
-    let docs = es.documents_in(tp, from, to).await?;
+    let mut docs = es.documents_in(tp, from, to).await?;
     let rows = pg.rows_in(tp, from, to).await?;
     let accounted = pg.accounted_in(tp, from, to).await?;
+    // A row whose document is not among the daemon's indices may have it elsewhere (a parked
+    // record rerouted to another index): looked for by id, only then.
+    let have: std::collections::HashSet<i64> = docs.iter().map(|d| d.offset).collect();
+    let ids: Vec<String> = (rows.iter())
+        .filter(|r| !have.contains(&r.offset))
+        .map(|r| crate::model::document_id(tp, r.offset))
+        .collect();
+    docs.extend(es.documents_anywhere(&ids).await?);
+    docs.sort_by_key(|d| d.offset);
     Ok(Stored {
         rows,
         docs,
@@ -172,14 +181,13 @@ pub async fn stored(
     })
 }
 
-/// The plain data `rules::check` reads; `kafka` is the first offset Kafka holds and what it
-/// returned.
+/// The plain data `rules::check` reads.
 pub fn range(
     es: &ElasticSink,
     tp: &TopicPartition,
     from: i64,
     to: i64,
-    kafka: Option<(i64, BTreeMap<i64, Source>)>,
+    kafka: Option<BTreeMap<i64, Source>>,
     s: &Stored,
 ) -> Range {
     let mut docs: BTreeMap<i64, Vec<Doc>> = BTreeMap::new();
@@ -190,15 +198,10 @@ pub fn range(
             source: d.source.clone(),
         });
     }
-    let (log_start, kafka) = match kafka {
-        Some((start, records)) => (start, Some(records)),
-        None => (0, None),
-    };
     Range {
         from,
         to,
         kafka,
-        log_start,
         rows: s
             .rows
             .iter()

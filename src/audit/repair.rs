@@ -39,7 +39,12 @@ pub struct Mended {
     pub repaired: BTreeMap<Kind, u64>,
     pub unrepaired: BTreeMap<Kind, u64>,
     pub notes: Vec<String>,
+    /// Unrepaired findings past the first [`NOTES`], only counted.
+    pub notes_left_out: u64,
 }
+
+/// Unrepaired findings named one by one.
+const NOTES: usize = 1000;
 
 impl Mended {
     pub fn add(&mut self, other: Mended) {
@@ -49,7 +54,13 @@ impl Mended {
         for (k, n) in other.unrepaired {
             *self.unrepaired.entry(k).or_default() += n;
         }
-        self.notes.extend(other.notes);
+        for note in other.notes {
+            match self.notes.len() < NOTES {
+                true => self.notes.push(note),
+                false => self.notes_left_out += 1,
+            }
+        }
+        self.notes_left_out += other.notes_left_out;
     }
 
     fn done(&mut self, kind: Kind, n: usize) {
@@ -60,6 +71,11 @@ impl Mended {
 
     fn left(&mut self, f: &Finding, why: String) {
         *self.unrepaired.entry(f.kind).or_default() += 1;
+        // Named one by one up to a bound: memory must not grow with the divergence found.
+        if self.notes.len() >= NOTES {
+            self.notes_left_out += 1;
+            return;
+        }
         self.notes.push(format!(
             "{}@{}: {}: {why}",
             f.kind.as_str(),
@@ -84,12 +100,17 @@ impl Repair {
         let of = |kinds: &[Kind]| -> Vec<&Finding> {
             found.iter().filter(|f| kinds.contains(&f.kind)).collect()
         };
+        let disagree: BTreeSet<i64> = of(&[Kind::SourceMismatch])
+            .iter()
+            .map(|f| f.offset)
+            .collect();
         let unwanted = of(&[
             Kind::DocumentWithoutRow,
             Kind::DuplicateDocument,
             Kind::DocumentMismatch,
         ]);
         let docs: Vec<(String, String)> = (unwanted.iter())
+            .filter(|f| !(f.kind == Kind::DocumentMismatch && disagree.contains(&f.offset)))
             .filter_map(|f| Some((f.index.clone()?, f.id.clone()?)))
             .collect();
         bounded(a.es.delete_found(&docs, &cancel, |_| {})).await?;
@@ -102,11 +123,18 @@ impl Repair {
             of(&[Kind::DuplicateDocument]).len(),
         );
 
-        let disagree: BTreeSet<i64> = of(&[Kind::SourceMismatch])
-            .iter()
-            .map(|f| f.offset)
-            .collect();
-        let missing = of(&[Kind::RowWithoutDocument, Kind::DocumentMismatch]);
+        // Where the row disagrees with Kafka, its document is not made from it: which of the
+        // two is right is the operator's call.
+        let (undecided, missing): (Vec<&Finding>, Vec<&Finding>) =
+            of(&[Kind::RowWithoutDocument, Kind::DocumentMismatch])
+                .into_iter()
+                .partition(|f| disagree.contains(&f.offset));
+        for f in undecided {
+            out.left(
+                f,
+                "its row disagrees with its Kafka record (source_mismatch)".into(),
+            );
+        }
         let offsets: BTreeSet<i64> = missing.iter().map(|f| f.offset).collect();
         if let (Some(&lo), Some(&hi)) = (offsets.first(), offsets.last()) {
             let rows =

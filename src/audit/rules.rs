@@ -45,10 +45,9 @@ pub struct Range {
     pub from: i64,
     pub to: i64,
     /// The records Kafka returned in the range, or `None` when Kafka was not read (the
-    /// daemon's sampled check). An offset missing here is one Kafka holds no record at.
+    /// daemon's sampled check). An offset missing here is one Kafka holds no record at (any
+    /// more: retention and compaction remove records the stores keep).
     pub kafka: Option<BTreeMap<i64, Source>>,
-    /// The first offset Kafka holds: below it, rows are not compared with Kafka.
-    pub log_start: i64,
     pub rows: BTreeMap<i64, Shape>,
     pub dead: BTreeSet<i64>,
     pub parked: BTreeSet<i64>,
@@ -97,7 +96,8 @@ pub fn check(r: &Range) -> Vec<Finding> {
         let accounted = row.is_some()
             || r.dead.contains(&offset)
             || r.parked.contains(&offset)
-            || r.in_gap(offset);
+            // A recorded gap where Kafka hands over a record is no reason: the record is there.
+            || (r.in_gap(offset) && r.in_kafka(offset).is_none());
         if !accounted {
             let held = r.in_kafka(offset).is_some();
             out.push(find(Kind::Unaccounted, offset, None, held));
@@ -129,14 +129,16 @@ pub fn check(r: &Range) -> Vec<Finding> {
                 }
             }
         }
-        if let Some(kafka) = r.kafka.as_ref().filter(|_| offset >= r.log_start) {
+        if let Some(kafka) = &r.kafka {
             let agrees = match kafka.get(&offset) {
                 Some(Source::Decoded(k)) => {
                     same(&k.document, &row.document)
                         && k.key == row.key
                         && k.kafka_ms == row.kafka_ms
                 }
-                Some(Source::Undecodable) | None => false,
+                Some(Source::Undecodable) => false,
+                // Compaction removes records the rows keep; nothing to compare with.
+                None => true,
             };
             if !agrees {
                 // The row is what a store holds; only an operator knows whether the record or

@@ -99,9 +99,7 @@ impl Audit<'_> {
     ) -> Result<Vec<Finding>, String> {
         let tp = &plan.stored;
         let kafka = raws.map(|raws| {
-            let decoded =
-                read::sources(self.ctx.es, tp, raws, self.ctx.settings, &self.ctx.redactor);
-            (report.log_start, decoded)
+            read::sources(self.ctx.es, tp, raws, self.ctx.settings, &self.ctx.redactor)
         });
         let stored = read::stored(self.ctx.pg, self.ctx.es, tp, from, to)
             .await
@@ -158,8 +156,8 @@ pub fn windows(from: i64, to: i64, sample: Option<i64>) -> Vec<(i64, i64)> {
     match sample {
         Some(n) if n < len => {
             let count = (n + WINDOW - 1) / WINDOW;
-            let size = (n + count - 1) / count;
             let step = len / count;
+            let size = ((n + count - 1) / count).min(step);
             (0..count)
                 .map(|i| (from + i * step, from + i * step + size))
                 .collect()

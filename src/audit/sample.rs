@@ -25,9 +25,9 @@ pub struct Sampler {
     pub pg: PgSink,
     pub es: ElasticSink,
     pub metrics: Arc<Metrics>,
+    /// Every partition this group has a watermark of is sampled, under whatever name it is
+    /// stored (an adopted incarnation's too).
     pub group_id: String,
-    /// The names the topics' records are stored under.
-    pub names: Vec<String>,
     pub interval: Duration,
     pub size: i64,
 }
@@ -55,7 +55,7 @@ impl Sampler {
         &self,
         counted: &mut HashMap<TopicPartition, HashSet<rules::Finding>>,
     ) -> Result<(), crate::sink::SinkError> {
-        let watermarks = self.pg.watermarks(&self.group_id, &self.names).await?;
+        let watermarks = self.pg.group_watermarks(&self.group_id).await?;
         for (tp, watermark) in watermarks {
             let (from, to) = ((watermark - self.size).max(0), watermark);
             let stored = read::stored(&self.pg, &self.es, &tp, from, to).await?;
@@ -66,6 +66,9 @@ impl Sampler {
                 continue;
             }
             tokio::time::sleep(RECHECK).await;
+            // Documents written meanwhile are searchable only after a refresh, whatever the
+            // index's refresh interval.
+            self.es.refresh().await?;
             let stored = read::stored(&self.pg, &self.es, &tp, from, to).await?;
             let again = rules::check(&read::range(&self.es, &tp, from, to, None, &stored));
             let found: HashSet<rules::Finding> =

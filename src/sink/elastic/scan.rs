@@ -72,13 +72,48 @@ impl ElasticSink {
                 { "range": { "kafka.offset": { "gte": from, "lt": to } } }
             ] } }
         });
+        let hits = self.search(&self.index_wildcard(), &query).await?;
+        match hits {
+            Some(hits) if hits.len() < PAGE => Ok(hits),
+            Some(_) => Err(SinkError::Permanent {
+                store: STORE,
+                message: format!(
+                    "{tp} offsets {from}..{to}: {PAGE} documents or more; audit a smaller range"
+                ),
+            }),
+            None => Err(SinkError::Permanent {
+                store: STORE,
+                message: format!("not allowed to search {}", self.index_wildcard()),
+            }),
+        }
+    }
+
+    /// Documents with these ids in any open index, those outside [`Self::index_wildcard`]
+    /// included (a parked record rerouted elsewhere); none when the credentials may not search
+    /// every index.
+    pub async fn documents_anywhere(&self, ids: &[String]) -> Result<Vec<Found>, SinkError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let query = json!({
+            "size": (ids.len() * 4).min(PAGE),
+            "track_total_hits": false,
+            "query": { "ids": { "values": ids } }
+        });
+        Ok(self.search("*", &query).await?.unwrap_or_default())
+    }
+
+    /// One search of `indices`: its hits, or `None` when it is forbidden (HTTP 403).
+    async fn search(&self, indices: &str, query: &Value) -> Result<Option<Vec<Found>>, SinkError> {
         let path = format!(
-            "/{}/_search?ignore_unavailable=true&allow_no_indices=true&filter_path=hits.hits._index,hits.hits._id,hits.hits._source",
-            self.index_wildcard()
+            "/{indices}/_search?ignore_unavailable=true&allow_no_indices=true&filter_path=hits.hits._index,hits.hits._id,hits.hits._source",
         );
         let (status, text) = self
             .request(Method::Post, &path, Some(query.to_string().into()))
             .await?;
+        if status == 403 {
+            return Ok(None);
+        }
         if !request_ok(status) {
             return Err(SinkError::Transient {
                 store: STORE,
@@ -93,14 +128,6 @@ impl ElasticSink {
             .as_array()
             .cloned()
             .unwrap_or_default();
-        if hits.len() >= PAGE {
-            return Err(SinkError::Permanent {
-                store: STORE,
-                message: format!(
-                    "{tp} offsets {from}..{to}: {PAGE} documents or more; audit a smaller range"
-                ),
-            });
-        }
         let found = hits.into_iter().filter_map(|mut h| {
             let offset = h["_source"]["kafka"]["offset"].as_i64()?;
             Some(Found {
@@ -110,7 +137,7 @@ impl ElasticSink {
                 source: h["_source"].take(),
             })
         });
-        Ok(found.collect())
+        Ok(Some(found.collect()))
     }
 
     /// Makes what was written visible to searches: an audit reads what the stores hold now.
