@@ -55,7 +55,7 @@ impl Sampler {
         &self,
         counted: &mut HashMap<TopicPartition, HashSet<rules::Finding>>,
     ) -> Result<(), crate::sink::SinkError> {
-        let watermarks = self.pg.group_watermarks(&self.group_id).await?;
+        let watermarks = self.pg.watermarks(&self.group_id, &[]).await?;
         for (tp, watermark) in watermarks {
             let (from, to) = ((watermark - self.size).max(0), watermark);
             let stored = read::stored(&self.pg, &self.es, &tp, from, to).await?;

@@ -76,25 +76,6 @@ impl PgSink {
             .collect()
     }
 
-    /// The watermark of every partition the group has one of, under the names stored.
-    pub async fn group_watermarks(
-        &self,
-        group_id: &str,
-    ) -> Result<Vec<(TopicPartition, i64)>, SinkError> {
-        let rows: Vec<(String, i32, i64)> = sqlx::query_as(
-            "SELECT topic, kafka_partition, next_offset FROM consumer_offsets \
-             WHERE group_id = $1 ORDER BY 1, 2",
-        )
-        .bind(group_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(classify)?;
-        Ok(rows
-            .into_iter()
-            .map(|(t, p, o)| (TopicPartition::new(t, p), o))
-            .collect())
-    }
-
     /// The first offset of `tp` any table accounts for: where its audit starts by default.
     pub async fn first_accounted(&self, tp: &TopicPartition) -> Result<Option<i64>, SinkError> {
         let of = |table: &str, column: &str| {

@@ -108,7 +108,8 @@ impl PgSink {
             .collect())
     }
 
-    /// The stored next offsets of every partition of these topics for a consumer group.
+    /// The stored next offsets of every partition of these topics for a consumer group (of
+    /// every topic when `topics` is empty: the sampled audit covers every stored name).
     pub async fn watermarks(
         &self,
         group_id: &str,
@@ -116,7 +117,7 @@ impl PgSink {
     ) -> Result<HashMap<TopicPartition, i64>, SinkError> {
         let rows: Vec<(String, i32, i64)> = sqlx::query_as(
             "SELECT topic, kafka_partition, next_offset FROM consumer_offsets \
-             WHERE group_id = $1 AND topic = ANY($2::text[])",
+             WHERE group_id = $1 AND (cardinality($2::text[]) = 0 OR topic = ANY($2::text[]))",
         )
         .bind(group_id)
         .bind(topics)
