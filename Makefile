@@ -11,7 +11,7 @@ TEST_FLAGS ?= --test-threads=1
 system-deps:
 	@bash scripts/system-deps.sh
 
-# promtool, kustomize and the manifest and PromQL checkers the deploy and observability tests
+# promtool, kustomize, helm and the manifest and PromQL checkers the deploy and observability tests
 # run, built from the Go module proxy into .cache/go-tools (minutes the first time, then cached).
 go-tools:
 	@bash scripts/go-tools.sh >/dev/null

@@ -5,6 +5,7 @@
 #   promql-names   tools/promql: the dashboard's and rules' PromQL against a /metrics scrape
 #   kustomize      sigs.k8s.io/kustomize/kustomize/v5              (tools/kustomize)
 #   manifestcheck  tools/manifestcheck: manifests decoded strictly into their Go API types
+#   helm           helm.sh/helm/v3/cmd/helm                         (tools/helm)
 #
 #   scripts/go-tools.sh          build what is missing or stale, print the bin folder
 #   scripts/go-tools.sh --force  rebuild everything
@@ -44,4 +45,5 @@ build tools/promql promtool github.com/prometheus/prometheus/cmd/promtool
 build tools/promql promql-names .
 build tools/kustomize kustomize sigs.k8s.io/kustomize/kustomize/v5
 build tools/manifestcheck manifestcheck .
+build tools/helm helm helm.sh/helm/v3/cmd/helm
 printf '%s\n' "$bin"

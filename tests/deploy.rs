@@ -3,9 +3,10 @@
 //! grace periods, the probes answer where the manifests look, and the container-like run (PID 1
 //! of its own PID namespace, non-root) shuts down cleanly on SIGTERM.
 //!
-//! Rendered manifests are checked for real: kustomize renders k8s/, and every object, the opt-in
-//! KEDA ScaledObject and PrometheusRule too, is decoded into its Go API type with unknown fields
-//! rejected; the alert rules pass `promtool check rules` and `promtool test rules`. Those tools
+//! Rendered manifests are checked for real: kustomize renders k8s/, helm the chart of
+//! deploy/helm/log-processor, and every object, the opt-in KEDA ScaledObject and PrometheusRule
+//! too, is decoded into its Go API type with unknown fields rejected; the alert rules pass
+//! `promtool check rules` and `promtool test rules`. Those tools
 //! come from scripts/go-tools.sh, systemd-analyze from scripts/system-deps.sh: none is optional.
 //!
 //! No service is needed: the daemon is started with an unreachable PostgreSQL, where it serves
@@ -1843,5 +1844,152 @@ fn keda_scaled_object_matches_the_consumer_settings() {
     assert!(
         replicas <= partitions,
         "deployment replicas {replicas} > {partitions} partitions"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Helm chart (deploy/helm/log-processor): linted, rendered with the default and the
+// secured-cluster values, every object decoded strictly, the grace period derived right.
+
+const CHART: &str = "deploy/helm/log-processor";
+
+fn helm(args: &[&str]) -> String {
+    let mut c = Command::new(go_tools().join("helm"));
+    c.args(args).env(
+        "HELM_CACHE_HOME",
+        std::env::temp_dir().join("lp-helm-cache"),
+    );
+    let (code, out, err) = run_bounded(c, Duration::from_secs(120));
+    assert_eq!(code, 0, "helm {args:?}:\n{out}{err}");
+    out
+}
+
+#[test]
+fn helm_chart_lints_and_renders_objects_that_decode_strictly() {
+    let chart = repo(CHART);
+    let chart = chart.to_str().unwrap();
+    let secured = repo(&format!("{CHART}/values-secured.yaml"));
+    let secured = secured.to_str().unwrap();
+    println!("{}", helm(&["lint", chart]));
+    println!("{}", helm(&["lint", chart, "-f", secured]));
+    let cases = [
+        ("default values", vec![]),
+        ("secured values", vec!["-f", secured]),
+        ("KEDA", vec!["--set", "keda.enabled=true"]),
+    ];
+    for (what, extra) in cases {
+        let mut args = vec!["template", "lp", chart];
+        args.extend(extra);
+        let out = helm(&args);
+        let (code, report) = manifestcheck(&out, &[]);
+        println!("helm template ({what}): {report}");
+        assert_eq!(
+            code, 0,
+            "manifestcheck on helm template ({what}):\n{report}"
+        );
+        if what == "KEDA" {
+            assert!(
+                out.contains("kind: ScaledObject") && !out.contains("replicas:"),
+                "{out}"
+            );
+        }
+    }
+}
+
+/// The LP_* environment a rendered chart gives the container: the ConfigMap's data and the
+/// Deployment's `env` (a variable from a Secret gets its dummy value).
+fn rendered_env(out: &str) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    for doc in out.split("\n---") {
+        let lines: Vec<&str> = doc.lines().collect();
+        if doc.contains("\nkind: ConfigMap") {
+            for l in &lines {
+                if let Some((k, v)) = l.strip_prefix("  ").and_then(|l| l.split_once(": "))
+                    && k.starts_with("LP_")
+                {
+                    env.insert(k.to_string(), v.trim_matches('"').to_string());
+                }
+            }
+        }
+        if doc.contains("\nkind: Deployment") {
+            for (i, l) in lines.iter().enumerate() {
+                let Some(name) = l.trim().strip_prefix("- name: LP_") else {
+                    continue;
+                };
+                let name = format!("LP_{name}");
+                let next = lines.get(i + 1).map_or("", |l| l.trim());
+                let value = match next.strip_prefix("value: ") {
+                    Some(v) => v.trim_matches('"').to_string(),
+                    None => dummy_secret(&name),
+                };
+                env.insert(name, value);
+            }
+        }
+    }
+    env
+}
+
+#[test]
+fn helm_grace_period_always_fits_the_deadline_and_its_margin() {
+    let chart = repo(CHART);
+    let chart = chart.to_str().unwrap();
+    let cases = [
+        (25_000, 2_000, 3),
+        (1_000, 2_000, 0),
+        (59_999, 2_001, 0),
+        (10_000, 2_999, 1),
+        (300_000, 5_000, 10),
+    ];
+    for (deadline, margin, slack) in cases {
+        let sets = format!(
+            "shutdown.deadlineMs={deadline},shutdown.marginMs={margin},shutdown.slackSeconds={slack}"
+        );
+        let out = helm(&["template", "lp", chart, "--set", &sets]);
+        let grace: u64 = out
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("terminationGracePeriodSeconds: "))
+            .expect("terminationGracePeriodSeconds")
+            .parse()
+            .unwrap();
+        let env = rendered_env(&out);
+        assert_eq!(
+            num(&env["LP_GRACE_PERIOD_MS"]),
+            grace * 1000,
+            "{sets}: LP_GRACE_PERIOD_MS is the pod's grace period"
+        );
+        assert!(
+            deadline + margin.max(MIN_MARGIN_MS) <= grace * 1000,
+            "{sets}: deadline + margin > grace {grace} s"
+        );
+        // The daemon's own rule decides: it starts with these settings.
+        check_config(&env, &[], &format!("the chart rendered with {sets}"));
+        println!("helm: {sets} -> terminationGracePeriodSeconds {grace}, check-config accepts it");
+    }
+    // A margin the daemon would refuse is refused by the chart, naming the value.
+    let mut c = Command::new(go_tools().join("helm"));
+    c.args(["template", "lp", chart, "--set", "shutdown.marginMs=500"]);
+    let (code, _, err) = run_bounded(c, Duration::from_secs(60));
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("shutdown.marginMs must be at least 2000"),
+        "{err}"
+    );
+}
+
+#[test]
+fn helm_chart_alerts_are_the_prometheus_rules_of_k8s() {
+    // One set of alerts: the chart's copy is the `spec` of k8s/prometheus-rules.yaml.
+    let k8s = read("k8s/prometheus-rules.yaml");
+    let spec: Vec<&str> = k8s
+        .lines()
+        .skip_while(|l| *l != "spec:")
+        .skip(1)
+        .map(|l| l.strip_prefix("  ").unwrap_or(l))
+        .collect();
+    let chart = read(&format!("{CHART}/files/rules-spec.yaml"));
+    assert_eq!(
+        chart.lines().collect::<Vec<_>>(),
+        spec,
+        "{CHART}/files/rules-spec.yaml differs from the spec of k8s/prometheus-rules.yaml"
     );
 }
