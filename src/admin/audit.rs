@@ -177,9 +177,12 @@ pub async fn audit(args: &AuditArgs) -> Result<Outcome, AdminError> {
         .flat_map(|p| &p.windows)
         .map(|(a, b)| b - a)
         .sum();
-    let repair = args.repair.then(|| Repair {
-        policy: DeadLetterPolicy::new(redactor.clone(), s.dead_letter_key().ok().flatten()),
-    });
+    let repair = match args.repair {
+        true => Some(Repair {
+            policy: DeadLetterPolicy::new(redactor.clone(), s.dead_letter_key()?),
+        }),
+        false => None,
+    };
     let audit = Audit {
         ctx: Context {
             settings: s,

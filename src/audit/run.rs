@@ -137,15 +137,13 @@ pub fn committed_past(report: &mut PartitionReport) {
     if let (Some(c), Some(w)) = (report.committed, report.watermark)
         && c > w
     {
-        for offset in w..c.min(w + 1) {
-            report.record(&Finding {
-                kind: Kind::CommittedPastWatermark,
-                offset,
-                index: None,
-                id: None,
-                repairable: false,
-            });
-        }
+        report.record(&Finding {
+            kind: Kind::CommittedPastWatermark,
+            offset: w,
+            index: None,
+            id: None,
+            repairable: false,
+        });
     }
 }
 
