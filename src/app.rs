@@ -87,6 +87,7 @@ pub async fn migrate(settings: &Settings) -> Result<(), AppError> {
     settings.validate()?;
     let pg = stores::postgres(settings, settings.pg_pool_size())?;
     pg.migrate().await?;
+    pg.prepare_tables(crate::config::MigrateMode::Auto).await?;
     pg.close().await;
     Ok(())
 }
@@ -130,7 +131,10 @@ pub async fn run(
             stores::backoff(&settings),
             &shutdown.drain,
             || {},
-            || pg.prepare(settings.migrate),
+            || async {
+                pg.prepare(settings.migrate).await?;
+                pg.prepare_tables(settings.migrate).await
+            },
         )
         .await?;
         let store = retry(
@@ -185,6 +189,7 @@ pub async fn run(
         backoff: stores::backoff(&settings),
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
+        mapping: pg.mapping(),
     });
     // Parked records go back to their destinations until shutdown begins (a round cut short
     // is the same as a kill: the next run does it again).
@@ -197,6 +202,15 @@ pub async fn run(
         }
         .run(shutdown.drain.clone()),
     );
+    // Rows stored before a mapped column was added get its value, beside the pipeline; a
+    // run stopped by shutdown goes on at the next start.
+    let filling = pg.clone();
+    let stop_filling = shutdown.drain.clone();
+    tokio::spawn(async move {
+        if let Err(e) = filling.fill_columns(&stop_filling).await {
+            tracing::error!("mapping: filling added columns stopped: {e}; the next start goes on");
+        }
+    });
     if !settings.audit_interval_ms.0.is_zero() {
         tokio::spawn(
             crate::audit::sample::Sampler {

@@ -20,7 +20,6 @@ mod validate;
 
 pub use mask::{mask_url, scrub_urls};
 pub use millis::Millis;
-pub use validate::valid_index_name;
 
 pub use env_file::read_env_file;
 pub use kafka_options::KafkaOption;
@@ -163,6 +162,11 @@ pub struct Settings {
     /// Index name pattern, strftime-style on the record's own timestamp.
     #[arg(long, env = "LP_ES_INDEX", default_value = "logs-%Y.%m.%d")]
     pub es_index: String,
+    /// A mapping file (TOML): operators' own tables with typed columns and their index
+    /// patterns, and routes of topics to them (README, "Your own tables and indices"). Without
+    /// one, every record goes to `log_records` and `LP_ES_INDEX`.
+    #[arg(long, env = "LP_MAPPING_FILE", value_name = "PATH")]
+    pub mapping_file: Option<std::path::PathBuf>,
     /// Write to data streams: the index template declares `data_stream`, every document is
     /// sent with `op_type: create` (a replay's 409 means "already there").
     #[arg(long, env = "LP_ES_DATA_STREAM", default_value_t = false, action = clap::ArgAction::Set)]
@@ -321,6 +325,20 @@ fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
 }
 
 impl Settings {
+    /// The mapping both stores are derived from: `LP_MAPPING_FILE`'s, else the built-in one.
+    pub fn mapping(&self) -> Result<crate::mapping::Mapping, ConfigError> {
+        use crate::mapping::Mapping;
+        match &self.mapping_file {
+            None => Ok(Mapping::builtin(&self.es_index)),
+            Some(path) => Mapping::load(path, &self.es_index).map_err(|e| {
+                invalid(
+                    "LP_MAPPING_FILE (--mapping-file)",
+                    format!("{}: {}", e.field, e.message),
+                )
+            }),
+        }
+    }
+
     pub fn topics(&self) -> Vec<String> {
         self.topics
             .iter()

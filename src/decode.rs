@@ -25,6 +25,16 @@ const MAX_YEAR: i32 = 2199;
 
 /// Decodes one record. `Err` carries the dead-letter reason.
 pub fn decode(raw: &RawRecord, max_bytes: usize, redactor: &Redactor) -> Result<LogEntry, String> {
+    decode_parts(raw, max_bytes, redactor).map(|(entry, _)| entry)
+}
+
+/// Decodes one record into its entry and the object its `fields` were made from, which the
+/// mapping's typed columns are read from without parsing the fields' text again.
+pub fn decode_parts(
+    raw: &RawRecord,
+    max_bytes: usize,
+    redactor: &Redactor,
+) -> Result<(LogEntry, Map<String, Value>), String> {
     let bytes = match raw.payload.as_deref() {
         None | Some([]) => return Err("empty payload".into()),
         Some(b) => b,
@@ -59,14 +69,15 @@ pub fn decode(raw: &RawRecord, max_bytes: usize, redactor: &Redactor) -> Result<
     let level = take_string(&mut object, "level");
     let service = take_string(&mut object, "service");
     let message = take_string(&mut object, "message");
-    Ok(LogEntry {
+    let entry = LogEntry {
         // Both stores keep microseconds; cut here so they cannot round differently.
         timestamp: timestamp.trunc_subsecs(6),
         level,
         service,
         message,
         fields: Fields::from_map(&object),
-    })
+    };
+    Ok((entry, object))
 }
 
 fn kind(v: &Value) -> &'static str {

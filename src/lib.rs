@@ -16,6 +16,7 @@ pub mod group_watch;
 pub mod http;
 pub mod identity;
 pub mod loadgen;
+pub mod mapping;
 pub mod metrics;
 pub mod model;
 pub mod notify;

@@ -181,6 +181,10 @@ pub struct StoredRecord {
     pub key: Option<Vec<u8>>,
     pub kafka_timestamp_ms: Option<i64>,
     pub entry: LogEntry,
+    /// Which route of the mapping takes it (`mapping::Mapping::route_of`): its table and index.
+    pub route: usize,
+    /// Its table's typed columns, as the text PostgreSQL casts (`Mapping::typed_values`).
+    pub typed: Vec<Option<String>>,
 }
 
 /// A record its destination index would not take while the store took others (see

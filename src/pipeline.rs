@@ -4,27 +4,45 @@
 //! taken out before PostgreSQL sees their rows, and the documents of rows PostgreSQL refused
 //! found for removal.
 
-use crate::decode::decode;
+use crate::decode::decode_parts;
+use crate::mapping::Mapping;
 use crate::model::{RawRecord, StoredRecord};
 use crate::redact::Redactor;
 use crate::sink::elastic::Indexed;
 
-/// Decodes records: those that decode, in their order, and the others with why not.
+/// How records are decoded: the same for the daemon, replays and the audit, so the same Kafka
+/// record always yields the same row and document.
+#[derive(Clone, Copy)]
+pub struct Decoding<'a> {
+    pub max_record_bytes: usize,
+    pub redactor: &'a Redactor,
+    pub mapping: &'a Mapping,
+}
+
+/// Decodes records of `topic` and routes them (`mapping`): those that decode, in their order,
+/// and the others with why not. A value that does not fit its typed column is the record's
+/// fault like a malformed one.
 pub fn decode_all<'a>(
     raws: impl IntoIterator<Item = &'a RawRecord>,
-    max_record_bytes: usize,
-    redactor: &Redactor,
+    topic: &str,
+    how: Decoding<'_>,
 ) -> (Vec<StoredRecord>, Vec<(&'a RawRecord, String)>) {
     let mut records = Vec::new();
     let mut undecodable = Vec::new();
     for raw in raws {
-        match decode(raw, max_record_bytes, redactor) {
-            Ok(entry) => records.push(StoredRecord {
+        match decode_parts(raw, how.max_record_bytes, how.redactor).and_then(|(entry, fields)| {
+            let route = how.mapping.route_of(topic, &entry, &fields);
+            let typed = Mapping::typed_values(how.mapping.table_of(route), &fields)?;
+            Ok(StoredRecord {
                 offset: raw.offset,
                 key: raw.key.clone(),
                 kafka_timestamp_ms: raw.kafka_timestamp_ms,
                 entry,
-            }),
+                route,
+                typed,
+            })
+        }) {
+            Ok(record) => records.push(record),
             Err(reason) => undecodable.push((raw, reason)),
         }
     }
@@ -73,6 +91,16 @@ mod tests {
     use super::*;
     use crate::sink::elastic::Rejection;
 
+    fn plain(mapping: &Mapping) -> Decoding<'_> {
+        static REDACTOR: std::sync::LazyLock<Redactor> =
+            std::sync::LazyLock::new(Redactor::default);
+        Decoding {
+            max_record_bytes: 1 << 20,
+            redactor: &REDACTOR,
+            mapping,
+        }
+    }
+
     fn raw(offset: i64, payload: &[u8]) -> RawRecord {
         RawRecord {
             offset,
@@ -89,7 +117,7 @@ mod tests {
             raw(2, b"not json"),
             raw(3, b"{}"),
         ];
-        let (records, bad) = decode_all(&raws, 1 << 20, &Redactor::default());
+        let (records, bad) = decode_all(&raws, "t", plain(&Mapping::builtin("logs")));
         let offsets: Vec<i64> = records.iter().map(|r| r.offset).collect();
         assert_eq!(offsets, [1, 3]);
         assert_eq!(records[0].key.as_deref(), Some(&b"k"[..]));
@@ -101,7 +129,7 @@ mod tests {
     #[test]
     fn refused_documents_are_taken_out_before_their_rows_are_written() {
         let raws: Vec<RawRecord> = (10..15).map(|o| raw(o, b"{}")).collect();
-        let (mut records, _) = decode_all(&raws, 1 << 20, &Redactor::default());
+        let (mut records, _) = decode_all(&raws, "t", plain(&Mapping::builtin("logs")));
         let reject = |index, reason: &str| Rejection {
             index,
             reason: reason.into(),

@@ -34,9 +34,19 @@ pub fn backoff(s: &Settings) -> Backoff {
     }
 }
 
+/// The mapping both stores are built with (`LP_MAPPING_FILE`, checked at start-up).
+fn mapping(s: &Settings) -> Result<std::sync::Arc<crate::mapping::Mapping>, SinkError> {
+    let mapping = s.mapping().map_err(|e| SinkError::Permanent {
+        store: "configuration",
+        message: e.to_string(),
+    })?;
+    Ok(std::sync::Arc::new(mapping))
+}
+
 /// The PostgreSQL store with `pool_size` connections.
 pub fn postgres(s: &Settings, pool_size: u32) -> Result<PgSink, SinkError> {
     PgSink::new(&PgSettings {
+        mapping: mapping(s)?,
         url: s.pg_url_with_tls(),
         schema: s.pg_schema.clone(),
         pool_size,
@@ -48,7 +58,7 @@ pub fn postgres(s: &Settings, pool_size: u32) -> Result<PgSink, SinkError> {
 pub fn elasticsearch(s: &Settings) -> Result<ElasticSink, SinkError> {
     ElasticSink::new(EsSettings {
         url: s.elasticsearch_url.clone(),
-        index_pattern: s.es_index.clone(),
+        mapping: mapping(s)?,
         bulk_max_bytes: s.es_bulk_max_bytes,
         data_stream: s.es_data_stream,
         template_priority: s.es_template_priority,

@@ -50,6 +50,18 @@ pub struct WorkerContext {
     pub backoff: Backoff,
     pub metrics: Arc<Metrics>,
     pub shutdown: Shutdown,
+    /// Which table and index each record goes to, and its typed columns.
+    pub mapping: Arc<crate::mapping::Mapping>,
+}
+
+impl WorkerContext {
+    pub fn decoding(&self) -> crate::pipeline::Decoding<'_> {
+        crate::pipeline::Decoding {
+            max_record_bytes: self.max_record_bytes,
+            redactor: &self.redactor,
+            mapping: &self.mapping,
+        }
+    }
 }
 
 /// One worker task.

@@ -33,6 +33,7 @@ fn settings(url: &str, schema: &str) -> PgSettings {
         pool_size: 2,
         connect_timeout: Duration::from_secs(5),
         statement_timeout: Duration::from_secs(10),
+        mapping: std::sync::Arc::new(log_processor::mapping::Mapping::builtin("logs-%Y")),
     }
 }
 
@@ -88,6 +89,8 @@ fn stored(raw: &RawRecord) -> StoredRecord {
             message,
             fields: log_processor::model::Fields::from_map(&fields),
         },
+        route: 0,
+        typed: Vec::new(),
     }
 }
 

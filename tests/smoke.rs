@@ -135,6 +135,7 @@ async fn postgres_migration_and_idempotent_transaction() {
             pool_size: 2,
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(10),
+            mapping: std::sync::Arc::new(log_processor::mapping::Mapping::builtin("logs-%Y")),
         })
         .unwrap();
     sink.migrate().await.expect("migrate");

@@ -122,7 +122,7 @@ pub async fn drop(args: &DestinationArgs) -> Result<String, AdminError> {
 }
 
 pub async fn reroute(args: &RerouteArgs) -> Result<String, AdminError> {
-    if !crate::config::valid_index_name(&args.to) {
+    if !crate::mapping::valid_index_name(&args.to) {
         return Err(AdminError::Refused(format!(
             "--to {:?} is not a valid index name (lowercase, no spaces or \\/*?\"<>|,#:)",
             args.to

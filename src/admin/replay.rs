@@ -208,7 +208,15 @@ pub async fn replay(args: &ReplayArgs) -> Result<Summary, AdminError> {
                     kafka_timestamp_ms: kafka_ms(d.kafka_ts),
                 });
             }
-            let (records, undecodable) = pipeline::decode_all(&raws, s.max_record_bytes, &redactor);
+            let (records, undecodable) = pipeline::decode_all(
+                &raws,
+                &tp.topic,
+                pipeline::Decoding {
+                    max_record_bytes: s.max_record_bytes,
+                    redactor: &redactor,
+                    mapping: &pg.mapping(),
+                },
+            );
             let failing = (undecodable.into_iter())
                 .map(|(raw, reason)| StillFailing {
                     offset: raw.offset,

@@ -27,6 +27,17 @@ pub struct Context<'a> {
     pub redactor: Redactor,
 }
 
+impl Context<'_> {
+    /// Decoding as the daemon does it, with these settings.
+    pub fn decoding(&self) -> pipeline::Decoding<'_> {
+        pipeline::Decoding {
+            max_record_bytes: self.settings.max_record_bytes,
+            redactor: &self.redactor,
+            mapping: self.es.mapping(),
+        }
+    }
+}
+
 /// How long Kafka may stay silent while records are due.
 const KAFKA_SILENCE: Duration = Duration::from_secs(30);
 
@@ -135,7 +146,12 @@ pub fn sources(
     settings: &Settings,
     redactor: &Redactor,
 ) -> BTreeMap<i64, Source> {
-    let (records, undecodable) = pipeline::decode_all(raws, settings.max_record_bytes, redactor);
+    let how = pipeline::Decoding {
+        max_record_bytes: settings.max_record_bytes,
+        redactor,
+        mapping: es.mapping(),
+    };
+    let (records, undecodable) = pipeline::decode_all(raws, &tp.topic, how);
     let decoded = records
         .iter()
         .map(|r| (r.offset, Source::Decoded(shape(es, tp, r))));

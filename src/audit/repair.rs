@@ -165,11 +165,8 @@ impl Repair {
             .collect();
         let again: Vec<&RawRecord> = raws.iter().filter(|r| wanted.contains(&r.offset)).collect();
         if !again.is_empty() {
-            let (mut records, undecodable) = pipeline::decode_all(
-                again.iter().copied(),
-                a.settings.max_record_bytes,
-                &a.redactor,
-            );
+            let (mut records, undecodable) =
+                pipeline::decode_all(again.iter().copied(), &tp.topic, a.decoding());
             let mut dead: Vec<_> = (undecodable.into_iter())
                 .map(|(raw, why)| self.policy.make(raw, RejectStage::Decode, why))
                 .collect();
@@ -233,8 +230,7 @@ impl Repair {
         else {
             return row;
         };
-        let (mut decoded, _) =
-            pipeline::decode_all([*raw], a.settings.max_record_bytes, &a.redactor);
+        let (mut decoded, _) = pipeline::decode_all([*raw], &tp.topic, a.decoding());
         let document = |r: &StoredRecord| read::shape(a.es, tp, r).document;
         match decoded.pop() {
             Some(d) if super::rules::same(&document(&d), &document(&row)) => d,

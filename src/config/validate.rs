@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::mask::mask_url;
 use super::{ConfigError, Settings, invalid};
+use crate::mapping::valid_index_pattern;
 
 impl Settings {
     /// Cross-field validation; the first problem found names its field.
@@ -224,6 +225,7 @@ impl Settings {
             ));
         }
         self.dead_letter_key()?;
+        self.mapping()?;
         self.security.validate(&self.elasticsearch_url)?;
         if !self.redact_hash.is_empty() && self.redact_key.as_deref().unwrap_or("").is_empty() {
             return Err(invalid(
@@ -233,30 +235,6 @@ impl Settings {
         }
         Ok(())
     }
-}
-
-/// An index name pattern is usable when chrono knows every directive and the names it makes
-/// are valid (lowercase, no spaces, `*`, `,` or `#`).
-fn valid_index_pattern(pattern: &str) -> bool {
-    use chrono::format::{Item, StrftimeItems};
-    if pattern.is_empty() || StrftimeItems::new(pattern).any(|i| matches!(i, Item::Error)) {
-        return false;
-    }
-    let sample = chrono::DateTime::from_timestamp(1_700_000_000, 0)
-        .unwrap_or_default()
-        .format(pattern)
-        .to_string();
-    valid_index_name(&sample)
-}
-
-/// An index name both stores accept: lowercase, not starting with `_`, `-` or `+`, none of
-/// ` *,#\/?"<>|`.
-pub fn valid_index_name(name: &str) -> bool {
-    !name.is_empty()
-        && !name.starts_with(['_', '-', '+'])
-        && !name
-            .chars()
-            .any(|c| c.is_ascii_uppercase() || " *,#\\/?\"<>|".contains(c))
 }
 
 /// A duration in the milliseconds its setting is given in, for messages.

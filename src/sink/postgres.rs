@@ -24,10 +24,12 @@ mod identity;
 mod parked;
 mod refusal;
 mod rows;
+mod tables;
 
 pub use audit::Accounted;
 pub use gaps::GapCounts;
 pub use parked::{ParkedSummary, Released};
+pub use tables::Added;
 
 use batch::write_tx;
 use refusal::{Refusal, classify, code, permanent};
@@ -44,6 +46,8 @@ const STORE: &str = "postgresql";
 /// Connection settings for [`PgSink`].
 #[derive(Clone, Debug)]
 pub struct PgSettings {
+    /// The tables records go to, and their typed columns.
+    pub mapping: std::sync::Arc<crate::mapping::Mapping>,
     pub url: String,
     pub schema: String,
     pub pool_size: u32,
@@ -99,6 +103,7 @@ pub struct PgSink {
     /// Partitions where rows of a batch existed already (another writer shares the table):
     /// their batches are written with `Rows::MayExist` from then on, not tried plain first.
     shared: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<TopicPartition>>>,
+    mapping: std::sync::Arc<crate::mapping::Mapping>,
 }
 
 impl PgSink {
@@ -141,7 +146,13 @@ impl PgSink {
             attempt_timeout: settings.statement_timeout + settings.connect_timeout,
             return_timeout: settings.connect_timeout,
             shared: Default::default(),
+            mapping: settings.mapping.clone(),
         })
+    }
+
+    /// The mapping rows are stored by.
+    pub fn mapping(&self) -> std::sync::Arc<crate::mapping::Mapping> {
+        self.mapping.clone()
     }
 
     /// Start-up: leaves a schema that is already at this version alone; otherwise migrates
@@ -163,13 +174,14 @@ impl PgSink {
     /// True when every table and column the daemon uses is there and readable. Needs only
     /// SELECT on the tables, not the migration history.
     async fn schema_ready(&self) -> Result<bool, SinkError> {
-        const PROBES: [&str; 6] = [
+        const PROBES: [&str; 7] = [
             "SELECT topic, kafka_partition, kafka_offset, ts, level, service, message, fields, kafka_key, kafka_ts FROM log_records LIMIT 0",
             "SELECT topic, kafka_partition, kafka_offset, kafka_key, payload, payload_encoding, redaction, kafka_ts, stage, reason FROM dead_letters LIMIT 0",
             "SELECT group_id, topic, kafka_partition, next_offset FROM consumer_offsets LIMIT 0",
             "SELECT topic, kafka_partition, from_offset, to_offset, cause FROM source_gaps LIMIT 0",
             "SELECT cluster_id, topic_id, topic, stored_as FROM topic_identities LIMIT 0",
             "SELECT topic, kafka_partition, kafka_offset, destination, fields, payload_encoding FROM parked_records LIMIT 0",
+            "SELECT table_name, column_name, column_type, path FROM mapped_columns LIMIT 0",
         ];
         for probe in PROBES {
             if let Err(e) = sqlx::query(probe).execute(&self.pool).await {
@@ -247,7 +259,9 @@ impl PgSink {
         let attempt = async |rows: Rows| {
             self.with_connection(
                 Some(self.attempt_timeout),
-                async |conn: &mut PgConnection| Ok(write_tx(conn, batch, None, rows).await),
+                async |conn: &mut PgConnection| {
+                    Ok(write_tx(conn, &self.mapping, batch, None, rows).await)
+                },
             )
             .await
         };
@@ -269,7 +283,7 @@ impl PgSink {
                 // however many rows are bad it cannot run into one overall bound for ever.
                 let per_statement = Some(self.attempt_timeout);
                 self.with_connection(None, async |conn: &mut PgConnection| {
-                    write_tx(conn, batch, per_statement, Rows::MayExist)
+                    write_tx(conn, &self.mapping, batch, per_statement, Rows::MayExist)
                         .await
                         .map_err(Refusal::into_sink_error)
                 })

@@ -40,7 +40,7 @@ pub(super) async fn process(ctx: &WorkerContext, batch: &Batch, held_now: &Notif
 async fn write(ctx: &WorkerContext, batch: &Batch, held_now: &Notify) -> Result<(), SinkError> {
     let cancel = &batch.revoked;
     let (mut records, undecodable) =
-        pipeline::decode_all(&batch.records, ctx.max_record_bytes, &ctx.redactor);
+        pipeline::decode_all(&batch.records, &batch.stored.topic, ctx.decoding());
     let mut dead: Vec<_> = (undecodable.into_iter())
         .map(|(raw, reason)| ctx.dead_letters.make(raw, RejectStage::Decode, reason))
         .collect();

@@ -345,6 +345,8 @@ mod tests {
                 message: Some(message),
                 fields: Fields::from_map(&serde_json::Map::new()),
             },
+            route: 0,
+            typed: Vec::new(),
         };
         let records = vec![
             record(0, "small".into()),

@@ -174,6 +174,8 @@ mod tests {
                 message: Some("a \"quoted\" message".into()),
                 fields: Fields::from_map(&serde_json::from_str(fields).unwrap()),
             },
+            route: 0,
+            typed: Vec::new(),
         }
     }
 

@@ -44,6 +44,7 @@ use elasticsearch::http::{Method, Url};
 use super::SinkError;
 use super::retry::Backoff;
 use crate::config::{Secret, mask_url, scrub_urls};
+use crate::mapping::Mapping;
 use crate::model::StoredRecord;
 
 const STORE: &str = "elasticsearch";
@@ -52,7 +53,9 @@ const STORE: &str = "elasticsearch";
 #[derive(Clone, Debug)]
 pub struct EsSettings {
     pub url: String,
-    pub index_pattern: String,
+    /// Where each record goes (its route's index pattern) and the typed fields of each
+    /// pattern's template.
+    pub mapping: std::sync::Arc<Mapping>,
     pub bulk_max_bytes: usize,
     /// Data-stream mode: `create` actions and a `data_stream` template.
     pub data_stream: bool,
@@ -87,8 +90,8 @@ pub enum EsAuth {
 pub struct ElasticSink {
     client: Elasticsearch,
     settings: EsSettings,
-    /// `settings.index_pattern` parsed once, not once per record.
-    index_items: Vec<chrono::format::Item<'static>>,
+    /// Each route's index pattern parsed once, not once per record.
+    index_items: Vec<Vec<chrono::format::Item<'static>>>,
     /// Whether the store takes documents at all (tells one index's refusal from the store's).
     accepts: accepts::Accepts,
 }
@@ -149,9 +152,13 @@ impl ElasticSink {
         let transport = builder
             .build()
             .map_err(|e| bad(format!("cannot build client: {e}")))?;
-        let index_items = chrono::format::StrftimeItems::new(&settings.index_pattern)
-            .parse_to_owned()
-            .map_err(|e| bad(format!("LP_ES_INDEX {:?}: {e}", settings.index_pattern)))?;
+        let index_items = (settings.mapping.routes().iter())
+            .map(|r| {
+                chrono::format::StrftimeItems::new(&r.index)
+                    .parse_to_owned()
+                    .map_err(|e| bad(format!("index pattern {:?}: {e}", r.index)))
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             client: Elasticsearch::new(transport),
             settings,
@@ -160,13 +167,17 @@ impl ElasticSink {
         })
     }
 
-    /// The index a record goes to, from its own timestamp.
+    /// The index a record goes to: its route's pattern, from its own timestamp.
     pub fn index_name(&self, record: &StoredRecord) -> String {
         record
             .entry
             .timestamp
-            .format_with_items(self.index_items.iter())
+            .format_with_items(self.index_items[record.route].iter())
             .to_string()
+    }
+
+    pub fn mapping(&self) -> &Mapping {
+        &self.settings.mapping
     }
 
     pub(super) async fn request(
@@ -276,7 +287,7 @@ pub(super) fn truncate(s: &str, max: usize) -> String {
 pub(super) fn test_sink(url: &str, data_stream: bool) -> ElasticSink {
     ElasticSink::new(EsSettings {
         url: url.into(),
-        index_pattern: "logs-%Y.%m.%d".into(),
+        mapping: std::sync::Arc::new(Mapping::builtin("logs-%Y.%m.%d")),
         bulk_max_bytes: 1 << 20,
         data_stream,
         template_priority: 501,
@@ -313,7 +324,7 @@ mod tests {
     fn unreadable_tls_files_fail_naming_the_setting() {
         let settings = |tls: EsTls| EsSettings {
             url: "https://127.0.0.1:9200".into(),
-            index_pattern: "logs-%Y".into(),
+            mapping: std::sync::Arc::new(Mapping::builtin("logs-%Y")),
             bulk_max_bytes: 1 << 20,
             data_stream: false,
             template_priority: 501,

@@ -12,6 +12,24 @@ use crate::model::{StoredRecord, TopicPartition};
 use crate::sink::SinkError;
 use crate::sink::retry::Attempts;
 
+/// An index pattern with each date item made `*`.
+fn wildcard(pattern: &str) -> String {
+    let mut out = String::new();
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '%' => {
+                chars.next();
+                if !out.ends_with('*') {
+                    out.push('*');
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Documents one search returns at most (the stores' default `max_result_window`).
 const PAGE: usize = 10_000;
 
@@ -25,23 +43,16 @@ pub struct Found {
 }
 
 impl ElasticSink {
-    /// Every index the daemon may write to, as one wildcard: the index pattern with each
-    /// date item (`%Y`, ...) made `*`. A data stream's name matches its backing indices.
+    /// Every index the daemon may write to, as a list of wildcards: each index pattern of the
+    /// mapping with its date items (`%Y`, ...) made `*`. A data stream's name matches its
+    /// backing indices.
     pub fn index_wildcard(&self) -> String {
-        let mut out = String::new();
-        let mut chars = self.settings.index_pattern.chars();
-        while let Some(c) = chars.next() {
-            match c {
-                '%' => {
-                    chars.next();
-                    if !out.ends_with('*') {
-                        out.push('*');
-                    }
-                }
-                c => out.push(c),
-            }
-        }
-        out
+        let patterns = self.settings.mapping.index_patterns();
+        patterns
+            .into_iter()
+            .map(wildcard)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// The document of a record as the daemon writes it, as JSON.

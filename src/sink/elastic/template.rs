@@ -11,23 +11,42 @@ use elasticsearch::http::Method;
 use serde_json::json;
 
 use super::classify::request_ok;
+use crate::mapping::template_prefix;
 use crate::sink::SinkError;
 
 use super::{ElasticSink, STORE, truncate};
 
 impl ElasticSink {
-    fn template_prefix(&self) -> &str {
-        let p = &self.settings.index_pattern;
-        &p[..p.find('%').unwrap_or(p.len())]
+    /// Creates (or updates) one index template per index pattern of the mapping, mapping the
+    /// recognised fields and the typed columns of the tables routed there.
+    pub async fn ensure_template(&self) -> Result<(), SinkError> {
+        for pattern in self.settings.mapping.index_patterns() {
+            self.ensure_template_of(pattern).await?;
+        }
+        Ok(())
     }
 
-    /// Creates (or updates) the index template that maps the recognised fields.
-    pub async fn ensure_template(&self) -> Result<(), SinkError> {
-        let prefix = self.template_prefix();
+    async fn ensure_template_of(&self, pattern: &str) -> Result<(), SinkError> {
+        let prefix = template_prefix(pattern);
         let name = format!("log-processor-{}", prefix.trim_end_matches(['-', '.', '_']));
+        let mut fields = json!({ "type": "object" });
+        for (field, column) in self.settings.mapping.document_fields(pattern) {
+            let steps: Vec<&str> = field.split('.').skip(1).collect();
+            let mut at = &mut fields;
+            for step in steps {
+                at = &mut at["properties"][step];
+            }
+            *at = match column.search {
+                "none" => json!({ "type": "object", "enabled": false }),
+                "date" | "date_nanos" => {
+                    json!({ "type": column.search, "format": "strict_date_optional_time" })
+                }
+                other => json!({ "type": other }),
+            };
+        }
         let mut body = json!({
             "index_patterns": [format!("{prefix}*")],
-            "priority": self.settings.template_priority,
+            "priority": self.settings.template_priority + self.overlapped(prefix),
             "template": {
                 "settings": { "index.mapping.total_fields.limit": 2000 },
                 "mappings": {
@@ -36,7 +55,7 @@ impl ElasticSink {
                         "level": { "type": "keyword" },
                         "service": { "type": "keyword" },
                         "message": { "type": "text" },
-                        "fields": { "type": "object" },
+                        "fields": fields,
                         "kafka": { "properties": {
                             "topic": { "type": "keyword" },
                             "partition": { "type": "integer" },
@@ -72,5 +91,19 @@ impl ElasticSink {
                 message,
             }),
         }
+    }
+}
+
+impl ElasticSink {
+    /// How many other patterns' prefixes this one extends: a template above each of theirs,
+    /// since the more specific pattern must win where two overlap (`logs-*` and
+    /// `logs-http-*`), and the stores refuse overlapping templates of one priority. Without a
+    /// mapping file: 0, the priority as set.
+    fn overlapped(&self, prefix: &str) -> u32 {
+        let patterns = self.settings.mapping.index_patterns();
+        let prefixes = patterns.into_iter().map(template_prefix);
+        prefixes
+            .filter(|p| *p != prefix && prefix.starts_with(p))
+            .count() as u32
     }
 }

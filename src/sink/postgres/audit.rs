@@ -40,18 +40,24 @@ impl PgSink {
         from: i64,
         to: i64,
     ) -> Result<Vec<StoredRecord>, SinkError> {
-        let rows: Vec<RowColumns> = sqlx::query_as(
-            "SELECT kafka_offset, ts, level, service, message, fields::text, kafka_key, kafka_ts \
-             FROM log_records WHERE topic = $1 AND kafka_partition = $2 \
-             AND kafka_offset >= $3 AND kafka_offset < $4 ORDER BY kafka_offset",
-        )
-        .bind(&*tp.topic)
-        .bind(tp.partition)
-        .bind(from)
-        .bind(to)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(classify)?;
+        // A partition's rows may lie in every table of the mapping.
+        let of = |table: &str| {
+            format!(
+                "SELECT kafka_offset, ts, level, service, message, fields::text, kafka_key, \
+                 kafka_ts FROM {table} WHERE topic = $1 AND kafka_partition = $2 \
+                 AND kafka_offset >= $3 AND kafka_offset < $4"
+            )
+        };
+        let tables: Vec<String> = self.mapping.table_names().map(of).collect();
+        let q = format!("{} ORDER BY kafka_offset", tables.join(" UNION ALL "));
+        let rows: Vec<RowColumns> = sqlx::query_as(sqlx::AssertSqlSafe(q))
+            .bind(&*tp.topic)
+            .bind(tp.partition)
+            .bind(from)
+            .bind(to)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?;
         rows.into_iter()
             .map(
                 |(offset, ts, level, service, message, fields, key, kafka_ts)| {
@@ -59,17 +65,21 @@ impl PgSink {
                         store: super::STORE,
                         message: format!("row {tp}@{offset}: {e}"),
                     })?;
+                    let entry = LogEntry {
+                        timestamp: ts,
+                        level,
+                        service,
+                        message,
+                        fields,
+                    };
+                    let (route, typed, _) = self.mapping.route_stored(&tp.topic, &entry);
                     Ok(StoredRecord {
                         offset,
                         key,
                         kafka_timestamp_ms: kafka_ts.map(|t| t.timestamp_millis()),
-                        entry: LogEntry {
-                            timestamp: ts,
-                            level,
-                            service,
-                            message,
-                            fields,
-                        },
+                        entry,
+                        route,
+                        typed,
                     })
                 },
             )
@@ -81,13 +91,13 @@ impl PgSink {
         let of = |table: &str, column: &str| {
             format!("(SELECT min({column}) FROM {table} WHERE topic = $1 AND kafka_partition = $2)")
         };
-        let q = format!(
-            "SELECT least({}, {}, {}, {})",
-            of("log_records", "kafka_offset"),
-            of("dead_letters", "kafka_offset"),
-            of("parked_records", "kafka_offset"),
-            of("source_gaps", "from_offset")
-        );
+        let mut firsts: Vec<String> = (self.mapping.table_names())
+            .map(|t| of(t, "kafka_offset"))
+            .collect();
+        firsts.push(of("dead_letters", "kafka_offset"));
+        firsts.push(of("parked_records", "kafka_offset"));
+        firsts.push(of("source_gaps", "from_offset"));
+        let q = format!("SELECT least({})", firsts.join(", "));
         sqlx::query_scalar(sqlx::AssertSqlSafe(q))
             .bind(&*tp.topic)
             .bind(tp.partition)
@@ -149,7 +159,7 @@ impl PgSink {
     ) -> Result<(), SinkError> {
         let mut conn = self.pool.acquire().await.map_err(classify)?;
         let mut tx = conn.begin().await.map_err(classify)?;
-        insert_records(&mut tx, tp, records, Rows::MayExist)
+        insert_records(&mut tx, &self.mapping, tp, records, Rows::MayExist)
             .await
             .map_err(Refusal::into_sink_error)?;
         insert_dead_letters(&mut tx, tp, dead)

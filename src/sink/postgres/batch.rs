@@ -12,6 +12,7 @@ use super::refusal::{Refusal, within};
 use super::rows::{Rows, insert_records};
 use super::{Advance, BatchWrite, STORE, Written, advance, kafka_time};
 use crate::gaps::Gap;
+use crate::mapping::Mapping;
 use crate::model::{DeadLetter, StoredRecord, TopicPartition};
 use crate::sink::SinkError;
 
@@ -21,6 +22,7 @@ use crate::sink::SinkError;
 /// inserted by bisection and every statement is bounded by it.
 pub(super) async fn write_tx(
     conn: &mut PgConnection,
+    mapping: &Mapping,
     batch: &BatchWrite<'_>,
     per_statement: Option<Duration>,
     rows: Rows,
@@ -69,13 +71,13 @@ pub(super) async fn write_tx(
     };
     match per_statement {
         Some(limit) => {
-            insert_bisecting(&mut tx, batch, records, limit, &mut refused).await?;
+            insert_bisecting(&mut tx, mapping, batch, records, limit, &mut refused).await?;
             if refused.is_empty() {
                 // Row by row every one was taken: what refused them together was not a row.
                 tracing::warn!(tp = %batch.tp, "the batch's rows were refused together but none alone");
             }
         }
-        None => insert_records(&mut tx, batch.tp, records, rows).await?,
+        None => insert_records(&mut tx, mapping, batch.tp, records, rows).await?,
     }
     within(limit, insert_dead_letters(&mut tx, batch.tp, &dead)).await?;
     within(limit, insert_dead_letters(&mut tx, batch.tp, &refused)).await?;
@@ -159,6 +161,7 @@ pub(super) async fn write_tx(
 /// row. Refused rows become dead letters in `refused`; any other refusal ends the attempt.
 async fn insert_bisecting(
     tx: &mut Transaction<'_, Postgres>,
+    mapping: &Mapping,
     batch: &BatchWrite<'_>,
     records: &[StoredRecord],
     limit: Duration,
@@ -170,7 +173,7 @@ async fn insert_bisecting(
             continue;
         }
         within(limit, sqlx::raw_sql("SAVEPOINT bisect").execute(&mut **tx)).await?;
-        let rows = insert_records(tx, batch.tp, &records[lo..hi], Rows::MayExist);
+        let rows = insert_records(tx, mapping, batch.tp, &records[lo..hi], Rows::MayExist);
         let inserted = tokio::time::timeout(limit, rows).await.map_err(|_| {
             Refusal::Store(SinkError::Transient {
                 store: STORE,

@@ -200,7 +200,7 @@ impl PgSink {
         self.with_connection(
             Some(self.attempt_timeout),
             async |conn: &mut PgConnection| {
-                redrive_tx(conn, tp, records, failing)
+                redrive_tx(conn, &self.mapping, tp, records, failing)
                     .await
                     .map_err(Refusal::into_sink_error)
             },
@@ -211,6 +211,7 @@ impl PgSink {
 
 async fn redrive_tx(
     conn: &mut PgConnection,
+    mapping: &crate::mapping::Mapping,
     tp: &TopicPartition,
     records: &[StoredRecord],
     failing: &[StillFailing],
@@ -244,7 +245,7 @@ async fn redrive_tx(
     let mut out = Redriven::default();
     // All rows at once; on a data exception, one by one under savepoints to find the refused.
     within(limit, sqlx::raw_sql("SAVEPOINT redrive").execute(&mut *tx)).await?;
-    match insert_records(&mut tx, tp, &records, Rows::MayExist).await {
+    match insert_records(&mut tx, mapping, tp, &records, Rows::MayExist).await {
         Ok(()) => out.stored = records.iter().map(|r| r.offset).collect(),
         Err(Refusal::RecordData(_)) => {
             within(
@@ -254,7 +255,15 @@ async fn redrive_tx(
             .await?;
             for r in &records {
                 within(limit, sqlx::raw_sql("SAVEPOINT one").execute(&mut *tx)).await?;
-                match insert_records(&mut tx, tp, std::slice::from_ref(r), Rows::MayExist).await {
+                match insert_records(
+                    &mut tx,
+                    mapping,
+                    tp,
+                    std::slice::from_ref(r),
+                    Rows::MayExist,
+                )
+                .await
+                {
                     Ok(()) => out.stored.push(r.offset),
                     Err(Refusal::RecordData(why)) => {
                         within(

@@ -65,15 +65,18 @@ impl PgSink {
     /// True when rows, dead letters, gaps or a watermark are stored under `name`: a name that
     /// holds records of no bound identity must not be given to one.
     pub async fn holds_records_under(&self, name: &str) -> Result<bool, SinkError> {
-        sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM log_records WHERE topic = $1) \
-                 OR EXISTS (SELECT 1 FROM dead_letters WHERE topic = $1) \
+        let rows: String = (self.mapping.table_names())
+            .map(|t| format!("EXISTS (SELECT 1 FROM {t} WHERE topic = $1) OR "))
+            .collect();
+        let q = format!(
+            "SELECT {rows}EXISTS (SELECT 1 FROM dead_letters WHERE topic = $1) \
                  OR EXISTS (SELECT 1 FROM source_gaps WHERE topic = $1) \
-                 OR EXISTS (SELECT 1 FROM consumer_offsets WHERE topic = $1)",
-        )
-        .bind(name)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(classify)
+                 OR EXISTS (SELECT 1 FROM consumer_offsets WHERE topic = $1)"
+        );
+        sqlx::query_scalar(sqlx::AssertSqlSafe(q))
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)
     }
 }

@@ -9,6 +9,7 @@ use sqlx::{PgConnection, Postgres, Transaction};
 use super::refusal::{Refusal, classify};
 use super::rows::{Rows, insert_records};
 use super::{PgSink, kafka_time};
+use crate::mapping::Mapping;
 use crate::model::{
     DeadLetter, LogEntry, Parked, PayloadEncoding, RejectStage, StoredRecord, TopicPartition,
 };
@@ -98,7 +99,7 @@ struct Row {
 }
 
 impl Row {
-    fn into_parked(self) -> Result<(TopicPartition, Parked), SinkError> {
+    fn into_parked(self, mapping: &Mapping) -> Result<(TopicPartition, Parked), SinkError> {
         let tp = TopicPartition::new(self.topic, self.kafka_partition);
         let fields = crate::model::Fields::from_text(self.fields).map_err(|e| {
             super::refusal::permanent(format!("parked_records {tp}@{}: {e}", self.kafka_offset))
@@ -110,18 +111,26 @@ impl Row {
             "withheld" => PayloadEncoding::Withheld,
             _ => PayloadEncoding::Raw,
         };
+        let entry = LogEntry {
+            timestamp: self.ts,
+            level: self.level,
+            service: self.service,
+            message: self.message,
+            fields,
+        };
+        // Parked under the mapping of its day: it goes where today's sends it.
+        let (route, typed, misfits) = mapping.route_stored(&tp.topic, &entry);
+        for why in misfits {
+            tracing::warn!(record = %format!("{tp}@{}", self.kafka_offset), "parked before its column was mapped, stored NULL there: {why}");
+        }
         let parked = Parked {
             record: StoredRecord {
                 offset: self.kafka_offset,
                 key: self.kafka_key.clone(),
                 kafka_timestamp_ms,
-                entry: LogEntry {
-                    timestamp: self.ts,
-                    level: self.level,
-                    service: self.service,
-                    message: self.message,
-                    fields,
-                },
+                entry,
+                route,
+                typed,
             },
             letter: DeadLetter {
                 offset: self.kafka_offset,
@@ -150,7 +159,9 @@ impl PgSink {
         .fetch_all(&self.pool)
         .await
         .map_err(classify)?;
-        rows.into_iter().map(Row::into_parked).collect()
+        (rows.into_iter())
+            .map(|r| r.into_parked(&self.mapping))
+            .collect()
     }
 
     /// Moves records whose documents the destination took into `log_records`, deleting them
@@ -165,7 +176,7 @@ impl PgSink {
             Some(self.attempt_timeout),
             async |conn: &mut PgConnection| {
                 let mut tx = sqlx::Connection::begin(conn).await.map_err(classify)?;
-                match insert_records(&mut tx, tp, records, Rows::MayExist).await {
+                match insert_records(&mut tx, &self.mapping, tp, records, Rows::MayExist).await {
                     Ok(()) => {}
                     Err(Refusal::RecordData(message)) => return Ok(Released::RowRefused(message)),
                     Err(other) => return Err(other.into_sink_error()),

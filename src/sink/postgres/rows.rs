@@ -12,11 +12,9 @@ use sqlx::{Postgres, Transaction};
 
 use super::refusal::{Refusal, classify, code};
 use super::{STORE, kafka_time};
+use crate::mapping::{Mapping, Table};
 use crate::model::{StoredRecord, TopicPartition};
 use crate::sink::SinkError;
-
-/// The primary key of `log_records` (migrations/0001_init.sql): the record's coordinates.
-const OWN_KEY: &str = "log_records_pkey";
 
 /// Stored rows named one by one when their content differs.
 const NAMED: i64 = 5;
@@ -35,10 +33,13 @@ pub(crate) enum Rows {
     MayExist,
 }
 
-/// Inserting rows: a data exception is a record's fault; a unique violation of our own key is
-/// rows that exist already; anything else (another unique index included) is the store's.
-pub(crate) fn row_refusal(e: sqlx::Error) -> Refusal {
-    let own_key = e.as_database_error().and_then(|d| d.constraint()) == Some(OWN_KEY);
+/// Inserting rows into `table`: a data exception is a record's fault; a unique violation of our
+/// own key (`<table>_pkey`, the record's coordinates: migrations/0001_init.sql and
+/// `mapping::ddl`) is rows that exist already; anything else (another unique index included)
+/// is the store's.
+pub(crate) fn row_refusal(table: &str, e: sqlx::Error) -> Refusal {
+    let constraint = e.as_database_error().and_then(|d| d.constraint());
+    let own_key = constraint.is_some_and(|c| c.strip_suffix("_pkey") == Some(table));
     match code(&e) {
         Some(c) if c.starts_with("22") => Refusal::RecordData(e.to_string()),
         Some(c) if c == "23505" && own_key => Refusal::Conflict,
@@ -46,12 +47,36 @@ pub(crate) fn row_refusal(e: sqlx::Error) -> Refusal {
     }
 }
 
+/// Inserts the records' rows, each into its route's table (`mapping`) with its typed columns.
 pub(crate) async fn insert_records(
     tx: &mut Transaction<'_, Postgres>,
+    mapping: &Mapping,
     tp: &TopicPartition,
     records: &[StoredRecord],
     rows: Rows,
 ) -> Result<(), Refusal> {
+    if let [table] = mapping.tables() {
+        return insert_into(tx, table, tp, records.iter(), rows).await;
+    }
+    for (t, table) in mapping.tables().iter().enumerate() {
+        let of_table = records
+            .iter()
+            .filter(|r| mapping.routes()[r.route].table == t);
+        if of_table.clone().next().is_some() {
+            insert_into(tx, table, tp, of_table, rows).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn insert_into<'r>(
+    tx: &mut Transaction<'_, Postgres>,
+    table: &Table,
+    tp: &TopicPartition,
+    records: impl Iterator<Item = &'r StoredRecord> + Clone,
+    rows: Rows,
+) -> Result<(), Refusal> {
+    let records: Vec<&StoredRecord> = records.collect();
     if records.is_empty() {
         return Ok(());
     }
@@ -66,11 +91,32 @@ pub(crate) async fn insert_records(
         .iter()
         .map(|r| kafka_time(r.kafka_timestamp_ms))
         .collect();
-    const UNNEST: &str = "UNNEST($3::bigint[], $4::timestamptz[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bytea[], $10::timestamptz[]) \
-         AS u(o, t, l, s, m, f, k, kt)";
+    // Typed columns travel as text and are cast by PostgreSQL (`mapping` checked each value
+    // fits before either store saw it; a cast that still fails is a data exception).
+    let typed: Vec<Vec<Option<&str>>> = (0..table.columns.len())
+        .map(|c| records.iter().map(|r| r.typed[c].as_deref()).collect())
+        .collect();
+    let name = &table.name;
+    let params = (0..typed.len()).map(|c| format!(", ${}::text[]", 11 + c));
+    let aliases = (0..typed.len()).map(|c| format!(", c{c}"));
+    let unnest = format!(
+        "UNNEST($3::bigint[], $4::timestamptz[], $5::text[], $6::text[], $7::text[], $8::text[], \
+         $9::bytea[], $10::timestamptz[]{}) AS u(o, t, l, s, m, f, k, kt{})",
+        params.collect::<String>(),
+        aliases.collect::<String>()
+    );
+    let casts: Vec<String> = (table.columns.iter().enumerate())
+        .map(|(c, col)| format!("u.c{c}::{}", col.kind.name()))
+        .collect();
+    let columns: String = table
+        .columns
+        .iter()
+        .map(|c| format!(", {}", c.name))
+        .collect();
+    let values: String = casts.iter().map(|c| format!(", {c}")).collect();
     let insert = format!(
-        "INSERT INTO log_records (topic, kafka_partition, kafka_offset, ts, level, service, message, fields, kafka_key, kafka_ts) \
-         SELECT $1, $2, o, t, l, s, m, f::jsonb, k, kt FROM {UNNEST}{}",
+        "INSERT INTO {name} (topic, kafka_partition, kafka_offset, ts, level, service, message, fields, kafka_key, kafka_ts{columns}) \
+         SELECT $1, $2, u.o, u.t, u.l, u.s, u.m, u.f::jsonb, u.k, u.kt{values} FROM {unnest}{}",
         match rows {
             Rows::Fresh => "",
             Rows::MayExist => " ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING",
@@ -78,16 +124,22 @@ pub(crate) async fn insert_records(
     );
     // The rows that differ from ours among those stored at our coordinates. Rows this statement
     // inserted are ours by construction, so only skipped ones can show up.
+    let stored: String = table
+        .columns
+        .iter()
+        .map(|c| format!(", r.{}", c.name))
+        .collect();
     let differing = format!(
-        "SELECT r.kafka_offset FROM {UNNEST} \
-         JOIN log_records r ON r.topic = $1 AND r.kafka_partition = $2 AND r.kafka_offset = u.o \
-         WHERE (r.ts, r.level, r.service, r.message, r.fields, r.kafka_key, r.kafka_ts) \
-               IS DISTINCT FROM (u.t, u.l, u.s, u.m, u.f::jsonb, u.k, u.kt) \
+        "SELECT r.kafka_offset FROM {unnest} \
+         JOIN {name} r ON r.topic = $1 AND r.kafka_partition = $2 AND r.kafka_offset = u.o \
+         WHERE (r.ts, r.level, r.service, r.message, r.fields, r.kafka_key, r.kafka_ts{stored}) \
+               IS DISTINCT FROM (u.t, u.l, u.s, u.m, u.f::jsonb, u.k, u.kt{values}) \
          ORDER BY 1 LIMIT {NAMED}"
     );
     macro_rules! bound {
-        ($q:expr) => {
-            $q.bind(&*tp.topic)
+        ($q:expr) => {{
+            let mut q = $q
+                .bind(&*tp.topic)
                 .bind(tp.partition)
                 .bind(&offsets)
                 .bind(&ts)
@@ -96,15 +148,19 @@ pub(crate) async fn insert_records(
                 .bind(&messages)
                 .bind(&fields)
                 .bind(&keys)
-                .bind(&kafka_ts)
-        };
+                .bind(&kafka_ts);
+            for column in &typed {
+                q = q.bind(column);
+            }
+            q
+        }};
     }
     let inserted = bound!(sqlx::query(sqlx::AssertSqlSafe(insert)))
         .execute(&mut **tx)
         .await
-        .map_err(row_refusal)?
+        .map_err(|e| row_refusal(name, e))?
         .rows_affected();
-    if inserted == records.len() as u64 {
+    if inserted == offsets.len() as u64 {
         return Ok(());
     }
     // Some rows were skipped: the comparison runs only on this path, never on the fast one.
@@ -116,10 +172,11 @@ pub(crate) async fn insert_records(
         return Ok(());
     }
     let at: Vec<String> = differ.iter().map(|o| format!("{tp}@{o}")).collect();
+    let name = &table.name;
     Err(Refusal::Store(SinkError::Permanent {
         store: STORE,
         message: format!(
-            "log_records holds other content at the coordinates of {} (a row written from \
+            "{name} holds other content at the coordinates of {} (a row written from \
              another Kafka cluster or an earlier incarnation of the topic?); move those rows \
              away to go on",
             at.join(", ")

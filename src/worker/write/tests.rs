@@ -144,6 +144,7 @@ fn context(documents: &Arc<Documents>, rows: &Arc<Rows>) -> WorkerContext {
         },
         metrics: Arc::new(Metrics::default()),
         shutdown: Shutdown::new(Duration::from_secs(25)),
+        mapping: Arc::new(crate::mapping::Mapping::builtin("logs-%Y")),
     }
 }
 
