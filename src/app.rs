@@ -248,7 +248,8 @@ pub async fn run(
     let consumer_settings = ConsumerSettings {
         brokers: settings.kafka_brokers.clone(),
         group_id: settings.group_id.clone(),
-        topics: settings.topics(),
+        topics: settings.topic_selection()?.entries().to_vec(),
+        topic_refresh: settings.topic_refresh(),
         session_timeout: settings.session_timeout_ms.0,
         max_poll_interval: settings.max_poll_interval_ms.0,
         queue_kbytes: settings.kafka_queue_kbytes,

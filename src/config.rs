@@ -31,9 +31,18 @@ pub struct Settings {
     /// Kafka bootstrap servers, comma separated.
     #[arg(long, env = "LP_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub kafka_brokers: String,
-    /// Topics to consume, comma separated.
+    /// Topics to consume, comma separated. An entry starting with `^` is a POSIX extended
+    /// regular expression (librdkafka's convention): every topic it matches is consumed,
+    /// including topics created later (see LP_TOPIC_REFRESH_MS); internal topics (`__...`)
+    /// never match.
     #[arg(long, env = "LP_TOPICS", value_delimiter = ',', default_value = "logs")]
     pub topics: Vec<String>,
+    /// How often the consumer reads the cluster's topic list (librdkafka's
+    /// `topic.metadata.refresh.interval.ms`): a new topic matching a pattern of LP_TOPICS, or a
+    /// new partition, is consumed after at most this long plus a rebalance. Default: 10000 when
+    /// LP_TOPICS has a pattern, else librdkafka's 300000.
+    #[arg(long, env = "LP_TOPIC_REFRESH_MS", value_name = "MS")]
+    pub topic_refresh_ms: Option<Millis>,
     /// Consumer group id; also keys the PostgreSQL offsets table.
     #[arg(long, env = "LP_GROUP_ID", default_value = "log-processor")]
     pub group_id: String,
@@ -339,12 +348,20 @@ impl Settings {
         }
     }
 
-    pub fn topics(&self) -> Vec<String> {
-        self.topics
+    /// `LP_TOPICS` checked (`crate::topics`): exact names and patterns.
+    pub fn topic_selection(&self) -> Result<crate::topics::TopicSelection, ConfigError> {
+        crate::topics::TopicSelection::parse(&self.topics)
+            .map_err(|e| invalid("LP_TOPICS (--topics)", e))
+    }
+    /// `LP_TOPIC_REFRESH_MS`, by default 10 s with a pattern in LP_TOPICS (new topics are
+    /// expected), else librdkafka's own 300 s.
+    pub fn topic_refresh(&self) -> Duration {
+        let patterns = self
+            .topics
             .iter()
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty())
-            .collect()
+            .any(|t| crate::topics::is_pattern(t.trim()));
+        let default = Duration::from_secs(if patterns { 10 } else { 300 });
+        self.topic_refresh_ms.map_or(default, |m| m.0)
     }
     pub fn pg_pool_size(&self) -> u32 {
         self.pg_pool_size.unwrap_or(self.workers as u32 + 2)
@@ -406,6 +423,7 @@ impl fmt::Display for Settings {
         s.group_stall_timeout_ms = Some(Millis(self.group_stall_timeout()));
         s.revoke_drain_timeout_ms = Some(Millis(self.revoke_drain_timeout()));
         s.liveness_timeout_ms = Some(Millis(self.liveness_timeout()));
+        s.topic_refresh_ms = Some(Millis(self.topic_refresh()));
         writeln!(f, "{s:#?}")?;
         writeln!(f, "{}", self.security_summary())?;
         write!(

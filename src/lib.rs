@@ -26,5 +26,6 @@ pub mod redact;
 pub mod shutdown;
 pub mod sink;
 pub mod stores;
+pub mod topics;
 pub mod watermark;
 pub mod worker;

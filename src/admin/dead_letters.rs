@@ -82,8 +82,8 @@ impl From<StoredDeadLetter> for Listed {
 }
 
 pub async fn list(args: &ListArgs) -> Result<Listing, AdminError> {
-    let filter = args.filter.filter(&args.settings);
     let pg = super::pg(&args.settings)?;
+    let filter = args.filter.filter(&args.settings, &pg).await?;
     let counts = pg.dead_letter_summary(&filter).await?;
     let page = pg
         .dead_letters_page(&filter, None, args.limit.max(0))

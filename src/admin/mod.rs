@@ -9,6 +9,7 @@ pub mod audit;
 pub mod dead_letters;
 pub mod parked;
 pub mod replay;
+pub mod selection;
 pub mod status;
 pub mod topics;
 
@@ -69,7 +70,8 @@ pub fn es(s: &Settings) -> Result<ElasticSink, AdminError> {
 /// Which dead letters `list` and `replay` select.
 #[derive(Args, Clone, Debug, Default)]
 pub struct FilterArgs {
-    /// Only this topic (default: every topic of LP_TOPICS).
+    /// Only this topic (default: every topic of LP_TOPICS; a pattern's, among the names
+    /// PostgreSQL stores records under).
     #[arg(long)]
     pub topic: Option<String>,
     /// Only this partition.
@@ -90,18 +92,22 @@ pub struct FilterArgs {
 }
 
 impl FilterArgs {
-    pub fn filter(&self, settings: &Settings) -> DeadLetterFilter {
-        DeadLetterFilter {
+    pub async fn filter(
+        &self,
+        settings: &Settings,
+        pg: &PgSink,
+    ) -> Result<DeadLetterFilter, AdminError> {
+        Ok(DeadLetterFilter {
             topics: match &self.topic {
                 Some(t) => vec![t.clone()],
-                None => settings.topics(),
+                None => selection::in_postgres(settings, pg).await?,
             },
             partition: self.partition,
             stage: self.stage.clone(),
             reason: self.reason.clone(),
             since: self.since,
             until: self.until,
-        }
+        })
     }
 }
 

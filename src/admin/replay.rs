@@ -123,7 +123,6 @@ fn lacking(recorded: Option<&str>, redactor: &Redactor) -> Vec<String> {
 
 pub async fn replay(args: &ReplayArgs) -> Result<Summary, AdminError> {
     let s = &args.settings;
-    let filter = args.filter.filter(s);
     let key = s.dead_letter_key()?;
     let redactor = Redactor::new(
         s.redact_drop.clone(),
@@ -131,6 +130,7 @@ pub async fn replay(args: &ReplayArgs) -> Result<Summary, AdminError> {
         s.redact_key.as_deref(),
     );
     let pg = super::pg(s)?;
+    let filter = args.filter.filter(s, &pg).await?;
     // Refused up front, before anything is written, rather than dead letter by dead letter.
     let mut missing = std::collections::BTreeSet::new();
     for recorded in pg.sealed_redactions(&filter).await? {

@@ -74,16 +74,16 @@ pub struct KafkaPartition {
 
 /// Reads Kafka and PostgreSQL and puts them side by side.
 pub async fn status(settings: &Settings) -> Result<Status, AdminError> {
-    let topics = settings.topics();
     // The daemon's own TLS/SASL properties, so `status` reaches a secured cluster too. One
-    // client reads the offsets and what each topic is now.
+    // client reads the topics LP_TOPICS selects now, their offsets and what each topic is.
     let client = super::kafka_client(settings, "log-processor-status")?;
-    let t = topics.clone();
-    let (kafka, current) = tokio::task::spawn_blocking(move || {
-        let offsets = kafka_offsets(&client, &t)?;
-        let current = crate::consumer::identities(client.client(), &t, KAFKA_TIMEOUT)
+    let s = settings.clone();
+    let (topics, kafka, current) = tokio::task::spawn_blocking(move || {
+        let topics = super::selection::in_kafka(&client, &s)?;
+        let offsets = kafka_offsets(&client, &topics)?;
+        let current = crate::consumer::identities(client.client(), &topics, KAFKA_TIMEOUT)
             .map_err(AdminError::Kafka)?;
-        Ok::<_, AdminError>((offsets, current))
+        Ok::<_, AdminError>((topics, offsets, current))
     })
     .await
     .map_err(|e| AdminError::Kafka(e.to_string()))??;

@@ -56,9 +56,14 @@ pub struct Listing {
 
 /// The identities of the configured topics, in Kafka now and in PostgreSQL.
 pub async fn list(args: &ListArgs) -> Result<Listing, AdminError> {
-    let topics = args.settings.topics();
-    let current = current_identities(&args.settings, &topics).await?;
     let pg = super::pg(&args.settings)?;
+    // With patterns, the names PostgreSQL stores too: identities of matching topics deleted
+    // from Kafka since still hold records.
+    let mut topics = kafka_topics(&args.settings).await?;
+    topics.extend(super::selection::in_postgres(&args.settings, &pg).await?);
+    topics.sort();
+    topics.dedup();
+    let current = current_identities(&args.settings, &topics).await?;
     let bindings = pg.bindings(&topics).await?;
     pg.close().await;
     let mut rows: Vec<TopicRow> = bindings
@@ -119,7 +124,15 @@ async fn bind(
             "topic {topic} ({identity}) is stored as {stored_as} already; nothing changed"
         ));
     }
-    check_new_name(name, identity, &bindings, &settings.topics()).map_err(AdminError::Refused)?;
+    let selection = settings.topic_selection()?;
+    if selection.has_patterns() && !selection.select(&[name]).is_empty() {
+        return Err(AdminError::Refused(format!(
+            "{name} matches a pattern of LP_TOPICS: a topic of that name created later would \
+             be stored under it too; choose another name with --as"
+        )));
+    }
+    let kafka = kafka_topics(settings).await?;
+    check_new_name(name, identity, &bindings, &kafka).map_err(AdminError::Refused)?;
     if pg.holds_records_under(name).await? {
         return Err(AdminError::Refused(format!(
             "PostgreSQL holds records under the name {name} already, of no recorded topic \
@@ -139,6 +152,15 @@ async fn bind(
         b.stored_as,
         crate::consumer::IDENTITY_RECHECK.as_secs()
     ))
+}
+
+/// The topics LP_TOPICS selects in Kafka now (`selection::in_kafka`).
+async fn kafka_topics(settings: &Settings) -> Result<Vec<String>, AdminError> {
+    let client = super::kafka_client(settings, "log-processor-topics")?;
+    let s = settings.clone();
+    tokio::task::spawn_blocking(move || super::selection::in_kafka(&client, &s))
+        .await
+        .map_err(|e| AdminError::Kafka(e.to_string()))?
 }
 
 /// What Kafka says each of `topics` is now (topics without an id are left out).

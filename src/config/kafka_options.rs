@@ -82,6 +82,15 @@ const OWNED: &[(&str, &str)] = &[
         "the stuck-consumer watch reads these statistics",
     ),
     ("isolation.level", "the daemon reads committed records only"),
+    (
+        "topic.metadata.refresh.interval.ms",
+        "set LP_TOPIC_REFRESH_MS",
+    ),
+    (
+        "topic.blacklist",
+        "internal topics are kept out of LP_TOPICS patterns by the daemon; list the topics \
+         to read in LP_TOPICS",
+    ),
     ("security.protocol", "set LP_KAFKA_SECURITY_PROTOCOL"),
     ("sasl.mechanism", "set LP_KAFKA_SASL_MECHANISM"),
     ("sasl.mechanisms", "set LP_KAFKA_SASL_MECHANISM"),

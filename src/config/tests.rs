@@ -140,11 +140,28 @@ fn group_stall_timeout_follows_the_session_timeout() {
 }
 
 #[test]
+fn the_topic_refresh_is_short_only_where_patterns_expect_new_topics() {
+    let refresh = |args: &[&str]| parse(args).topic_refresh().as_millis();
+    assert_eq!(refresh(&["--topics", "logs"]), 300_000);
+    assert_eq!(refresh(&["--topics", "logs, ^app-.*"]), 10_000);
+    assert_eq!(
+        refresh(&["--topics", "^app-", "--topic-refresh-ms", "2000"]),
+        2_000
+    );
+    parse(&["--topics", "logs,^app-[0-9]+$"])
+        .validate()
+        .unwrap();
+}
+
+#[test]
 fn bad_fields_are_named() {
     for (args, field) in [
         (vec!["--batch-max-records", "0"], "LP_BATCH_MAX_RECORDS"),
         (vec!["--workers", "0"], "LP_WORKERS"),
         (vec!["--topics", ""], "LP_TOPICS"),
+        (vec!["--topics", "logs,^logs-("], "LP_TOPICS"),
+        (vec!["--topics", r"^logs-\d+"], "LP_TOPICS"),
+        (vec!["--topic-refresh-ms", "999"], "LP_TOPIC_REFRESH_MS"),
         (vec!["--database-url", "mysql://a:b@c/d"], "LP_DATABASE_URL"),
         (vec!["--es-index", "Logs"], "LP_ES_INDEX"),
         (vec!["--es-index", "logs-%Q"], "LP_ES_INDEX"),

@@ -10,15 +10,13 @@ use crate::mapping::valid_index_pattern;
 impl Settings {
     /// Cross-field validation; the first problem found names its field.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let topics: Vec<_> = self
-            .topics
-            .iter()
-            .filter(|t| !t.trim().is_empty())
-            .collect();
-        if topics.is_empty() {
+        self.topic_selection()?;
+        // librdkafka takes up to an hour; below a second the whole cluster's metadata would
+        // be read several times a second.
+        if !(1_000..=3_600_000).contains(&self.topic_refresh().as_millis()) {
             return Err(invalid(
-                "LP_TOPICS (--topics)",
-                "at least one topic is required",
+                "LP_TOPIC_REFRESH_MS (--topic-refresh-ms)",
+                "must be between 1000 and 3600000",
             ));
         }
         if self.group_id.trim().is_empty() {

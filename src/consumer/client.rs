@@ -72,9 +72,18 @@ pub(super) fn connect(bridge: Bridge) -> Result<Kafka, KafkaError> {
             "receive.message.max.bytes",
             settings.receive_max_bytes.to_string(),
         )
+        .set(
+            "topic.metadata.refresh.interval.ms",
+            settings.topic_refresh.as_millis().to_string(),
+        )
         .set("statistics.interval.ms", "5000")
         .set("client.id", "log-processor")
         .set_log_level(RDKafkaLogLevel::Warning);
+    if settings.topics.iter().any(|t| crate::topics::is_pattern(t)) {
+        // librdkafka would otherwise match patterns against internal topics too (it has no
+        // `exclude.internal.topics`): `^.*` would read `__consumer_offsets`.
+        config.set("topic.blacklist", crate::topics::INTERNAL_BLACKLIST);
+    }
     for (key, value) in &settings.client_properties.0 {
         config.set(key, value);
     }

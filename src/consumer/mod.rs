@@ -64,7 +64,11 @@ pub trait OffsetStore: Send + Sync + 'static {
 pub struct ConsumerSettings {
     pub brokers: String,
     pub group_id: String,
+    /// `LP_TOPICS` as given: exact names and `^` patterns, which librdkafka matches.
     pub topics: Vec<String>,
+    /// librdkafka's `topic.metadata.refresh.interval.ms`: how soon a new topic matching a
+    /// pattern (or a new partition) is seen.
+    pub topic_refresh: Duration,
     pub session_timeout: Duration,
     pub max_poll_interval: Duration,
     pub queue_kbytes: u64,

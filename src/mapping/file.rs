@@ -229,9 +229,12 @@ fn route(i: usize, r: &FileRoute, tables: &[Table], index: &str) -> Result<Route
             None if !t.is_empty() => TopicMatch::Exact(t.clone()),
             None => return Err(MappingError::new(format!("{at}.topics"), "an empty name")),
             Some(_) => {
-                TopicMatch::Pattern(regex::Regex::new(t).map_err(|e| {
-                    MappingError::new(format!("{at}.topics"), format!("{t:?}: {e}"))
-                })?)
+                // The syntax `LP_TOPICS` takes (`crate::topics`, checked by libc's engine as
+                // librdkafka's subscriptions are), so a route matches what a subscription can;
+                // that common subset reads the same in the `regex` crate that matches it here.
+                let bad = |e: String| MappingError::new(format!("{at}.topics"), e);
+                crate::topics::TopicSelection::parse(std::slice::from_ref(t)).map_err(bad)?;
+                TopicMatch::Pattern(regex::Regex::new(t).map_err(|e| bad(format!("{t:?}: {e}")))?)
             }
         });
     }

@@ -62,7 +62,8 @@ pub struct Table {
 #[derive(Clone, Debug)]
 pub enum TopicMatch {
     Exact(String),
-    /// A `^` pattern, anchored at both ends as librdkafka's subscriptions are.
+    /// A `^` pattern: `LP_TOPICS`'s syntax, searching the name as librdkafka's subscriptions
+    /// do (`^logs-` takes every name starting with `logs-`).
     Pattern(regex::Regex),
 }
 

@@ -179,6 +179,12 @@ fn refusals_name_the_field() {
 
     let e = refusal("[[routes]]\ntopics = [\"^(\"]");
     assert_eq!(e.field, "routes[0].topics");
+    // What LP_TOPICS refuses, a route refuses too.
+    let e = refusal(
+        r#"[[routes]]
+topics = ['^logs-\d+']"#,
+    );
+    assert_eq!(e.field, "routes[0].topics");
 
     let e = refusal("[[routes]]\ncolour = 1");
     assert!(e.message.contains("colour"), "{e}");

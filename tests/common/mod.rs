@@ -136,6 +136,9 @@ pub struct Scenario {
     /// incarnation adopted with `log-processor topics adopt`): what the verification reads;
     /// rows and documents of the topic's own name are then another incarnation's.
     pub stored_as: Option<String>,
+    /// Other topics one daemon reads into the same schema and index (a pattern in
+    /// LP_TOPICS): their rows, dead letters and documents are not this verification's.
+    pub neighbours: Vec<String>,
 }
 
 impl Scenario {
@@ -154,6 +157,7 @@ impl Scenario {
             index: format!("i-{}", id.replace('_', "-")),
             partitions,
             stored_as: None,
+            neighbours: Vec::new(),
         };
         loadgen::create_topic(&kafka_brokers(), &s.topic, partitions, max_message_bytes)
             .await
@@ -174,6 +178,7 @@ impl Scenario {
             index: format!("i-{}", id.replace('_', "-")),
             partitions,
             stored_as: None,
+            neighbours: Vec::new(),
         };
         let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", kafka_brokers())

@@ -500,7 +500,10 @@ impl Scenario {
         let at = |p: i32, o: i64| format!("{}/{p}@{o}", self.stored_name());
         // With an adopted incarnation, what is stored under the topic's own name is another
         // incarnation's: not this verification's business.
-        let other_incarnation = |t: &str| self.stored_as.is_some() && t == self.topic;
+        // Nor are the neighbours' records.
+        let other_incarnation = |t: &str| {
+            (self.stored_as.is_some() && t == self.topic) || self.neighbours.iter().any(|n| n == t)
+        };
 
         // PostgreSQL rows against the records' expected entries.
         let q = format!(

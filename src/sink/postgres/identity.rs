@@ -80,3 +80,19 @@ impl PgSink {
             .map_err(classify)
     }
 }
+
+impl PgSink {
+    /// Every name records are stored under, for matching `LP_TOPICS` patterns in commands that
+    /// read PostgreSQL only: each batch stores its partition's watermark, so every name with
+    /// rows, dead letters or gaps has one (small tables: a row per group and partition, a row
+    /// per identity), and bound names are added.
+    pub async fn stored_topic_names(&self) -> Result<Vec<String>, SinkError> {
+        sqlx::query_scalar(
+            "SELECT topic FROM consumer_offsets UNION SELECT topic FROM topic_identities \
+             UNION SELECT stored_as FROM topic_identities ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)
+    }
+}
