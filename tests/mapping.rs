@@ -460,21 +460,63 @@ async fn routed_to_typed_tables_and_indices_nothing_lost_across_a_kill_in_a_two_
         "decode: column status_code of http_logs (status_code): string \"abc\" does not fit bigint",
     )]
     .into();
+    // One record over LP_MAX_RECORD_BYTES: a dead letter now, replayed into its route later.
+    let mut big = payload("http", 9999);
+    big["path"] = json!("x".repeat(1200));
+    produce_raw(&r.http, &big.to_string());
+    let small = with(&env, &[("LP_MAX_RECORD_BYTES", "1000".into())]);
     let started = Instant::now();
-    let mut d = Daemon::start(&env);
-    wait_accounted(&r, 1401, Duration::from_secs(180)).await;
+    let mut d = Daemon::start(&small);
+    wait_accounted(&r, 1402, Duration::from_secs(180)).await;
     println!(
-        "mapping: 1,401 records routed to 4 tables in {:.1} s",
+        "mapping: 1,402 records routed to 4 tables in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    let (status, metrics) = http("GET", &format!("http://{}/metrics", d.http_addr()), None).await;
+    assert_eq!(status, 200);
+    for (table, n) in [
+        ("http_logs", 600),
+        ("edge_logs", 300),
+        ("billing_logs", 200),
+        ("log_records", 300),
+    ] {
+        let line = format!("log_processor_rows_stored_total{{table=\"{table}\"}} {n}");
+        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
     d.signal("TERM");
     assert_eq!(d.wait(Duration::from_secs(40)), 0, "{}", d.tail(30));
+    assert_eq!(
+        dead_letters(&r).await.len(),
+        2,
+        "the misfit and the record over the limit"
+    );
+    let out = ok(
+        &with(&env, &[("LP_MAX_RECORD_BYTES", "100000".into())]),
+        &["dead-letters", "replay", "--topic", &r.http],
+    );
+    println!("mapping: {}", out.trim());
+    assert!(out.contains("replayed=1 still_failing=1"), "{out}");
 
     let (stored, indexed, lettered) = verify(&r, &bad).await;
     println!(
-        "mapping: records=1401 stored={stored} indexed={indexed} dead_lettered={lettered} lost=0 duplicates=0"
+        "mapping: records=1402 stored={stored} indexed={indexed} dead_lettered={lettered} lost=0 duplicates=0"
     );
-    assert_eq!((stored, indexed, lettered), (1400, 1400, 1));
+    assert_eq!((stored, indexed, lettered), (1401, 1401, 1));
+    // The audit reads every table and index pattern of the mapping: nothing diverges.
+    let (code, out, err) = lp(&env, &["audit"]);
+    assert_eq!(code, 0, "audit with a mapping:\n{out}\n{err}");
+    println!("mapping: {}", out.lines().last().unwrap_or_default());
+    let replayed: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {}.http_logs WHERE length(fields->>'path') = 1200 AND status_code IS NOT NULL",
+        r.s.schema
+    )))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        replayed, 1,
+        "the replayed record is in its route's table, typed"
+    );
 
     // The typed columns answer queries the fields alone could not, indexed, and the index
     // templates gave the same fields the same types.
@@ -485,7 +527,10 @@ async fn routed_to_typed_tables_and_indices_nothing_lost_across_a_kill_in_a_two_
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!(errors, 240, "600 records, two status codes in five are 5xx");
+    assert_eq!(
+        errors, 241,
+        "600 generated records, two status codes in five 5xx, and the replayed one (503)"
+    );
     let v6: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT count(*) FROM {}.http_logs WHERE family(client) = 6",
         r.s.schema
@@ -493,7 +538,10 @@ async fn routed_to_typed_tables_and_indices_nothing_lost_across_a_kill_in_a_two_
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!(v6, 300);
+    assert_eq!(
+        v6, 301,
+        "odd records carry IPv6 addresses, the replayed one too"
+    );
     let indexed_column: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_indexes WHERE schemaname = $1 AND indexname = 'http_logs_status_code_idx'").bind(&r.s.schema).fetch_one(&pool).await.unwrap();
     assert_eq!(indexed_column, 1);
     let (_, mapping) = http(

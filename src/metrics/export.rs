@@ -161,6 +161,16 @@ impl Metrics {
                 &self.audited,
             ),
             Family {
+                name: "log_processor_rows_stored",
+                help: "Rows stored, by the table the mapping routed them to",
+                kind: Kind::Counter,
+                samples: (self.stored_by_table.lock())
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .map(|(t, n)| (vec![("table", t.clone())], Value::Int(*n as i64)))
+                    .collect(),
+            },
+            Family {
                 name: "log_processor_dead_letters",
                 help: "Records dead-lettered, by stage",
                 kind: Kind::Counter,

@@ -42,6 +42,8 @@ impl Histogram {
 pub struct Metrics {
     pub consumed: AtomicU64,
     pub stored: AtomicU64,
+    /// `stored` by the table of the mapping the rows went to: a label bounded by the mapping.
+    stored_by_table: Mutex<BTreeMap<String, u64>>,
     pub dead_lettered: AtomicU64,
     /// Records parked by this daemon's batches, and parked records it released (`parking`).
     pub parked: AtomicU64,
@@ -95,6 +97,20 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// `n` rows stored in `table` (also counted in `stored` by the caller).
+    pub fn stored_in(&self, table: &str, n: u64) {
+        let mut by = self
+            .stored_by_table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match by.get_mut(table) {
+            Some(c) => *c += n,
+            None => {
+                by.insert(table.to_string(), n);
+            }
+        }
+    }
+
     /// `n` records dead-lettered at `stage` (also counted in `dead_lettered`).
     pub fn dead_lettered_at(&self, stage: RejectStage, n: u64) {
         self.dead_lettered.fetch_add(n, Relaxed);

@@ -164,6 +164,12 @@ async fn write(ctx: &WorkerContext, batch: &Batch, held_now: &Notify) -> Result<
     ctx.metrics
         .stored
         .fetch_add(records.len().saturating_sub(refused) as u64, Relaxed);
+    let rows = records
+        .iter()
+        .filter(|r| written.store_dead_letters.binary_search(&r.offset).is_err());
+    for (table, n) in count_by_table(&ctx.mapping, rows) {
+        ctx.metrics.stored_in(table, n);
+    }
     for d in &dead {
         ctx.metrics.dead_lettered_at(d.stage, 1);
     }
@@ -175,6 +181,19 @@ async fn write(ctx: &WorkerContext, batch: &Batch, held_now: &Notify) -> Result<
         tracing::debug!("batch was already durable (a replay)");
     }
     Ok(())
+}
+
+/// How many of `rows` each table of the mapping took.
+fn count_by_table<'a, 'm>(
+    mapping: &'m crate::mapping::Mapping,
+    rows: impl Iterator<Item = &'a StoredRecord>,
+) -> std::collections::BTreeMap<&'m str, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for r in rows {
+        *out.entry(mapping.table_of(r.route).name.as_str())
+            .or_default() += 1;
+    }
+    out
 }
 
 /// The raw record at `offset` (batches are in offset order).
