@@ -50,6 +50,17 @@ fn refusal(text: &str) -> MappingError {
 }
 
 #[test]
+fn the_readme_example_is_a_valid_mapping() {
+    let m = Mapping::parse(include_str!("../../examples/mapping.toml"), "logs-%Y.%m.%d").unwrap();
+    let names: Vec<&str> = m.table_names().collect();
+    assert_eq!(names, ["billing_logs", "http_logs", "log_records"]);
+    assert_eq!(
+        m.index_patterns(),
+        ["web-%Y.%m.%d", "billing-%Y.%m.%d", "logs-%Y.%m.%d"]
+    );
+}
+
+#[test]
 fn the_builtin_mapping_is_todays_shape() {
     let m = Mapping::builtin("logs-%Y.%m.%d");
     assert_eq!(m.tables().len(), 1);
