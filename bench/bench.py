@@ -20,6 +20,8 @@ same commit (checked before each phase; the run stops if the code changes under 
   batch     LP_BATCH_MAX_RECORDS sweep: steady-state throughput and SIGTERM-to-exit under load.
   growth    log-processor at defaults on 1, 6, 24, 96 partitions and on 200 B, 2 KiB, 20 KiB
             records: records/s, MiB/s, CPU per record, peak RSS.
+  mapping   the best configuration with and without a five-column mapping (bench/mapping-5.toml),
+            alternating, --runs times: ratio_typed, the cost of typed columns.
   crash     10 SIGKILLs (with restarts) during a run of each, on a second topic of as many
             records (--crash-records); then lost and duplicated records counted from the stores.
   shutdown  SIGTERM at random moments, --shutdown-rounds rounds (100) in each of five variants
@@ -806,6 +808,15 @@ def summarize(res):
          "value": lp_d.get("peak_rss_mib") if lp_d.get("records") == res["records"] else None,
          "goal": 128, "higher_is_better": False},
     ]
+    m = res.get("mapping") or {}
+    if m.get("plain") and m.get("typed"):
+        med_of = lambda runs, k: statistics.median(r[k] for r in runs)
+        s["mapping"] = {key: {"median_records_per_s": round(med_of(m[key], "records_per_s")),
+                              "median_cpu_s_per_million": med_of(m[key], "cpu_s_per_million"),
+                              "max_peak_rss_mib": max(r["peak_rss_mib"] for r in m[key])}
+                        for key in ("plain", "typed")}
+        s["mapping"]["ratio_typed"] = ratio(s["mapping"]["typed"]["median_records_per_s"],
+                                            s["mapping"]["plain"]["median_records_per_s"])
     for t in s["targets"]:
         v = t["value"]
         t["met"] = None if v is None else (v >= t["goal"] if t["higher_is_better"] else v <= t["goal"])
@@ -888,6 +899,17 @@ def markdown(res):
         for r in res["growth"]:
             L.append(f"| {r['partitions']} | {r['record_bytes']} | {r['records']:,} | {r['records_per_s']:,} | "
                      f"{r['mib_per_s']} | {r['cpu_s_per_million']} | {r['total_cpu_s_per_million']} | {r['peak_rss_mib']} |")
+    if s.get("mapping"):
+        mp = s["mapping"]
+        L += ["", "## Typed columns (LP_MAPPING_FILE)", "",
+              f"The best configuration with and without `{res['mapping']['file']}` (five fields of every record "
+              f"typed in `log_records`, one indexed), {len(res['mapping']['plain'])} alternating runs each: "
+              f"**ratio_typed = {fmt(mp['ratio_typed'])}** (records/s typed / today's shape).", "",
+              "| | median records/s | runs (records/s) | median CPU s / 1M (process) | peak RSS MiB |", "|---|---|---|---|---|"]
+        for key, name in (("plain", "today's shape"), ("typed", "five typed columns")):
+            L.append(f"| {name} | {mp[key]['median_records_per_s']:,} | "
+                     f"{', '.join(str(r['records_per_s']) for r in res['mapping'][key])} | "
+                     f"{mp[key]['median_cpu_s_per_million']} | {mp[key]['max_peak_rss_mib']} |")
     if res.get("batch_sizes"):
         L += ["", "## Batch size (LP_BATCH_MAX_RECORDS)", "",
               "| batch | records measured | steady records/s | CPU s / 1M | SIGTERM to exit under load (ms) | exit |",
@@ -951,7 +973,7 @@ def main():
     ap.add_argument("--peer-default-records", type=int, help="records the peer at defaults moves (default: records/100)")
     ap.add_argument("--sweep-records", type=int, help="records per ceiling sweep point (default: min(records, 200000))")
     ap.add_argument("--growth-records", type=int, help="records per growth point (default 100000, fewer for big records)")
-    ap.add_argument("--phases", default="e2e,ceilings,batch,growth,crash,shutdown")
+    ap.add_argument("--phases", default="e2e,ceilings,batch,growth,mapping,crash,shutdown")
     ap.add_argument("--shutdown-rounds", type=int, help="SIGTERM rounds per shutdown variant (default 100, smoke 3)")
     ap.add_argument("--crash-records", type=int)
     ap.add_argument("--batch-records", type=int)
@@ -1004,7 +1026,7 @@ def main():
                         "peer_tuned": "peer tuned (bench/peer/config.yaml.tmpl): " + ", ".join(f"{k}={v}" for k, v in PEER_TUNED.items()),
                         "peer_defaults": f"peer at defaults (bench/peer/config-defaults.yaml.tmpl, {peer_default_n:,} records)"},
            "e2e": {key: [] for key, _, _ in E2E}, "ceilings": {}, "ceiling_sweeps": {}, "batch_sizes": [],
-           "growth": [], "crash": {}, "shutdown": {},
+           "growth": [], "mapping": {}, "crash": {}, "shutdown": {},
            "ceiling_desc": {"kafka_consume": "Kafka: kcat -C -e to /dev/null",
                             "pg": "PostgreSQL: COPY into a log_records-like table (PK + ts index)",
                             "es": "OpenSearch: _bulk of the same documents",
@@ -1027,7 +1049,7 @@ def main():
     if a.merge:
         with open(os.path.join(out_dir, f"latest{suffix}.json")) as f:
             old = json.load(f)
-        kept = [p for p in ("e2e", "ceilings", "batch", "growth", "crash", "shutdown") if p not in phases]
+        kept = [p for p in ("e2e", "ceilings", "batch", "growth", "mapping", "crash", "shutdown") if p not in phases]
         for p in kept:
             for key in {"batch": ["batch_sizes"], "ceilings": ["ceilings", "ceiling_sweeps"]}.get(p, [p]):
                 res[key] = old.get(key, res[key])
@@ -1174,6 +1196,24 @@ def main():
                 log(f"  {row['records_per_s']} rec/s, {row['mib_per_s']} MiB/s, rss {row['peak_rss_mib']} MiB")
                 res["growth"].append(row)
                 save()
+        if "mapping" in phases:
+            phase("mapping")
+            # Today's shape against five typed columns (bench/mapping-5.toml), best configuration,
+            # the same records, alternating which goes first.
+            mfile = os.path.join(ROOT, "bench", "mapping-5.toml")
+            res["mapping"] = {"file": os.path.relpath(mfile, ROOT), "plain": [], "typed": []}
+            for i in range(runs):
+                order = [("plain", {}), ("typed", {"LP_MAPPING_FILE": mfile})]
+                for key, extra in order if i % 2 == 0 else order[::-1]:
+                    ident = f"bmap{key}{i}_{stamp}"
+                    log(f"mapping {key} run {i + 1}: {n} records")
+                    try:
+                        r = e2e_run("lp_best", ident, topic, n, extra_env=extra)
+                    finally:
+                        cleanup(ident, ident.replace("_", "-"), lp_template_name(ident))
+                    log(f"  {r['seconds']} s, {r['records_per_s']} rec/s, cpu {r['cpu_s']} s")
+                    res["mapping"][key].append(r)
+                    save()
         if "crash" in phases:
             phase("crash")
             ctopic = f"bench_crash_{stamp}"
