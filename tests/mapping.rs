@@ -502,6 +502,14 @@ async fn routed_to_typed_tables_and_indices_nothing_lost_across_a_kill_in_a_two_
         "mapping: records=1402 stored={stored} indexed={indexed} dead_lettered={lettered} lost=0 duplicates=0"
     );
     assert_eq!((stored, indexed, lettered), (1401, 1401, 1));
+    // `status` says where each topic's records go.
+    let status = ok(&env, &["status"]);
+    let app_route = format!(
+        "route: {} -> billing_logs / {i}-billing-%Y.%m.%d when service in [billing]; else log_records / {i}-%Y.%m.%d",
+        r.app,
+        i = r.s.index
+    );
+    assert!(status.contains(&app_route), "{app_route} in:\n{status}");
     // The audit reads every table and index pattern of the mapping: nothing diverges.
     let (code, out, err) = lp(&env, &["audit"]);
     assert_eq!(code, 0, "audit with a mapping:\n{out}\n{err}");

@@ -38,6 +38,9 @@ pub struct Status {
     /// Records parked per destination index (`parked list`): stored nowhere yet, neither lost
     /// nor dead letters.
     pub parked: Vec<super::parked::ParkedRow>,
+    /// With a mapping file: where each topic's records go (`Mapping::routes_of`).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub routes: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -124,10 +127,20 @@ pub async fn status(settings: &Settings) -> Result<Status, AdminError> {
             p.warnings.insert(0, why.clone());
         }
     }
+    let routes = match settings.mapping_file {
+        None => Default::default(),
+        Some(_) => {
+            let mapping = settings.mapping()?;
+            (names.keys())
+                .map(|stored| (stored.clone(), mapping.routes_of(stored)))
+                .collect()
+        }
+    };
     Ok(Status {
         group: settings.group_id.clone(),
         partitions,
         parked,
+        routes,
     })
 }
 
@@ -314,6 +327,9 @@ impl fmt::Display for Status {
                 p.since,
                 p.reason.chars().take(160).collect::<String>()
             )?;
+        }
+        for (topic, places) in &self.routes {
+            writeln!(f, "route: {topic} -> {}", places.join("; else "))?;
         }
         let warnings: usize = self.partitions.iter().map(|p| p.warnings.len()).sum();
         let parked: i64 = self.parked.iter().map(|p| p.records).sum();

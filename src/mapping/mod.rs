@@ -208,6 +208,26 @@ impl Mapping {
         (route, typed, misfits)
     }
 
+    /// Where `topic`'s records go, in the order routes are tried: `table / index pattern`, with
+    /// the condition of a route that has one; up to the first route that takes them all.
+    pub fn routes_of(&self, topic: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let takes = |r: &&Route| r.topics.is_empty() || r.topics.iter().any(|t| t.matches(topic));
+        for r in self.routes.iter().filter(takes) {
+            let place = format!("{} / {}", self.tables[r.table].name, r.index);
+            match &r.when {
+                Some((field, values)) => {
+                    out.push(format!("{place} when {field} in [{}]", values.join(", ")))
+                }
+                None => {
+                    out.push(place);
+                    break;
+                }
+            }
+        }
+        out
+    }
+
     /// The tables' names, the built-in one included.
     pub fn table_names(&self) -> impl Iterator<Item = &str> {
         self.tables.iter().map(|t| t.name.as_str())

@@ -85,6 +85,14 @@ fn routes_take_topics_by_name_pattern_and_field_value_in_order() {
     assert_eq!(table("app", Some("search")), "log_records");
     assert_eq!(table("app", None), "log_records");
     assert_eq!(m.index_patterns(), ["http-%Y.%m.%d", "logs-%Y"]);
+    assert_eq!(
+        m.routes_of("app"),
+        [
+            "billing_logs / logs-%Y when service in [billing]",
+            "log_records / logs-%Y"
+        ]
+    );
+    assert_eq!(m.routes_of("web-1"), ["http_logs / http-%Y.%m.%d"]);
     // A field of `fields` decides as well as a column does.
     let by_field = Mapping::parse(
         "[[routes]]\nwhen = { field = \"team\", values = [\"a\"] }\nindex = \"team-a\"",
