@@ -123,8 +123,9 @@ pub async fn run(
     let _stop_http = http_stop.drop_guard();
 
     // Start-up: a signal here ends the daemon at once; stores that are down are waited for.
-    let pg = stores::postgres(&settings, settings.pg_pool_size())?;
-    let es = stores::elasticsearch(&settings)?;
+    let mapping = stores::mapping(&settings)?;
+    let pg = stores::postgres_with(&settings, settings.pg_pool_size(), mapping.clone())?;
+    let es = stores::elasticsearch_with(&settings, mapping.clone())?;
     let startup = async {
         retry(
             "postgresql migration",
@@ -189,14 +190,14 @@ pub async fn run(
         backoff: stores::backoff(&settings),
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
-        mapping: pg.mapping(),
+        mapping: mapping.clone(),
     });
     // Parked records go back to their destinations until shutdown begins (a round cut short
     // is the same as a kill: the next run does it again).
     tokio::spawn(
         crate::parking::Parking {
             pg: pg.clone(),
-            es: stores::elasticsearch(&settings)?,
+            es: stores::elasticsearch_with(&settings, mapping.clone())?,
             metrics: metrics.clone(),
             interval: settings.parked_retry_ms.0,
         }
@@ -215,7 +216,7 @@ pub async fn run(
         tokio::spawn(
             crate::audit::sample::Sampler {
                 pg: pg.clone(),
-                es: stores::elasticsearch(&settings)?,
+                es: stores::elasticsearch_with(&settings, mapping.clone())?,
                 metrics: metrics.clone(),
                 group_id: settings.group_id.clone(),
                 interval: settings.audit_interval_ms.0,

@@ -34,8 +34,10 @@ pub fn backoff(s: &Settings) -> Backoff {
     }
 }
 
-/// The mapping both stores are built with (`LP_MAPPING_FILE`, checked at start-up).
-fn mapping(s: &Settings) -> Result<std::sync::Arc<crate::mapping::Mapping>, SinkError> {
+/// The mapping both stores are built with (`LP_MAPPING_FILE`, checked at start-up). The
+/// daemon reads it once and gives the same one to every store (`*_with`), so a file edited
+/// while it starts cannot give its stores two different mappings.
+pub fn mapping(s: &Settings) -> Result<std::sync::Arc<crate::mapping::Mapping>, SinkError> {
     let mapping = s.mapping().map_err(|e| SinkError::Permanent {
         store: "configuration",
         message: e.to_string(),
@@ -45,8 +47,16 @@ fn mapping(s: &Settings) -> Result<std::sync::Arc<crate::mapping::Mapping>, Sink
 
 /// The PostgreSQL store with `pool_size` connections.
 pub fn postgres(s: &Settings, pool_size: u32) -> Result<PgSink, SinkError> {
+    postgres_with(s, pool_size, mapping(s)?)
+}
+
+pub fn postgres_with(
+    s: &Settings,
+    pool_size: u32,
+    mapping: std::sync::Arc<crate::mapping::Mapping>,
+) -> Result<PgSink, SinkError> {
     PgSink::new(&PgSettings {
-        mapping: mapping(s)?,
+        mapping,
         url: s.pg_url_with_tls(),
         schema: s.pg_schema.clone(),
         pool_size,
@@ -56,9 +66,16 @@ pub fn postgres(s: &Settings, pool_size: u32) -> Result<PgSink, SinkError> {
 }
 
 pub fn elasticsearch(s: &Settings) -> Result<ElasticSink, SinkError> {
+    elasticsearch_with(s, mapping(s)?)
+}
+
+pub fn elasticsearch_with(
+    s: &Settings,
+    mapping: std::sync::Arc<crate::mapping::Mapping>,
+) -> Result<ElasticSink, SinkError> {
     ElasticSink::new(EsSettings {
         url: s.elasticsearch_url.clone(),
-        mapping: mapping(s)?,
+        mapping,
         bulk_max_bytes: s.es_bulk_max_bytes,
         data_stream: s.es_data_stream,
         template_priority: s.es_template_priority,
