@@ -190,6 +190,7 @@ pub async fn run(
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
         mapping: pg.mapping(),
+        replays: Default::default(),
     });
     // Parked records go back to their destinations until shutdown begins (a round cut short
     // is the same as a kill: the next run does it again).

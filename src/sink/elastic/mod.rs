@@ -16,6 +16,7 @@ mod bulk;
 pub mod classify;
 mod delete;
 mod encode;
+mod replayed;
 mod response;
 mod scan;
 mod stream;
