@@ -125,6 +125,7 @@ pub async fn run(
     // Start-up: a signal here ends the daemon at once; stores that are down are waited for.
     let pg = stores::postgres(&settings, settings.pg_pool_size())?;
     let es = stores::elasticsearch(&settings)?;
+    let lifecycle = settings.lifecycle()?;
     let startup = async {
         retry(
             "postgresql migration",
@@ -152,12 +153,23 @@ pub async fn run(
                 message,
             })?;
         tracing::info!(search_store = %store, data_stream = settings.es_data_stream, "search store detected");
+        if let Some(lifecycle) = &lifecycle {
+            lifecycle_covers_replays(&settings, lifecycle).await?;
+            retry(
+                "elasticsearch lifecycle policy",
+                stores::backoff(&settings),
+                &shutdown.drain,
+                || {},
+                || es.ensure_lifecycle(&store),
+            )
+            .await?;
+        }
         retry(
             "elasticsearch index template",
             stores::backoff(&settings),
             &shutdown.drain,
             || {},
-            || es.ensure_template(),
+            || es.ensure_template(&store),
         )
         .await?;
         Ok::<_, SinkError>(())
@@ -392,6 +404,40 @@ async fn watch_triggers(
                 tracing::warn!(target: "log_processor::shutdown", phase = "deadline", elapsed_ms = shutdown.elapsed_ms(), "shutdown: deadline reached, abandoning in-flight batches");
                 shutdown.abort(AbortReason::Deadline);
             }
+        }
+    }
+}
+
+/// Refuses a lifecycle whose delete age a replay could outlast: a record stays replayable as
+/// long as Kafka holds it (`crate::lifecycle::covers_replays`).
+async fn lifecycle_covers_replays(
+    settings: &Settings,
+    lifecycle: &crate::lifecycle::Lifecycle,
+) -> Result<(), SinkError> {
+    use crate::lifecycle::{ReplayWindow, covers_replays, too_short};
+    let permanent = |message: String| SinkError::Permanent {
+        store: "kafka",
+        message,
+    };
+    let config = stores::kafka_reader(settings, "log-processor-retention")
+        .map_err(|e| permanent(e.to_string()))?;
+    let topics = crate::consumer::retention::of_subscribed(settings, config)
+        .await
+        .map_err(|e| SinkError::Transient {
+            store: "kafka",
+            message: e,
+        })?;
+    match covers_replays(lifecycle.delete_after, &topics) {
+        ReplayWindow::Covered => {
+            tracing::info!(
+                delete_after_s = lifecycle.delete_after.as_secs(),
+                topics = topics.len(),
+                "lifecycle delete age outlasts every topic's replay window"
+            );
+            Ok(())
+        }
+        ReplayWindow::TooShort { topic } => {
+            Err(permanent(too_short(lifecycle.delete_after, &topic)))
         }
     }
 }
