@@ -104,3 +104,133 @@ async fn a_rollover_between_the_bulk_and_the_commit_leaves_one_document_per_reco
     );
     s.cleanup().await;
 }
+
+/// Sets the topic's `retention.ms` and `segment.ms` (its replay window is their sum).
+async fn set_retention(s: &Scenario, retention_ms: u64, segment_ms: u64) {
+    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .create()
+        .expect("admin client");
+    let (r, seg) = (retention_ms.to_string(), segment_ms.to_string());
+    let config = AlterConfig::new(ResourceSpecifier::Topic(&s.topic))
+        .set("retention.ms", &r)
+        .set("segment.ms", &seg);
+    let answers = admin
+        .alter_configs([&config], &AdminOptions::new())
+        .await
+        .expect("alter configs");
+    for a in answers {
+        a.unwrap_or_else(|(t, e)| panic!("alter {t:?}: {e}"));
+    }
+}
+
+/// Runs the daemon until it exits (it must, within 60 s): its code and log.
+fn run_to_exit(env: &[(String, String)]) -> (i32, String) {
+    let mut d = Daemon::start(env);
+    let code = d.wait(Duration::from_secs(60));
+    (code, d.tail(40))
+}
+
+/// Which lifecycle API the store at `base` serves, asked independently of the daemon:
+/// `(path, answer)` of the policy's read, `None` when no module serves it.
+async fn lifecycle_api(base: &str) -> (bool, String) {
+    let (status, root) = http("GET", &format!("{base}/_nodes/_local"), None).await;
+    assert_eq!(status, 200, "node info: {root}");
+    let path = match root.contains("\"opensearch") || root.contains("org.opensearch") {
+        true => "/_plugins/_ism/policies/log-processor",
+        false => "/_ilm/policy/log-processor",
+    };
+    let (status, text) = http("GET", &format!("{base}{path}"), None).await;
+    let missing = status == 400 && text.contains("no handler found");
+    println!("lifecycle: GET {path}: HTTP {status}: {text}");
+    (!missing, text)
+}
+
+/// The replay window rule: a delete age the topic's records can outlive is refused, naming
+/// the setting and the topic's retention; one beyond it passes the check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_age_within_the_topics_replay_window_is_refused() {
+    let s = Scenario::new("lifecycle_window", 1).await;
+    // Three days of retention and one-hour segments: readable for up to 3 d 1 h.
+    set_retention(&s, 3 * 86_400_000, 3_600_000).await;
+    let env = with(&s.env(), &[("LP_ES_LIFECYCLE", "warm=1d,delete=3d".into())]);
+    let (code, log) = run_to_exit(&env);
+    assert_ne!(
+        code, 0,
+        "started with a delete age inside the replay window:\n{log}"
+    );
+    let expected = format!(
+        "LP_ES_LIFECYCLE: delete=3.00d must exceed the replay window of topic {}: retention.ms=259200000 (3.00d) plus segment.ms=3600000 (0.04d) = 3.04d",
+        s.topic
+    );
+    assert!(
+        log.contains(&expected),
+        "no refusal {expected:?} in:\n{log}"
+    );
+    println!("lifecycle: refused (exit {code}): {expected}");
+
+    // A day more passes the check: what follows depends on the store's lifecycle API.
+    let env = with(&s.env(), &[("LP_ES_LIFECYCLE", "warm=1d,delete=4d".into())]);
+    let (served, _) = lifecycle_api(&elasticsearch_url()).await;
+    let mut d = Daemon::start(&env);
+    if served {
+        d.wait_for_line("index lifecycle policy installed", Duration::from_secs(60));
+        d.signal("TERM");
+        assert_eq!(d.wait(Duration::from_secs(30)), 0, "log:\n{}", d.tail(30));
+        let (_, text) = lifecycle_api(&elasticsearch_url()).await;
+        assert!(
+            text.contains("345600s"),
+            "the policy read back has no 4-day delete: {text}"
+        );
+    } else {
+        let code = d.wait(Duration::from_secs(60));
+        let log = d.tail(40);
+        assert_ne!(code, 0, "started without the lifecycle API:\n{log}");
+        assert!(
+            log.contains("LP_ES_LIFECYCLE is set but") && log.contains("no handler found"),
+            "no refusal naming the missing API in:\n{log}"
+        );
+        assert!(!log.contains("must exceed the replay window"), "{log}");
+        let line = log
+            .lines()
+            .find(|l| l.contains("LP_ES_LIFECYCLE is set but"))
+            .unwrap();
+        println!("lifecycle: refused (exit {code}): {}", strip_ansi(line));
+    }
+    s.cleanup().await;
+}
+
+/// Date-named indices are written by name: a rollover there is refused at start-up, and so
+/// is a data stream without one (its write index could never be deleted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollover_is_refused_outside_data_stream_mode_and_required_inside() {
+    let s = Scenario::new("lifecycle_mode", 1).await;
+    for (data_stream, spec, needle) in [
+        (
+            "false",
+            "rollover=1gb/1d,delete=30d",
+            "rollover needs LP_ES_DATA_STREAM=true",
+        ),
+        ("true", "delete=30d", "declare rollover=SIZE/AGE"),
+        ("false", "delete=30", "is not an age"),
+    ] {
+        let env = with(
+            &s.env(),
+            &[
+                ("LP_ES_LIFECYCLE", spec.into()),
+                ("LP_ES_DATA_STREAM", data_stream.into()),
+            ],
+        );
+        let (code, log) = run_to_exit(&env);
+        assert_eq!(
+            code, 2,
+            "LP_ES_LIFECYCLE={spec} data stream {data_stream}:\n{log}"
+        );
+        assert!(
+            log.contains("LP_ES_LIFECYCLE") && log.contains(needle),
+            "{spec}: {log}"
+        );
+    }
+    s.cleanup().await;
+}
