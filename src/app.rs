@@ -126,6 +126,7 @@ pub async fn run(
     let pg = stores::postgres(&settings, settings.pg_pool_size())?;
     let es = stores::elasticsearch(&settings)?;
     let lifecycle = settings.lifecycle()?;
+    let kafka_reader = stores::kafka_reader(&settings, "log-processor-retention")?;
     let startup = async {
         retry(
             "postgresql migration",
@@ -154,7 +155,7 @@ pub async fn run(
             })?;
         tracing::info!(search_store = %store, data_stream = settings.es_data_stream, "search store detected");
         if let Some(lifecycle) = &lifecycle {
-            lifecycle_covers_replays(&settings, lifecycle).await?;
+            crate::consumer::retention::check(&settings, kafka_reader.clone(), lifecycle).await?;
             retry(
                 "elasticsearch lifecycle policy",
                 stores::backoff(&settings),
@@ -404,40 +405,6 @@ async fn watch_triggers(
                 tracing::warn!(target: "log_processor::shutdown", phase = "deadline", elapsed_ms = shutdown.elapsed_ms(), "shutdown: deadline reached, abandoning in-flight batches");
                 shutdown.abort(AbortReason::Deadline);
             }
-        }
-    }
-}
-
-/// Refuses a lifecycle whose delete age a replay could outlast: a record stays replayable as
-/// long as Kafka holds it (`crate::lifecycle::covers_replays`).
-async fn lifecycle_covers_replays(
-    settings: &Settings,
-    lifecycle: &crate::lifecycle::Lifecycle,
-) -> Result<(), SinkError> {
-    use crate::lifecycle::{ReplayWindow, covers_replays, too_short};
-    let permanent = |message: String| SinkError::Permanent {
-        store: "kafka",
-        message,
-    };
-    let config = stores::kafka_reader(settings, "log-processor-retention")
-        .map_err(|e| permanent(e.to_string()))?;
-    let topics = crate::consumer::retention::of_subscribed(settings, config)
-        .await
-        .map_err(|e| SinkError::Transient {
-            store: "kafka",
-            message: e,
-        })?;
-    match covers_replays(lifecycle.delete_after, &topics) {
-        ReplayWindow::Covered => {
-            tracing::info!(
-                delete_after_s = lifecycle.delete_after.as_secs(),
-                topics = topics.len(),
-                "lifecycle delete age outlasts every topic's replay window"
-            );
-            Ok(())
-        }
-        ReplayWindow::TooShort { topic } => {
-            Err(permanent(too_short(lifecycle.delete_after, &topic)))
         }
     }
 }

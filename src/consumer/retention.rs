@@ -11,6 +11,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::config::Settings;
 use crate::lifecycle::TopicRetention;
+use crate::sink::SinkError;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -59,4 +60,37 @@ pub async fn of_subscribed(
         });
     }
     Ok(out)
+}
+
+/// Refuses a lifecycle whose delete age a replay could outlast: a record stays replayable as
+/// long as Kafka holds it (`crate::lifecycle::covers_replays`).
+pub async fn check(
+    settings: &Settings,
+    config: ClientConfig,
+    lifecycle: &crate::lifecycle::Lifecycle,
+) -> Result<(), SinkError> {
+    use crate::lifecycle::{ReplayWindow, covers_replays, too_short};
+    let permanent = |message: String| SinkError::Permanent {
+        store: "kafka",
+        message,
+    };
+    let topics = of_subscribed(settings, config)
+        .await
+        .map_err(|e| SinkError::Transient {
+            store: "kafka",
+            message: e,
+        })?;
+    match covers_replays(lifecycle.delete_after, &topics) {
+        ReplayWindow::Covered => {
+            tracing::info!(
+                delete_after_s = lifecycle.delete_after.as_secs(),
+                topics = topics.len(),
+                "lifecycle delete age outlasts every topic's replay window"
+            );
+            Ok(())
+        }
+        ReplayWindow::TooShort { topic } => {
+            Err(permanent(too_short(lifecycle.delete_after, &topic)))
+        }
+    }
 }
