@@ -126,6 +126,8 @@ pub async fn run(
     let mapping = stores::mapping(&settings)?;
     let pg = stores::postgres_with(&settings, settings.pg_pool_size(), mapping.clone())?;
     let es = stores::elasticsearch_with(&settings, mapping.clone())?;
+    let lifecycle = settings.lifecycle()?;
+    let kafka_reader = stores::kafka_reader(&settings, "log-processor-retention")?;
     let startup = async {
         retry(
             "postgresql migration",
@@ -153,12 +155,23 @@ pub async fn run(
                 message,
             })?;
         tracing::info!(search_store = %store, data_stream = settings.es_data_stream, "search store detected");
+        if let Some(lifecycle) = &lifecycle {
+            crate::consumer::retention::check(&settings, kafka_reader.clone(), lifecycle).await?;
+            retry(
+                "elasticsearch lifecycle policy",
+                stores::backoff(&settings),
+                &shutdown.drain,
+                || {},
+                || es.ensure_lifecycle(&store),
+            )
+            .await?;
+        }
         retry(
             "elasticsearch index template",
             stores::backoff(&settings),
             &shutdown.drain,
             || {},
-            || es.ensure_template(),
+            || es.ensure_template(&store),
         )
         .await?;
         Ok::<_, SinkError>(())
@@ -191,6 +204,7 @@ pub async fn run(
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
         mapping: mapping.clone(),
+        replays: Default::default(),
     });
     // Parked records go back to their destinations until shutdown begins (a round cut short
     // is the same as a kill: the next run does it again).

@@ -180,6 +180,11 @@ pub struct Settings {
     /// sent with `op_type: create` (a replay's 409 means "already there").
     #[arg(long, env = "LP_ES_DATA_STREAM", default_value_t = false, action = clap::ArgAction::Set)]
     pub es_data_stream: bool,
+    /// Index lifecycle for every index pattern, installed as an ILM (Elasticsearch) or ISM
+    /// (OpenSearch) policy: `rollover=SIZE/AGE` (data-stream mode only), `warm=AGE`,
+    /// `delete=AGE`, e.g. `warm=7d,delete=30d`. Unset: no policy.
+    #[arg(long, env = "LP_ES_LIFECYCLE")]
+    pub es_lifecycle: Option<String>,
     /// Priority of the index template; above the built-in `logs-*-*` (100) and the
     /// Fleet-managed ones (up to 200), so overlapping patterns cannot be refused.
     #[arg(long, env = "LP_ES_TEMPLATE_PRIORITY", default_value_t = 501)]
@@ -349,6 +354,18 @@ impl Settings {
     }
 
     /// `LP_TOPICS` checked (`crate::topics`): exact names and patterns.
+    /// `LP_ES_LIFECYCLE` read and checked against the index mode.
+    pub fn lifecycle(&self) -> Result<Option<crate::lifecycle::Lifecycle>, ConfigError> {
+        let Some(spec) = &self.es_lifecycle else {
+            return Ok(None);
+        };
+        let field = "LP_ES_LIFECYCLE (--es-lifecycle)";
+        let lifecycle = crate::lifecycle::parse(spec).map_err(|e| invalid(field, e))?;
+        crate::lifecycle::check(&lifecycle, self.es_data_stream)
+            .map_err(|e| invalid(field, e.to_string()))?;
+        Ok(Some(lifecycle))
+    }
+
     pub fn topic_selection(&self) -> Result<crate::topics::TopicSelection, ConfigError> {
         crate::topics::TopicSelection::parse(&self.topics)
             .map_err(|e| invalid("LP_TOPICS (--topics)", e))

@@ -15,6 +15,7 @@ pub mod gaps;
 pub mod group_watch;
 pub mod http;
 pub mod identity;
+pub mod lifecycle;
 pub mod loadgen;
 pub mod mapping;
 pub mod metrics;

@@ -79,6 +79,10 @@ pub fn elasticsearch_with(
         bulk_max_bytes: s.es_bulk_max_bytes,
         data_stream: s.es_data_stream,
         template_priority: s.es_template_priority,
+        lifecycle: s.lifecycle().map_err(|e| SinkError::Permanent {
+            store: "configuration",
+            message: e.to_string(),
+        })?,
         timeout: s.es_timeout_ms.0,
         backoff: backoff(s),
         tls: es_tls(s),

@@ -17,6 +17,7 @@
 //! partition's later batches in order, and the worker goes on with its queue.
 
 mod lane;
+mod replayed;
 mod stores;
 mod write;
 
@@ -52,6 +53,8 @@ pub struct WorkerContext {
     pub shutdown: Shutdown,
     /// Which table and index each record goes to, and its typed columns.
     pub mapping: Arc<crate::mapping::Mapping>,
+    /// Documents earlier owners left above the watermarks (data-stream mode's replays).
+    pub replays: replayed::Replays,
 }
 
 impl WorkerContext {

@@ -11,6 +11,7 @@ impl Settings {
     /// Cross-field validation; the first problem found names its field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.topic_selection()?;
+        self.lifecycle()?;
         // librdkafka takes up to an hour; below a second the whole cluster's metadata would
         // be read several times a second.
         if !(1_000..=3_600_000).contains(&self.topic_refresh().as_millis()) {

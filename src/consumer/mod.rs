@@ -13,6 +13,7 @@ mod commit;
 mod fetch_watch;
 mod identity;
 mod rebalance;
+pub mod retention;
 mod rules;
 mod start;
 mod state;

@@ -39,6 +39,15 @@ pub trait SearchStore: Send + Sync + 'static {
     ) -> StoreFuture<'a, ()>;
     /// The index a record's document goes to.
     fn index_name(&self, record: &StoredRecord) -> String;
+    /// The offsets of `tp` from `from` on that have a document already, where a replay could
+    /// not find it by writing (see `ElasticSink::indexed_from`).
+    fn indexed_from<'a>(
+        &'a self,
+        tp: &'a TopicPartition,
+        from: i64,
+        cancel: &'a CancellationToken,
+        on_retry: OnRetry<'a>,
+    ) -> StoreFuture<'a, Vec<i64>>;
 }
 
 /// PostgreSQL.
@@ -70,6 +79,16 @@ impl SearchStore for ElasticSink {
 
     fn index_name(&self, record: &StoredRecord) -> String {
         ElasticSink::index_name(self, record)
+    }
+
+    fn indexed_from<'a>(
+        &'a self,
+        tp: &'a TopicPartition,
+        from: i64,
+        cancel: &'a CancellationToken,
+        on_retry: OnRetry<'a>,
+    ) -> StoreFuture<'a, Vec<i64>> {
+        Box::pin(ElasticSink::indexed_from(self, tp, from, cancel, on_retry))
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use tokio::sync::Notify;
 
+use super::replayed::{Lookup, renumbered, without_documents};
 use super::{Outcome, WorkerContext};
 use crate::model::{Batch, Parked, RawRecord, RejectStage, StoredRecord};
 use crate::pipeline;
@@ -59,10 +60,7 @@ async fn write(ctx: &WorkerContext, batch: &Batch, held_now: &Notify) -> Result<
         hold(&format!("elasticsearch: {why}"));
     };
     let t = Instant::now();
-    let indexed = ctx
-        .es
-        .index(&batch.stored, &records, cancel, &search_refused)
-        .await?;
+    let indexed = index_new(ctx, batch, &records, &search_refused).await?;
     ctx.metrics.es_latency.observe(t.elapsed());
     crate::failpoint::hit("after_es_bulk").await;
     let refused = pipeline::take_refused(&mut records, indexed);
@@ -194,6 +192,34 @@ fn count_by_table<'a, 'm>(
             .or_default() += 1;
     }
     out
+}
+
+/// Indexes the records that have no document yet: those an earlier owner indexed (and was
+/// stopped before committing) are left where they are, which in data-stream mode may be a
+/// backing index the stream has rolled over from (see `replayed`).
+async fn index_new(
+    ctx: &WorkerContext,
+    batch: &Batch,
+    records: &[StoredRecord],
+    on_retry: &(dyn Fn(&str) + Sync),
+) -> Result<crate::sink::elastic::Indexed, SinkError> {
+    let cancel = &batch.revoked;
+    let present = match ctx.replays.lookup(batch) {
+        Lookup::Known(offsets) => offsets,
+        Lookup::Ask(from) => {
+            let found = (ctx.es.indexed_from(&batch.stored, from, cancel, on_retry)).await?;
+            if !found.is_empty() {
+                tracing::info!(tp = %batch.tp, from, documents = found.len(), last = found.last(), "documents indexed before the last commit found; not sent again");
+            }
+            ctx.replays.answered(batch, found)
+        }
+    };
+    if present.is_empty() {
+        return ctx.es.index(&batch.stored, records, cancel, on_retry).await;
+    }
+    let (send, positions) = without_documents(records, &present);
+    let indexed = ctx.es.index(&batch.stored, &send, cancel, on_retry).await?;
+    Ok(renumbered(indexed, &positions))
 }
 
 /// The raw record at `offset` (batches are in offset order).

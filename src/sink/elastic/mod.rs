@@ -16,6 +16,8 @@ mod bulk;
 pub mod classify;
 mod delete;
 mod encode;
+mod lifecycle;
+mod replayed;
 mod response;
 mod scan;
 mod stream;
@@ -60,6 +62,8 @@ pub struct EsSettings {
     /// Data-stream mode: `create` actions and a `data_stream` template.
     pub data_stream: bool,
     pub template_priority: u32,
+    /// `LP_ES_LIFECYCLE`: a policy installed at start-up and attached to the indices.
+    pub lifecycle: Option<crate::lifecycle::Lifecycle>,
     pub timeout: Duration,
     pub backoff: Backoff,
     pub tls: EsTls,
@@ -291,6 +295,7 @@ pub(super) fn test_sink(url: &str, data_stream: bool) -> ElasticSink {
         bulk_max_bytes: 1 << 20,
         data_stream,
         template_priority: 501,
+        lifecycle: None,
         timeout: Duration::from_secs(1),
         backoff: Backoff {
             initial: Duration::from_millis(1),
@@ -328,6 +333,7 @@ mod tests {
             bulk_max_bytes: 1 << 20,
             data_stream: false,
             template_priority: 501,
+            lifecycle: None,
             timeout: Duration::from_secs(1),
             backoff: Backoff {
                 initial: Duration::from_millis(1),

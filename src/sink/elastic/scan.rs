@@ -115,7 +115,11 @@ impl ElasticSink {
     }
 
     /// One search of `indices`: its hits, or `None` when it is forbidden (HTTP 403).
-    async fn search(&self, indices: &str, query: &Value) -> Result<Option<Vec<Found>>, SinkError> {
+    pub(super) async fn search(
+        &self,
+        indices: &str,
+        query: &Value,
+    ) -> Result<Option<Vec<Found>>, SinkError> {
         let path = format!(
             "/{indices}/_search?ignore_unavailable=true&allow_no_indices=true&filter_path=hits.hits._index,hits.hits._id,hits.hits._source",
         );

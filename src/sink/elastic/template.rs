@@ -14,19 +14,24 @@ use super::classify::request_ok;
 use crate::mapping::template_prefix;
 use crate::sink::SinkError;
 
-use super::{ElasticSink, STORE, truncate};
+use super::{ElasticSink, Product, STORE, StoreInfo, truncate};
+use crate::lifecycle::POLICY_NAME;
 
 impl ElasticSink {
     /// Creates (or updates) one index template per index pattern of the mapping, mapping the
     /// recognised fields and the typed columns of the tables routed there.
-    pub async fn ensure_template(&self) -> Result<(), SinkError> {
+    /// With `LP_ES_LIFECYCLE` on Elasticsearch, the template names the ILM policy
+    /// (`ensure_lifecycle` installs it first: Elasticsearch refuses the setting of a store
+    /// without ILM). OpenSearch's ISM policy attaches itself (`ism_template`).
+    pub async fn ensure_template(&self, store: &StoreInfo) -> Result<(), SinkError> {
+        let ilm = self.settings.lifecycle.is_some() && store.product == Product::Elasticsearch;
         for pattern in self.settings.mapping.index_patterns() {
-            self.ensure_template_of(pattern).await?;
+            self.ensure_template_of(pattern, ilm).await?;
         }
         Ok(())
     }
 
-    async fn ensure_template_of(&self, pattern: &str) -> Result<(), SinkError> {
+    async fn ensure_template_of(&self, pattern: &str, ilm: bool) -> Result<(), SinkError> {
         let prefix = template_prefix(pattern);
         let name = format!("log-processor-{}", prefix.trim_end_matches(['-', '.', '_']));
         let mut fields = json!({ "type": "object" });
@@ -68,6 +73,9 @@ impl ElasticSink {
         });
         if self.settings.data_stream {
             body["data_stream"] = json!({});
+        }
+        if ilm {
+            body["template"]["settings"]["index.lifecycle.name"] = json!(POLICY_NAME);
         }
         let (status, text) = self
             .request(

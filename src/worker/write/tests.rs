@@ -52,6 +52,18 @@ impl SearchStore for Arc<Documents> {
         Box::pin(async move { Ok(out) })
     }
 
+    fn indexed_from<'a>(
+        &'a self,
+        _: &'a TopicPartition,
+        from: i64,
+        _: &'a CancellationToken,
+        _: OnRetry<'a>,
+    ) -> StoreFuture<'a, Vec<i64>> {
+        let held = self.held.lock().unwrap();
+        let offsets = held.keys().copied().filter(|o| *o >= from).collect();
+        Box::pin(async move { Ok(offsets) })
+    }
+
     fn delete<'a>(
         &'a self,
         _: &'a TopicPartition,
@@ -145,6 +157,7 @@ fn context(documents: &Arc<Documents>, rows: &Arc<Rows>) -> WorkerContext {
         metrics: Arc::new(Metrics::default()),
         shutdown: Shutdown::new(Duration::from_secs(25)),
         mapping: Arc::new(crate::mapping::Mapping::builtin("logs-%Y")),
+        replays: Default::default(),
     }
 }
 
