@@ -3,6 +3,8 @@
 //! whole request's status. The table in docs/ARCHITECTURE.md lists every class with its case
 //! in the unit test below.
 
+use crate::sink::SinkError;
+
 /// What to do with one Elasticsearch bulk item given its HTTP status and error type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ItemAction {
@@ -94,6 +96,22 @@ pub fn field_limit(reason: &str) -> Option<usize> {
 /// Classification of a whole request's status (template, bulk): success or try again.
 pub fn request_ok(status: u16) -> bool {
     (200..=299).contains(&status)
+}
+
+/// The answer to a set-up request (a template, a policy): done, worth retrying (load or
+/// outage), or a refusal start-up cannot get past, with `message` saying what was refused.
+pub(super) fn setup_answer(status: u16, message: String) -> Result<(), SinkError> {
+    match status {
+        _ if request_ok(status) => Ok(()),
+        429 | 500..=599 => Err(SinkError::Transient {
+            store: super::STORE,
+            message,
+        }),
+        _ => Err(SinkError::Permanent {
+            store: super::STORE,
+            message,
+        }),
+    }
 }
 
 #[cfg(test)]

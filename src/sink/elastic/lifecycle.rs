@@ -8,7 +8,7 @@
 use elasticsearch::http::Method;
 use serde_json::Value;
 
-use super::classify::request_ok;
+use super::classify::setup_answer;
 use super::{ElasticSink, Product, STORE, StoreInfo, truncate};
 use crate::lifecycle::{Lifecycle, POLICY_NAME, ilm_policy, ism_policy};
 use crate::mapping::template_prefix;
@@ -100,19 +100,11 @@ impl ElasticSink {
 fn answer(what: &str, status: u16, text: &str) -> Result<PolicyOutcome, SinkError> {
     let message = format!("{what}: HTTP {status}: {}", truncate(text, 500));
     match status {
-        _ if request_ok(status) => Ok(PolicyOutcome::Installed),
         // The stores' answer to a path no module serves.
         400 | 404 | 405 if text.contains("no handler found") => {
             Ok(PolicyOutcome::Unavailable(message))
         }
-        429 | 500..=599 => Err(SinkError::Transient {
-            store: STORE,
-            message,
-        }),
-        _ => Err(SinkError::Permanent {
-            store: STORE,
-            message,
-        }),
+        _ => setup_answer(status, message).map(|()| PolicyOutcome::Installed),
     }
 }
 

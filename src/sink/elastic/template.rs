@@ -10,11 +10,11 @@
 use elasticsearch::http::Method;
 use serde_json::json;
 
-use super::classify::request_ok;
+use super::classify::setup_answer;
 use crate::mapping::template_prefix;
 use crate::sink::SinkError;
 
-use super::{ElasticSink, Product, STORE, StoreInfo, truncate};
+use super::{ElasticSink, Product, StoreInfo, truncate};
 use crate::lifecycle::POLICY_NAME;
 
 impl ElasticSink {
@@ -88,17 +88,7 @@ impl ElasticSink {
         if text.contains("have the same priority") {
             message.push_str(" (choose another LP_ES_TEMPLATE_PRIORITY)");
         }
-        match status {
-            _ if request_ok(status) => Ok(()),
-            429 | 500..=599 => Err(SinkError::Transient {
-                store: STORE,
-                message,
-            }),
-            _ => Err(SinkError::Permanent {
-                store: STORE,
-                message,
-            }),
-        }
+        setup_answer(status, message)
     }
 }
 
