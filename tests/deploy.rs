@@ -2047,3 +2047,26 @@ fn helm_chart_alerts_are_the_prometheus_rules_of_k8s() {
         "{CHART}/files/rules-spec.yaml differs from the spec of k8s/prometheus-rules.yaml"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// (f) the image itself, built and run under podman.
+
+/// The Dockerfile's runtime stage, built under podman around this test's binary and run
+/// against the services (scripts/image-check.sh): non-root, PID 1, read-only root file system,
+/// `/healthz` and `/readyz` answer, and `podman stop` drains it to exit code 0 in the deadline.
+/// The script installs podman and mmdebstrap when missing; it fails, never skips, when it
+/// cannot run them.
+#[test]
+fn the_image_runs_as_pid_1_non_root_read_only_and_drains_on_podman_stop() {
+    let mut c = Command::new("bash");
+    c.arg(repo("scripts/image-check.sh"))
+        .env("LP_IMAGE_BINARY", BIN)
+        .stdin(Stdio::null());
+    let (code, out, err) = run_bounded(c, Duration::from_secs(900));
+    assert_eq!(code, 0, "scripts/image-check.sh failed:\n{err}{out}");
+    let summary = out
+        .lines()
+        .find(|l| l.starts_with("image-check: ok "))
+        .unwrap_or_else(|| panic!("no summary line:\n{err}{out}"));
+    println!("{err}{summary}");
+}
