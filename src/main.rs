@@ -59,6 +59,18 @@ enum Command {
     /// drop them into the dead letters, or send them to another index.
     #[command(subcommand)]
     Parked(ParkedCommand),
+    /// Print a completion script for a shell, e.g. `log-processor completions bash >
+    /// /etc/bash_completion.d/log-processor`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `log-processor man | man -l -`; with --out-dir, write one
+    /// page per command there (log-processor.1, log-processor-run.1, ...).
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -90,7 +102,7 @@ fn main() -> ExitCode {
     let format = match &cli.command {
         Command::Run(s) | Command::Migrate(s) => s.log_format,
         Command::CheckConfig(a) => a.settings.log_format,
-        Command::Loadgen(_) => LogFormat::Human,
+        Command::Loadgen(_) | Command::Completions { .. } | Command::Man { .. } => LogFormat::Human,
         Command::Status(a) => a.settings.log_format,
         Command::Audit(a) => a.settings.log_format,
         Command::DeadLetters(DeadLettersCommand::List(a)) => a.settings.log_format,
@@ -103,6 +115,14 @@ fn main() -> ExitCode {
     };
     init_tracing(format);
     match cli.command {
+        Command::Completions { shell } => {
+            // Generated into memory: clap_complete panics on a failed write (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "log-processor", &mut script);
+            let written = std::io::Write::write_all(&mut std::io::stdout(), &script);
+            report(written.context("writing the completions"))
+        }
+        Command::Man { out_dir } => report(man(out_dir).context("man")),
         Command::CheckConfig(a) => match a.settings.validate() {
             Ok(()) => {
                 let view = View::new(&a.settings, &sources);
@@ -210,6 +230,15 @@ fn main() -> ExitCode {
             println!("{}", admin::parked::reroute(&a).await?);
             Ok(())
         }),
+    }
+}
+
+/// The man pages, from the same definitions as `--help`: clap_mangen prints each option's
+/// variable by name, never a value from the environment.
+fn man(out_dir: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    match out_dir {
+        Some(dir) => Ok(clap_mangen::generate_to(Cli::command(), dir)?),
+        None => Ok(clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?),
     }
 }
 
