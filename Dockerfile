@@ -34,7 +34,9 @@ RUN touch src/main.rs src/lib.rs \
 # Runtime: the binary links libc, libm, libgcc_s, zlib and OpenSSL 3 (librdkafka's TLS and SCRAM;
 # `ldd target/release/log-processor`); PostgreSQL and Elasticsearch use rustls. The package list
 # is the one of `scripts/system-deps.sh --list --runtime-only` (tests/deploy.rs checks it against ldd).
-FROM debian:bookworm-slim
+# Named so that `podman build --target runtime --build-context builder=DIR` can build it from a
+# binary built elsewhere (scripts/image-check.sh).
+FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g libgcc-s1 \
  && rm -rf /var/lib/apt/lists/* \

@@ -4,7 +4,7 @@ INFRA := tests/infra/infra.sh
 # Integration tests share one Kafka, PostgreSQL and OpenSearch: run them one at a time.
 TEST_FLAGS ?= --test-threads=1
 
-.PHONY: unit test go-tools chaos compat demo services-up services-down services-status build release bench audit-scale system-deps
+.PHONY: unit test go-tools chaos compat demo services-up services-down services-status build release bench audit-scale system-deps image-check
 
 # The build's Debian packages (cmake, libcurl headers, ...): one list, scripts/system-deps.sh.
 # Installs only what is missing, or fails naming the packages to install by hand.
@@ -62,6 +62,12 @@ build: system-deps
 
 release: system-deps
 	cargo build --locked --release
+
+# The Dockerfile's runtime stage built under podman from the release binary and run against the
+# services: non-root, PID 1, read-only root, /healthz and /readyz, `podman stop` drains to exit 0
+# inside the deadline (scripts/image-check.sh; installs podman and mmdebstrap if missing).
+image-check: release services-up
+	eval "$$(bash $(INFRA) env)" && bash scripts/image-check.sh
 
 # `log-processor audit` over 1,000,000 consumed records: time, peak RSS, a run SIGKILLed half
 # way, the repair (scripts/measure-audit.sh; writes bench/results/audit.json).

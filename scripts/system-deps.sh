@@ -22,9 +22,10 @@ build_packages=(cmake make gcc g++ pkg-config libcurl4-openssl-dev zlib1g-dev li
 # libgcc_s; the CA bundle for HTTPS and TLS against public CAs.
 runtime_packages=(libssl3 zlib1g libgcc-s1 ca-certificates)
 # What the scripts around the build call: the demo's and bench's counters (python3, curl),
-# `unshare` (util-linux) and `systemd-analyze verify` (systemd) in the deploy tests. The deploy
+# `unshare` (util-linux) and `systemd-analyze verify` (systemd) in the deploy tests, `groff` to
+# render the man pages in tests/cli_docs.rs (groff-base). The deploy
 # tests' Go tools come from the Go module proxy instead (scripts/go-tools.sh).
-tool_packages=(curl python3 util-linux systemd)
+tool_packages=(curl python3 util-linux systemd groff-base)
 
 action=install
 needs_cargo=1

@@ -1,7 +1,6 @@
 //! Typed configuration: every option is a flag and an `LP_*` environment variable, with
 //! cross-field validation at start-up so a bad setting stops the daemon before it joins a group.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -17,11 +16,13 @@ mod secret_files;
 pub mod security;
 mod summary;
 mod validate;
+mod view;
 
 pub use mask::{mask_url, scrub_urls};
 pub use millis::Millis;
+pub use view::{CheckConfigArgs, Source, Sources, View};
 
-pub use env_file::read_env_file;
+pub use env_file::{apply_config_file, read_env_file};
 pub use kafka_options::KafkaOption;
 pub use security::{KafkaProtocol, PgSslMode, Secret, Security};
 
@@ -423,35 +424,6 @@ impl Settings {
     pub fn group_stall_timeout(&self) -> Duration {
         let default = Duration::from_secs(120).max(4 * self.session_timeout_ms.0);
         self.group_stall_timeout_ms.map_or(default, |m| m.0)
-    }
-}
-
-/// `check-config` output: the effective settings with every secret masked.
-impl fmt::Display for Settings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut s = self.clone();
-        s.database_url = mask_url(&s.database_url);
-        s.elasticsearch_url = mask_url(&s.elasticsearch_url);
-        s.redact_key = s.redact_key.map(|_| "****".into());
-        s.dead_letter_key = s.dead_letter_key.map(|_| "****".into());
-        s.security.kafka_option = (s.security.kafka_option.iter())
-            .map(|o| kafka_options::shown_flag(o))
-            .collect();
-        s.group_stall_timeout_ms = Some(Millis(self.group_stall_timeout()));
-        s.revoke_drain_timeout_ms = Some(Millis(self.revoke_drain_timeout()));
-        s.liveness_timeout_ms = Some(Millis(self.liveness_timeout()));
-        s.topic_refresh_ms = Some(Millis(self.topic_refresh()));
-        writeln!(f, "{s:#?}")?;
-        writeln!(f, "{}", self.security_summary())?;
-        write!(
-            f,
-            "worst-case memory: {} MiB (a 64 MiB base, the Kafka prefetch of LP_KAFKA_QUEUE_KBYTES \
-             and one fetch response of LP_KAFKA_FETCH_MAX_BYTES, LP_MEMORY_BUDGET_MB of batches \
-             with every copy of a record counted, and one record of the largest fetchable size \
-             crossing the budget with its {} copies)",
-            self.worst_case_memory_mib(),
-            crate::model::RawRecord::COPIES
-        )
     }
 }
 

@@ -3,14 +3,16 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use futures_util::StreamExt;
 use log_processor::admin::audit::AuditArgs;
 use log_processor::admin::dead_letters::DeadLettersCommand;
 use log_processor::admin::parked::ParkedCommand;
 use log_processor::admin::status::StatusArgs;
 use log_processor::admin::topics::TopicsCommand;
-use log_processor::config::{LogFormat, Settings, read_env_file};
+use log_processor::config::{
+    CheckConfigArgs, LogFormat, Settings, Sources, View, apply_config_file,
+};
 use log_processor::loadgen::{self, LoadgenArgs};
 use log_processor::{admin, app};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -36,8 +38,8 @@ enum Command {
     Run(Settings),
     /// Apply the PostgreSQL schema and exit.
     Migrate(Settings),
-    /// Validate the configuration and print it with secrets masked.
-    CheckConfig(Settings),
+    /// Validate the configuration and print each setting with its source, secrets masked.
+    CheckConfig(CheckConfigArgs),
     /// Produce generated log records to a topic.
     Loadgen(LoadgenArgs),
     /// Where each partition stands: Kafka's end and committed offsets, PostgreSQL's watermark,
@@ -57,25 +59,50 @@ enum Command {
     /// drop them into the dead letters, or send them to another index.
     #[command(subcommand)]
     Parked(ParkedCommand),
+    /// Print a completion script for a shell, e.g. `log-processor completions bash >
+    /// /etc/bash_completion.d/log-processor`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `log-processor man | man -l -`; with --out-dir, write one
+    /// page per command there (log-processor.1, log-processor-run.1, ...).
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     log_processor::allocator::bound_heap_growth();
-    if let Err(e) = load_config_file() {
-        eprintln!("log-processor: {e}");
-        return ExitCode::from(2);
-    }
-    let mut cli = Cli::parse();
+    // SAFETY: first thing in main, before any thread exists.
+    let from_config_file = match unsafe { apply_config_file() } {
+        Ok(names) => names,
+        Err(e) => {
+            eprintln!("log-processor: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // Where each setting came from, for the views of `check-config` and `run`.
+    let sources = match matches.subcommand() {
+        Some(("run" | "check-config", m)) => Sources::from_matches(m, &from_config_file),
+        _ => Sources::default(),
+    };
     // Secrets given as files are read before anything validates or prints the settings.
-    if let Command::Run(s) | Command::Migrate(s) | Command::CheckConfig(s) = &mut cli.command
+    if let Command::Run(s)
+    | Command::Migrate(s)
+    | Command::CheckConfig(CheckConfigArgs { settings: s, .. }) = &mut cli.command
         && let Err(e) = s.load_secret_files()
     {
         eprintln!("log-processor: {e}");
         return ExitCode::from(2);
     }
     let format = match &cli.command {
-        Command::Run(s) | Command::Migrate(s) | Command::CheckConfig(s) => s.log_format,
-        Command::Loadgen(_) => LogFormat::Human,
+        Command::Run(s) | Command::Migrate(s) => s.log_format,
+        Command::CheckConfig(a) => a.settings.log_format,
+        Command::Loadgen(_) | Command::Completions { .. } | Command::Man { .. } => LogFormat::Human,
         Command::Status(a) => a.settings.log_format,
         Command::Audit(a) => a.settings.log_format,
         Command::DeadLetters(DeadLettersCommand::List(a)) => a.settings.log_format,
@@ -88,9 +115,21 @@ fn main() -> ExitCode {
     };
     init_tracing(format);
     match cli.command {
-        Command::CheckConfig(s) => match s.validate() {
+        Command::Completions { shell } => {
+            // Generated into memory: clap_complete panics on a failed write (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "log-processor", &mut script);
+            let written = std::io::Write::write_all(&mut std::io::stdout(), &script);
+            report(written.context("writing the completions"))
+        }
+        Command::Man { out_dir } => report(man(out_dir).context("man")),
+        Command::CheckConfig(a) => match a.settings.validate() {
             Ok(()) => {
-                println!("{s}");
+                let view = View::new(&a.settings, &sources);
+                match a.json {
+                    true => println!("{}", view.to_json()),
+                    false => print!("{view}"),
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -103,6 +142,7 @@ fn main() -> ExitCode {
                 eprintln!("log-processor: {e}");
                 return ExitCode::from(2);
             }
+            log_view(&View::new(&s, &sources), s.log_format);
             match runtime().and_then(|rt| rt.block_on(run(s))) {
                 Ok(code) => {
                     // Leave at once: a consumer thread stuck on a dead broker must not hold us.
@@ -193,6 +233,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// The man pages, from the same definitions as `--help`: clap_mangen prints each option's
+/// variable by name, never a value from the environment.
+fn man(out_dir: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    match out_dir {
+        Some(dir) => Ok(clap_mangen::generate_to(Cli::command(), dir)?),
+        None => Ok(clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?),
+    }
+}
+
 /// Runs an operator command: exit 2 on bad settings, 1 on any other error.
 fn admin_command(
     settings: &Settings,
@@ -232,29 +281,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// Applies `--config FILE` / `LP_CONFIG` before clap reads the environment. Runs before any
-/// thread exists, which is what makes setting variables sound.
-fn load_config_file() -> Result<(), log_processor::config::ConfigError> {
-    let args: Vec<String> = std::env::args().collect();
-    let from_args = args
-        .iter()
-        .position(|a| a == "--config")
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .or_else(|| {
-            args.iter()
-                .find_map(|a| a.strip_prefix("--config=").map(String::from))
-        });
-    let Some(path) = from_args.or_else(|| std::env::var("LP_CONFIG").ok()) else {
-        return Ok(());
-    };
-    for (k, v) in read_env_file(path.as_ref())? {
-        if std::env::var_os(&k).is_none() {
-            // SAFETY: single-threaded at this point (called first thing in main).
-            unsafe { std::env::set_var(k, v) };
-        }
+/// The effective configuration, once at start-up: what `check-config` prints, so a log shows
+/// what a run was started with.
+fn log_view(view: &View, format: LogFormat) {
+    match format {
+        LogFormat::Json => tracing::info!(config = %view.to_json_line(), "effective configuration"),
+        LogFormat::Human => tracing::info!("effective configuration\n{view}"),
     }
-    Ok(())
 }
 
 fn init_tracing(format: LogFormat) {

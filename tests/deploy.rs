@@ -463,12 +463,69 @@ fn secrets_never_appear_in_help_or_check_config() {
     .collect();
     let (code, help, err) = run_bounded(lp(&["run", "--help"], &env), Duration::from_secs(10));
     assert_eq!(code, 0, "run --help: {err}");
-    let effective = check_config(&env, &[], "secrets");
+    let effective =
+        check_config(&env, &[], "secrets") + &check_config(&env, &["--json"], "secrets");
     for secret in ["hunter2", &"ab".repeat(32)] {
         assert!(!help.contains(secret), "--help shows {secret}:\n{help}");
         assert!(
             !effective.contains(secret),
             "check-config shows {secret}:\n{effective}"
+        );
+    }
+}
+
+/// `check-config` names where each value came from: default, environment, config file, flag,
+/// a `_FILE`, or derived from other settings; `--json` says the same to scripts.
+#[test]
+fn check_config_names_each_source() {
+    let dir = TempDir::new("sources");
+    let config = dir.0.join("lp.env");
+    // LP_WORKERS is in the environment too, which wins over the file.
+    std::fs::write(&config, "LP_BATCH_MAX_RECORDS=500\nLP_WORKERS=9\n").unwrap();
+    let password = dir.0.join("es-password");
+    std::fs::write(&password, "file-hunter2\n").unwrap();
+    let env: BTreeMap<String, String> = [
+        ("LP_WORKERS", "3"),
+        ("LP_ES_USERNAME", "lp"),
+        ("LP_ES_PASSWORD_FILE", password.to_str().unwrap()),
+        ("LP_KAFKA_OPTION_FETCH_WAIT_MAX_MS", "50"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let args = ["--config", config.to_str().unwrap(), "--group-id", "g1"];
+    let text = check_config(&env, &args, "every source");
+    println!("{text}");
+    for (key, value, source) in [
+        ("LP_BATCH_MAX_RECORDS", "500", "config file"),
+        ("LP_WORKERS", "3", "environment"),
+        ("LP_GROUP_ID", "g1", "flag"),
+        ("LP_TOPICS", "logs", "default"),
+        ("LP_PG_POOL_SIZE", "5", "derived"),
+        ("LP_ES_PASSWORD", "****", "_FILE"),
+        ("LP_KAFKA_OPTION_FETCH_WAIT_MAX_MS", "50", "environment"),
+        ("LP_ES_API_KEY", "", "unset"),
+    ] {
+        assert_eq!(
+            effective_setting(&text, key),
+            Some((value, source)),
+            "{key}:\n{text}"
+        );
+    }
+    let mut json_args = args.to_vec();
+    json_args.push("--json");
+    let json = check_config(&env, &json_args, "every source, as JSON");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("check-config --json");
+    assert_eq!(
+        v["settings"]["LP_BATCH_MAX_RECORDS"]["source"],
+        "config file"
+    );
+    assert_eq!(v["settings"]["LP_ES_PASSWORD"]["value"], "****");
+    assert_eq!(v["derived"]["shutdown_deadline_ms"], 25000);
+    for out in [&text, &json] {
+        assert!(
+            !out.contains("hunter2"),
+            "the password file's content shown:\n{out}"
         );
     }
 }
@@ -485,9 +542,10 @@ fn check_config(env: &BTreeMap<String, String>, extra: &[&str], what: &str) -> S
     out
 }
 
-/// Every variable is an option of `run` (so a misspelt key fails) and, where the effective
-/// settings show it plainly, took the value given.
-fn assert_options(vars: &BTreeMap<String, String>, effective: &str, what: &str) {
+/// Every variable is an option of `run` (so a misspelt key fails), took the value given where
+/// the effective settings show it plainly (secrets and URLs are masked), and came from `source`
+/// (`environment`, `config file`): check-config prints `LP_NAME=value  (source)` per setting.
+fn assert_options(vars: &BTreeMap<String, String>, effective: &str, source: &str, what: &str) {
     let help = help_text();
     for (key, value) in vars {
         assert!(
@@ -499,43 +557,39 @@ fn assert_options(vars: &BTreeMap<String, String>, effective: &str, what: &str) 
             help.contains(&format!("[env: {key}=")) || help.contains(&format!("[env: {key}]")),
             "{what}: {key} is not an option of `log-processor run` (misspelt?)"
         );
-        let field = key["LP_".len()..].to_lowercase();
-        let shown = if value.chars().all(|c| c.is_ascii_digit()) && !value.is_empty() {
-            vec![
-                format!("    {field}: {value},"),
-                format!("    {field}: Some(\n        {value},\n    ),"),
-            ]
-        } else if value.contains("://") || field == "topics" || field.starts_with("redact") {
-            continue; // masked or shown as a list
-        } else if field == "log_format" {
-            let mut c = value.chars();
-            let cap: String = c.next().unwrap().to_uppercase().chain(c).collect();
-            vec![format!("    {field}: {cap},")]
-        } else if field == "http_addr" {
-            vec![format!("    {field}: {value},")]
-        } else {
-            vec![format!("    {field}: {value:?},")]
-        };
+        let (shown, from) = effective_setting(effective, key).unwrap_or_else(|| {
+            panic!("{what}: {key} not listed; check-config printed:\n{effective}")
+        });
+        assert_eq!(
+            from, source,
+            "{what}: {key} should come from the {source}; check-config printed:\n{effective}"
+        );
+        if value.contains("://") || shown == "****" {
+            continue; // masked
+        }
+        // Lists are shown joined by commas; value enums as their canonical names.
+        let given: Vec<&str> = value.split(',').map(str::trim).collect();
         assert!(
-            shown
-                .iter()
-                .any(|s| effective.lines().any(|l| l == s)
-                    || effective.contains(&format!("\n{s}\n"))),
-            "{what}: {key}={value} not in effect; check-config printed:\n{effective}"
+            shown.eq_ignore_ascii_case(value) || shown == given.join(","),
+            "{what}: {key}={value} not in effect (shows {shown:?}); check-config printed:\n{effective}"
         );
     }
 }
 
-/// Port of the effective `http_addr` in check-config's output.
-fn effective_http_port(effective: &str) -> u16 {
+/// The value and the source check-config prints for `key`.
+fn effective_setting<'a>(effective: &'a str, key: &str) -> Option<(&'a str, &'a str)> {
     let line = effective
         .lines()
-        .find_map(|l| l.trim().strip_prefix("http_addr: "))
-        .expect("http_addr in check-config output");
-    line.trim_end_matches(',')
-        .parse::<SocketAddr>()
-        .unwrap()
-        .port()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))?;
+    let (value, source) = line.rsplit_once("  (")?;
+    Some((value, source.strip_suffix(')')?))
+}
+
+/// Port of the effective `LP_HTTP_ADDR` in check-config's output.
+fn effective_http_port(effective: &str) -> u16 {
+    let (addr, _) =
+        effective_setting(effective, "LP_HTTP_ADDR").expect("LP_HTTP_ADDR in check-config output");
+    addr.parse::<SocketAddr>().unwrap().port()
 }
 
 /// A directory under the system temp dir, removed when dropped (also when a test fails).
@@ -737,7 +791,7 @@ fn kubernetes_environment_is_accepted_by_check_config() {
     );
     let env = m.env_with_dummy_secrets();
     let effective = check_config(&env, &[], "the k8s environment");
-    assert_options(&env, &effective, "k8s/");
+    assert_options(&env, &effective, "environment", "k8s/");
     // The daemon's worst case under these settings fits in the container's memory limit.
     let worst: u64 = effective
         .lines()
@@ -780,10 +834,10 @@ fn systemd_environment_example_is_accepted_by_check_config() {
         &["--config", repo(rel).to_str().unwrap()],
         rel,
     );
-    assert_options(&vars, &effective, rel);
+    assert_options(&vars, &effective, "config file", rel);
     // ...and as systemd passes it: as environment variables.
     let effective = check_config(&vars, &[], rel);
-    assert_options(&vars, &effective, rel);
+    assert_options(&vars, &effective, "environment", rel);
     // The unit's own Environment= lines.
     let unit = unit_file("deploy/systemd/log-processor.service");
     let lp_env: BTreeMap<String, String> = unit
@@ -798,7 +852,7 @@ fn systemd_environment_example_is_accepted_by_check_config() {
         let mut all = vars.clone();
         all.extend(lp_env.clone());
         let effective = check_config(&all, &[], "the unit's Environment=");
-        assert_options(&lp_env, &effective, "log-processor.service");
+        assert_options(&lp_env, &effective, "environment", "log-processor.service");
     }
 }
 
@@ -1992,4 +2046,27 @@ fn helm_chart_alerts_are_the_prometheus_rules_of_k8s() {
         spec,
         "{CHART}/files/rules-spec.yaml differs from the spec of k8s/prometheus-rules.yaml"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// (f) the image itself, built and run under podman.
+
+/// The Dockerfile's runtime stage, built under podman around this test's binary and run
+/// against the services (scripts/image-check.sh): non-root, PID 1, read-only root file system,
+/// `/healthz` and `/readyz` answer, and `podman stop` drains it to exit code 0 in the deadline.
+/// The script installs podman and mmdebstrap when missing; it fails, never skips, when it
+/// cannot run them.
+#[test]
+fn the_image_runs_as_pid_1_non_root_read_only_and_drains_on_podman_stop() {
+    let mut c = Command::new("bash");
+    c.arg(repo("scripts/image-check.sh"))
+        .env("LP_IMAGE_BINARY", BIN)
+        .stdin(Stdio::null());
+    let (code, out, err) = run_bounded(c, Duration::from_secs(900));
+    assert_eq!(code, 0, "scripts/image-check.sh failed:\n{err}{out}");
+    let summary = out
+        .lines()
+        .find(|l| l.starts_with("image-check: ok "))
+        .unwrap_or_else(|| panic!("no summary line:\n{err}{out}"));
+    println!("{err}{summary}");
 }

@@ -39,6 +39,37 @@ pub fn read_env_file(path: &Path) -> Result<Vec<(String, String)>, ConfigError> 
     .collect()
 }
 
+/// Applies `--config FILE` / `LP_CONFIG` before clap reads the environment: each variable the
+/// environment does not set already is set from the file. Returns the names it set, so
+/// `check-config` can say which values came from the file.
+///
+/// # Safety
+/// Sets environment variables: call before any other thread exists (first thing in `main`).
+pub unsafe fn apply_config_file() -> Result<Vec<String>, ConfigError> {
+    let args: Vec<String> = std::env::args().collect();
+    let from_args = args
+        .iter()
+        .position(|a| a == "--config")
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .or_else(|| {
+            args.iter()
+                .find_map(|a| a.strip_prefix("--config=").map(String::from))
+        });
+    let Some(path) = from_args.or_else(|| std::env::var("LP_CONFIG").ok()) else {
+        return Ok(Vec::new());
+    };
+    let mut set = Vec::new();
+    for (k, v) in read_env_file(path.as_ref())? {
+        if std::env::var_os(&k).is_none() {
+            // SAFETY: the caller guarantees no other thread exists.
+            unsafe { std::env::set_var(&k, v) };
+            set.push(k);
+        }
+    }
+    Ok(set)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

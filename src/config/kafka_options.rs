@@ -160,25 +160,6 @@ fn push(options: &mut Vec<KafkaOption>, key: String, value: String) -> Result<()
     Ok(())
 }
 
-/// A `--kafka-option` flag as `check-config` may show it: the value masked when the property
-/// may hold a credential.
-pub(super) fn shown_flag(flag: &str) -> String {
-    match flag.split_once('=') {
-        Some((k, v)) => {
-            let o = KafkaOption {
-                key: k.trim().to_string(),
-                value: v.to_string(),
-            };
-            if o.is_secret() {
-                format!("{}=****", o.key)
-            } else {
-                flag.to_string()
-            }
-        }
-        None => mask_flag(flag),
-    }
-}
-
 /// A malformed flag is echoed only up to where a value could start.
 fn mask_flag(flag: &str) -> String {
     flag.chars().take(40).collect::<String>()

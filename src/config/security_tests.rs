@@ -84,6 +84,8 @@ fn unsupported_mechanism_and_missing_files_name_the_field() {
     );
 }
 
+/// Every secret option set at once: neither `check-config`'s lines nor its JSON (nor the
+/// start-up log, which prints the same view) show any of them.
 #[test]
 fn secrets_never_reach_check_config_output() {
     let mut s = parse(&[
@@ -95,24 +97,71 @@ fn secrets_never_reach_check_config_output() {
         "u",
         "--kafka-sasl-password",
         "kafka-pw-xyz",
+        "--kafka-ssl-key-password",
+        "keypass-xyz",
         "--kafka-option",
         "sasl.oauthbearer.client.secret=oauth-xyz",
         "--elasticsearch-url",
-        "https://127.0.0.1:9200",
+        "https://es-user:es-url-pw-xyz@127.0.0.1:9200",
         "--es-api-key",
         "apikey-xyz",
         "--database-url",
-        "postgres://u:pg-pw-xyz@h/db?sslmode=verify-full",
+        "postgres://u:pg-pw-xyz@h/db?sslmode=verify-full&sslpassword=sslpw-xyz",
+        "--redact-hash",
+        "email",
+        "--redact-key",
+        "redact-key-xyz",
+        "--dead-letter-key",
+        &"ab".repeat(32),
     ]);
     s.validate().unwrap();
-    let shown = format!("{s}");
-    for secret in ["kafka-pw-xyz", "oauth-xyz", "apikey-xyz", "pg-pw-xyz"] {
+    let view = |s: &crate::config::Settings| {
+        let v = crate::config::View::new(s, &crate::config::Sources::default());
+        format!("{v}\n{}\n{}", v.to_json(), v.to_json_line())
+    };
+    // Basic auth instead of the API key (the two are exclusive).
+    let basic = parse(&[
+        "--elasticsearch-url",
+        "https://127.0.0.1:9200",
+        "--es-username",
+        "basic-user",
+        "--es-password",
+        "es-pw-xyz",
+    ]);
+    basic.validate().unwrap();
+    let shown = view(&s) + &view(&basic);
+    let secrets = [
+        "kafka-pw-xyz",
+        "keypass-xyz",
+        "oauth-xyz",
+        "es-url-pw-xyz",
+        "apikey-xyz",
+        "es-pw-xyz",
+        "pg-pw-xyz",
+        "sslpw-xyz",
+        "redact-key-xyz",
+        &"ab".repeat(32),
+    ];
+    for secret in secrets {
         assert!(!shown.contains(secret), "{secret} shown:\n{shown}");
+    }
+    for masked in [
+        "LP_KAFKA_SASL_PASSWORD=****  (",
+        "LP_KAFKA_SSL_KEY_PASSWORD=****  (",
+        "LP_KAFKA_OPTION_SASL_OAUTHBEARER_CLIENT_SECRET=****  (",
+        "LP_ES_API_KEY=****  (",
+        "LP_ES_PASSWORD=****  (",
+        "LP_REDACT_KEY=****  (",
+        "LP_DEAD_LETTER_KEY=****  (",
+        "LP_DATABASE_URL=postgres://u:****@h/db?sslmode=verify-full&sslpassword=****  (",
+        "LP_ELASTICSEARCH_URL=https://es-user:****@127.0.0.1:9200  (",
+    ] {
+        assert!(shown.contains(masked), "{masked} missing:\n{shown}");
     }
     assert!(shown.contains("postgresql: sslmode=verify-full"), "{shown}");
     assert!(shown.contains("auth=api-key ****"), "{shown}");
     s.security.es_insecure_skip_verify = true;
-    assert!(format!("{s}").contains("DISABLED"));
+    assert!(view(&s).contains("DISABLED"));
 }
 
 #[test]

@@ -189,7 +189,7 @@ fn masks_passwords() {
         "--redact-key",
         "k3y",
     ]);
-    let shown = s.to_string();
+    let shown = View::new(&s, &Sources::default()).to_string();
     assert!(
         !shown.contains("hunter2") && !shown.contains("k3y"),
         "{shown}"
