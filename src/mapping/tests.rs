@@ -154,6 +154,8 @@ fn each_type_takes_only_what_both_stores_read_alike() {
     assert!(fits(Timestamptz, json!("2026-11-26T10:00:00.123+01:00")));
     assert!(!fits(Timestamptz, json!("2026-11-26 10:00:00Z")));
     assert!(!fits(Timestamptz, json!(1764151200)));
+    assert!(!fits(Timestamptz, json!("0000-01-01T00:00:00Z")));
+    assert!(fits(Timestamptz, json!("0001-01-01T00:00:00Z")));
     assert!(fits(Inet, json!("10.0.0.1")));
     assert!(!fits(Inet, json!("10.0.0.0/8")));
     assert!(fits(Uuid, json!("0B7C2A2E-4C1E-4F55-9A3E-2F9B8D1C7A10")));

@@ -148,8 +148,11 @@ fn double(text: &str) -> Option<String> {
 /// RFC 3339 with an upper-case `T` and `Z` (or an offset), years 0001..9999: what PostgreSQL and
 /// the search store's `strict_date_optional_time` both read as the same instant.
 fn timestamp(text: &str) -> Option<String> {
+    use chrono::Datelike;
     let strict = text.as_bytes().get(10) == Some(&b'T') && !text.ends_with('z');
-    (strict && chrono::DateTime::parse_from_rfc3339(text).is_ok()).then(|| text.to_string())
+    // Year 0 exists for chrono, not for PostgreSQL.
+    let parsed = chrono::DateTime::parse_from_rfc3339(text).ok();
+    (strict && parsed.is_some_and(|t| t.year() >= 1)).then(|| text.to_string())
 }
 
 /// The hyphenated form `8-4-4-4-12` of hexadecimal digits.
