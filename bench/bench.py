@@ -22,6 +22,9 @@ same commit (checked before each phase; the run stops if the code changes under 
             records: records/s, MiB/s, CPU per record, peak RSS.
   mapping   the best configuration with and without a five-column mapping (bench/mapping-5.toml),
             alternating, --runs times: ratio_typed, the cost of typed columns.
+  freshness a steady produce rate at 25, 50 and 90% of the peak for log-processor (defaults and
+            best) and the peer (tuned): produce -> searchable and produce -> committed percentiles
+            (bench/freshness.py).
   crash     10 SIGKILLs (with restarts) during a run of each, on a second topic of as many
             records (--crash-records); then lost and duplicated records counted from the stores.
   shutdown  SIGTERM at random moments, --shutdown-rounds rounds (100) in each of five variants
@@ -50,6 +53,7 @@ import sys
 import time
 import urllib.parse
 
+import freshness
 import shutdown_bench
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -485,12 +489,38 @@ def e2e_run(kind, ident, topic, n, extra_env=None, poll=0.5, timeout=1800, parti
 
 
 # ---------------------------------------------------------------- data preparation
-def loadgen(topic, n, partitions=6, record_bytes=0):
+def loadgen(topic, n, partitions=6, record_bytes=0, rate=0, start_seq=0):
     t = time.monotonic()
     subprocess.run([LP, "loadgen", "--kafka-brokers", BROKERS, "--topic", topic, "--count", str(n),
-                    "--partitions", str(partitions), "--record-bytes", str(record_bytes)],
+                    "--partitions", str(partitions), "--record-bytes", str(record_bytes),
+                    "--rate", str(rate), "--start-seq", str(start_seq)],
                    check=True, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     return round(time.monotonic() - t, 1)
+
+
+def end_offsets(topic, partitions):
+    """Each partition's end offset (kcat's query mode, timestamp -1)."""
+    args = ["kcat", "-Q", "-b", BROKERS]
+    for p in range(partitions):
+        args += ["-t", f"{topic}:{p}:-1"]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    ends = {}
+    for m in re.finditer(r"\[(\d+)\] offset (-?\d+)", out):
+        ends[int(m.group(1))] = int(m.group(2))
+    if len(ends) != partitions:
+        raise RuntimeError(f"end offsets of {topic}: {out!r}")
+    return ends
+
+
+class FreshnessContext:
+    """What bench/freshness.py needs of the harness."""
+    work, brokers = WORK, BROKERS
+    es = staticmethod(es)
+    psql = staticmethod(psql)
+    loadgen = staticmethod(loadgen)
+    end_offsets = staticmethod(end_offsets)
+    prepare = staticmethod(prepare)
+    start = staticmethod(start)
 
 
 def dump_topic(topic, n, path):
@@ -910,6 +940,14 @@ def markdown(res):
             L.append(f"| {name} | {mp[key]['median_records_per_s']:,} | "
                      f"{', '.join(str(r['records_per_s']) for r in res['mapping'][key])} | "
                      f"{mp[key]['median_cpu_s_per_million']} | {mp[key]['max_peak_rss_mib']} |")
+    fr = res.get("freshness") or {}
+    if fr.get("rows"):
+        L += ["", "## Freshness (produce -> searchable, produce -> committed)", "",
+              f"A steady produce rate at shares of {fr['peak']:,} records/s ({fr['peak_source']}), "
+              f"{fr['seconds']} s each, on a fresh 6-partition topic after 600 warm-up records; each "
+              f"record's latency from its Kafka CreateTime to the first probe (every {fr['poll_s']} s) "
+              f"that saw it searchable in OpenSearch / committed in PostgreSQL (bench/freshness.py).", "",
+              freshness.markdown(fr["rows"])]
     if res.get("batch_sizes"):
         L += ["", "## Batch size (LP_BATCH_MAX_RECORDS)", "",
               "| batch | records measured | steady records/s | CPU s / 1M | SIGTERM to exit under load (ms) | exit |",
@@ -973,7 +1011,10 @@ def main():
     ap.add_argument("--peer-default-records", type=int, help="records the peer at defaults moves (default: records/100)")
     ap.add_argument("--sweep-records", type=int, help="records per ceiling sweep point (default: min(records, 200000))")
     ap.add_argument("--growth-records", type=int, help="records per growth point (default 100000, fewer for big records)")
-    ap.add_argument("--phases", default="e2e,ceilings,batch,growth,mapping,crash,shutdown")
+    ap.add_argument("--phases", default="e2e,ceilings,batch,growth,mapping,freshness,crash,shutdown")
+    ap.add_argument("--freshness-peak", type=int, help="records/s the freshness rates are shares of "
+                    "(default: log-processor's best median of this run's e2e phase, else of bench/results/latest.json)")
+    ap.add_argument("--freshness-seconds", type=int, default=20, help="seconds each freshness run produces")
     ap.add_argument("--shutdown-rounds", type=int, help="SIGTERM rounds per shutdown variant (default 100, smoke 3)")
     ap.add_argument("--crash-records", type=int)
     ap.add_argument("--batch-records", type=int)
@@ -1026,7 +1067,7 @@ def main():
                         "peer_tuned": "peer tuned (bench/peer/config.yaml.tmpl): " + ", ".join(f"{k}={v}" for k, v in PEER_TUNED.items()),
                         "peer_defaults": f"peer at defaults (bench/peer/config-defaults.yaml.tmpl, {peer_default_n:,} records)"},
            "e2e": {key: [] for key, _, _ in E2E}, "ceilings": {}, "ceiling_sweeps": {}, "batch_sizes": [],
-           "growth": [], "mapping": {}, "crash": {}, "shutdown": {},
+           "growth": [], "mapping": {}, "freshness": {}, "crash": {}, "shutdown": {},
            "ceiling_desc": {"kafka_consume": "Kafka: kcat -C -e to /dev/null",
                             "pg": "PostgreSQL: COPY into a log_records-like table (PK + ts index)",
                             "es": "OpenSearch: _bulk of the same documents",
@@ -1049,7 +1090,7 @@ def main():
     if a.merge:
         with open(os.path.join(out_dir, f"latest{suffix}.json")) as f:
             old = json.load(f)
-        kept = [p for p in ("e2e", "ceilings", "batch", "growth", "mapping", "crash", "shutdown") if p not in phases]
+        kept = [p for p in ("e2e", "ceilings", "batch", "growth", "mapping", "freshness", "crash", "shutdown") if p not in phases]
         for p in kept:
             for key in {"batch": ["batch_sizes"], "ceilings": ["ceilings", "ceiling_sweeps"]}.get(p, [p]):
                 res[key] = old.get(key, res[key])
@@ -1213,6 +1254,33 @@ def main():
                         cleanup(ident, ident.replace("_", "-"), lp_template_name(ident))
                     log(f"  {r['seconds']} s, {r['records_per_s']} rec/s, cpu {r['cpu_s']} s")
                     res["mapping"][key].append(r)
+                    save()
+        if "freshness" in phases:
+            phase("freshness")
+            best = (res.get("summary") or {}).get("log_processor_best") or {}
+            peak, source = a.freshness_peak, "--freshness-peak"
+            if not peak and best.get("records_per_s"):
+                peak, source = best["records_per_s"], "this run's e2e phase (log-processor best, median)"
+            if not peak:
+                with open(os.path.join(out_dir, "latest.json")) as f:
+                    full = json.load(f)
+                peak = full["summary"]["log_processor_best"]["records_per_s"]
+                source = f"bench/results/latest.json (commit {full['git_commit'][:7]}, log-processor best, median)"
+            res["freshness"] = {"peak": peak, "peak_source": source, "seconds": a.freshness_seconds,
+                                "poll_s": freshness.POLL, "rows": []}
+            for kind, system in (("lp", "log-processor, defaults"), ("lp_best", "log-processor, best configuration"),
+                                 ("peer", "peer, tuned")):
+                for share in (0.25, 0.5, 0.9):
+                    rate = int(peak * share)
+                    ident = f"bfresh{kind.replace('_', '')}{int(share * 100)}_{stamp}"
+                    log(f"freshness {system} at {rate} records/s ({share:.0%} of {peak})")
+                    try:
+                        r = freshness.run(FreshnessContext, kind, ident, rate, a.freshness_seconds)
+                    finally:
+                        cleanup(ident, ident.replace("_", "-"), template_of(kind, ident))
+                    r.update(system=system, share=share)
+                    log(f"  searchable {r['searchable']}, committed {r['committed']}")
+                    res["freshness"]["rows"].append(r)
                     save()
         if "crash" in phases:
             phase("crash")
