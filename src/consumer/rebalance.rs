@@ -126,6 +126,13 @@ impl Bridge {
         for tp in tps {
             st.core.own(tp.clone(), stored_as[tp].clone());
         }
+        // librdkafka keeps a partition's pause across unassign and assign: one this consumer
+        // paused before it was revoked would come back paused while the core, which forgot it,
+        // counts it as fetching, and no record of it would ever be read again. Every partition
+        // starts resumed; the core pauses again those it wants paused (`apply_pause` below).
+        if let Err(e) = consumer.resume(&tpl_of(tps)) {
+            tracing::warn!(error = %e, "resume of assigned partitions failed");
+        }
         for (tp, offset) in started {
             st.core.start_at(&tp, offset);
         }
