@@ -121,6 +121,13 @@ impl Mapping {
         file::parse(text, index)
     }
 
+    /// Whether this is the built-in mapping (no `LP_MAPPING_FILE`): then the daemon needs
+    /// nothing of PostgreSQL beyond the tables of its migrations' first versions, and a role
+    /// granted only those (README, least privilege) runs it as before.
+    pub fn is_builtin(&self) -> bool {
+        self.routes.len() == 1 && self.tables.len() == 1 && self.tables[0].columns.is_empty()
+    }
+
     pub fn tables(&self) -> &[Table] {
         &self.tables
     }

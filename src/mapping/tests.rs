@@ -68,6 +68,13 @@ fn the_builtin_mapping_is_todays_shape() {
     assert!(m.tables()[0].columns.is_empty());
     assert_eq!(m.route_of("anything", &entry(None), &Map::new()), 0);
     assert_eq!(m.index_patterns(), ["logs-%Y.%m.%d"]);
+    assert!(m.is_builtin());
+    assert!(!Mapping::parse(EXAMPLE, "logs").unwrap().is_builtin());
+    assert!(
+        !Mapping::parse("[[routes]]\ntopics = [\"a\"]\nindex = \"a\"", "logs")
+            .unwrap()
+            .is_builtin()
+    );
 }
 
 #[test]

@@ -183,8 +183,13 @@ impl PgSink {
             "SELECT topic, kafka_partition, kafka_offset, destination, fields, payload_encoding FROM parked_records LIMIT 0",
             "SELECT table_name, column_name, column_type, path FROM mapped_columns LIMIT 0",
         ];
-        for probe in PROBES {
-            if let Err(e) = sqlx::query(probe).execute(&self.pool).await {
+        // `mapped_columns` is read only with a mapping file (`tables`).
+        let probes = match self.mapping.is_builtin() {
+            true => &PROBES[..PROBES.len() - 1],
+            false => &PROBES[..],
+        };
+        for probe in probes {
+            if let Err(e) = sqlx::query(*probe).execute(&self.pool).await {
                 // Undefined table, column or schema: not migrated (yet).
                 return match code(&e).as_deref() {
                     Some("42P01" | "42703" | "3F000") => Ok(false),

@@ -39,6 +39,9 @@ impl PgSink {
     /// the statements missing. A change the daemon never makes (a type changed, a mapped
     /// column gone) is refused either way, with the statements to run by hand.
     pub async fn prepare_tables(&self, mode: MigrateMode) -> Result<(), SinkError> {
+        if self.mapping.is_builtin() {
+            return Ok(()); // log_records as the migrations made it: nothing to add or check
+        }
         let mut todo: Vec<(&Table, Step)> = Vec::new();
         for table in self.mapping.tables() {
             let existing = self.existing(table).await?;
@@ -128,6 +131,9 @@ impl PgSink {
     /// Fills every mapped column not filled yet from the rows' `fields`, batch by batch, until
     /// done or `cancel`; a later start goes on where this one stopped.
     pub async fn fill_columns(&self, cancel: &CancellationToken) -> Result<Vec<Added>, SinkError> {
+        if self.mapping.is_builtin() {
+            return Ok(Vec::new());
+        }
         let unfilled: Vec<(String, String)> = sqlx::query_as(
             "SELECT table_name, column_name FROM mapped_columns WHERE NOT filled ORDER BY 1, 2",
         )
