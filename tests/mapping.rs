@@ -145,18 +145,18 @@ fn payload(topic_kind: &str, n: u64) -> Value {
             "timestamp": ts, "level": "info", "service": "web", "message": format!("GET /{n}"),
             "status_code": status,
             "trace": {"id": format!("{:08x}-4c1e-4f55-9a3e-{:012x}", n, n * 7)},
-            "client_ip": if n % 2 == 0 { format!("10.0.{}.{}", n % 256, (n / 256) % 256) } else { format!("2001:db8::{:x}", n) },
+            "client_ip": if n.is_multiple_of(2) { format!("10.0.{}.{}", n % 256, (n / 256) % 256) } else { format!("2001:db8::{:x}", n) },
             "took_ms": (n as f64) * 0.25,
             "path": format!("/{n}")
         }),
         "edge" => json!({
             "@timestamp": ts, "message": format!("edge {n}"),
-            "status_code": if n % 3 == 0 { json!("304") } else { json!(200) },
-            "region": "eu-west", "cached": n % 2 == 0
+            "status_code": if n.is_multiple_of(3) { json!("304") } else { json!(200) },
+            "region": "eu-west", "cached": n.is_multiple_of(2)
         }),
         _ => json!({
             "timestamp": ts, "level": "info",
-            "service": if n % 2 == 0 { "billing" } else { "shop" },
+            "service": if n.is_multiple_of(2) { "billing" } else { "shop" },
             "message": format!("order {n}"),
             "amount": (n as f64) / 8.0,
             "paid_at": format!("2026-11-30T08:00:{:02}+01:00", n % 60),

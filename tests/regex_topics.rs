@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use log_processor::loadgen;
-use serde_json::Value;
 
 /// The default refresh with a pattern (README, LP_TOPIC_REFRESH_MS) and what a rebalance of a
 /// one-member group, a batch's linger and its write may add to it.
@@ -170,7 +169,7 @@ async fn a_pattern_reads_matching_topics_and_picks_up_a_new_one_within_the_bound
         assert_eq!(stored_of(s, &s.topic).await, 0, "{} is not read", s.topic);
         let mut docs = 0;
         verify::es_hits(&format!("{}-*", s.index), |hit| {
-            docs += u32::from(hit["_source"]["kafka"]["topic"] == Value::from(s.topic.as_str()));
+            docs += u32::from(hit["_source"]["kafka"]["topic"] == s.topic.as_str());
         })
         .await;
         assert_eq!(docs, 0, "no document of {}", s.topic);

@@ -176,9 +176,9 @@ impl Mapping {
         };
         let takes = |r: &Route| {
             (r.topics.is_empty() || r.topics.iter().any(|t| t.matches(topic)))
-                && r.when.as_ref().is_none_or(|(field, values)| {
-                    value(field).is_some_and(|v| values.iter().any(|x| *x == v))
-                })
+                && r.when
+                    .as_ref()
+                    .is_none_or(|(field, values)| value(field).is_some_and(|v| values.contains(&v)))
         };
         (self.routes.iter().position(takes)).unwrap_or(self.routes.len() - 1)
     }
