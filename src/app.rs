@@ -251,7 +251,7 @@ pub async fn run(
                 queue: rx,
                 acks: ack_tx.clone(),
                 ctx: ctx.clone(),
-                given_up: HashMap::new(),
+                in_flight: settings.worker_in_flight,
             }
             .run(),
         );

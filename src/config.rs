@@ -99,6 +99,11 @@ pub struct Settings {
     /// Batches queued per worker before the consumer pauses the worker's partitions.
     #[arg(long, env = "LP_WORKER_QUEUE", default_value_t = 2)]
     pub worker_queue: usize,
+    /// Batches each worker writes at once: a partition's next batch goes to the search store
+    /// while the one before it commits in PostgreSQL, whose commits stay in offset order.
+    /// 1 writes one batch at a time.
+    #[arg(long, env = "LP_WORKER_IN_FLIGHT", default_value_t = 2)]
+    pub worker_in_flight: usize,
     /// How often durable offsets are committed to Kafka.
     #[arg(
         long,

@@ -17,24 +17,30 @@
 //! partition's later batches in order, and the worker goes on with its queue.
 
 mod lane;
+mod order;
 mod replayed;
 mod stores;
+#[cfg(test)]
+mod stubs;
 mod write;
 
 pub use stores::{RowStore, SearchStore};
 
-use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tokio::sync::Notify;
 use tokio::sync::mpsc::Receiver;
 use tracing::Instrument;
 
 use crate::dead_letter::DeadLetterPolicy;
 use crate::metrics::Metrics;
-use crate::model::{Ack, Batch, Position, TopicPartition};
+use crate::model::{Ack, Batch, TopicPartition};
 use crate::redact::Redactor;
 use crate::shutdown::Shutdown;
 use crate::sink::retry::Backoff;
@@ -76,10 +82,8 @@ pub struct Worker {
     /// learns that every worker is done.
     pub acks: std::sync::mpsc::Sender<Ack>,
     pub ctx: Arc<WorkerContext>,
-    /// Per partition, the end of the last batch this worker gave up: a later batch of the same
-    /// run (one starting right after a batch that ended there or later) is given up too. A
-    /// batch of a new assignment starts afresh.
-    pub given_up: HashMap<TopicPartition, i64>,
+    /// Batches written at once (`LP_WORKER_IN_FLIGHT`); a partition's stay in order (`order`).
+    pub in_flight: usize,
 }
 
 enum Outcome {
@@ -87,6 +91,28 @@ enum Outcome {
     GivenUp(&'static str),
     /// PostgreSQL's watermark is behind the batch: given up, the partition to be read again.
     Behind(String),
+}
+
+/// A write under way at the worker: it ends with its batch, or when it is held.
+type Running = Pin<Box<dyn Future<Output = (Step, Instant, Arc<Notify>)> + Send>>;
+
+enum Step {
+    Done(Batch, Outcome),
+    /// Waiting for a store: to be moved, still running, into its partition's lane.
+    Held(TopicPartition, lane::Write),
+}
+
+/// Watches `write` until it ends or `held` is notified (by the write, or by the worker when an
+/// earlier batch of its partition was held).
+fn watched(write: lane::Write, tp: TopicPartition, held: Arc<Notify>, started: Instant) -> Running {
+    Box::pin(async move {
+        let mut write = write;
+        let step = tokio::select! {
+            (batch, outcome) = &mut write => Step::Done(batch, outcome),
+            _ = held.notified() => Step::Held(tp, write),
+        };
+        (step, started, held)
+    })
 }
 
 impl Worker {
@@ -97,41 +123,64 @@ impl Worker {
             mut queue,
             acks,
             ctx,
-            given_up,
+            in_flight,
         } = self;
         async move {
             let shutdown = ctx.shutdown.clone();
+            let chains = Arc::new(order::Chains::default());
             let mut books = Books {
                 acks,
-                given_up,
+                chains: chains.clone(),
                 estimate: Duration::ZERO,
             };
             let mut lanes = lane::Lanes::default();
+            let mut running = FuturesUnordered::<Running>::new();
+            // The hold signal of each running write, by partition.
+            let mut holds: Vec<(TopicPartition, Arc<Notify>)> = Vec::new();
             loop {
-                let batch = tokio::select! {
-                    b = queue.recv() => match b { Some(b) => b, None => break },
-                    _ = shutdown.abort.cancelled() => break,
-                };
-                let Some(batch) = lanes.route(batch, &mut books).await else {
-                    continue; // its partition's lane has it
-                };
-                let tp = batch.tp.clone();
-                let started = Instant::now();
-                if let Some(why) = books.skip(&batch, &ctx, started) {
-                    books.finish(&ctx, &batch, started, Outcome::GivenUp(why), false);
-                    continue;
-                }
-                let held = Arc::new(Notify::new());
-                let mut write = lane::write_owned(ctx.clone(), batch, held.clone());
                 tokio::select! {
-                    (batch, outcome) = &mut write => books.finish(&ctx, &batch, started, outcome, true),
-                    _ = held.notified() => {
-                        tracing::info!(partition = %tp, "partition held: its batches go on in a lane of their own, the worker's other partitions go on");
-                        lanes.open(tp, write, started, &ctx, &mut books);
+                    Some((step, started, held)) = running.next(), if !running.is_empty() => {
+                        holds.retain(|(_, h)| !Arc::ptr_eq(h, &held));
+                        match step {
+                            Step::Done(batch, outcome) => books.finish(&ctx, &batch, started, outcome, true),
+                            Step::Held(tp, write) => {
+                                tracing::info!(partition = %tp, "partition held: its batches go on in a lane of their own, the worker's other partitions go on");
+                                // Its later batches written here follow it, in order.
+                                for (_, h) in holds.iter().filter(|(t, _)| *t == tp) {
+                                    h.notify_one();
+                                }
+                                lanes.take(tp, write, started, &ctx, &mut books);
+                            }
+                        }
                     }
+                    b = queue.recv(), if running.len() < in_flight.max(1) => {
+                        let Some(batch) = b else { break };
+                        let Some(batch) = lanes.route(batch).await else {
+                            continue; // its partition's lane has it
+                        };
+                        let started = Instant::now();
+                        if let Some(why) = books.skip(&batch, &ctx, started) {
+                            drop(chains.link(&batch)); // the batches after it follow a hole
+                            books.finish(&ctx, &batch, started, Outcome::GivenUp(why), false);
+                            continue;
+                        }
+                        let (tp, held) = (batch.tp.clone(), Arc::new(Notify::new()));
+                        let link = chains.link(&batch);
+                        let write = lane::write_owned(ctx.clone(), batch, held.clone(), link);
+                        holds.push((tp.clone(), held.clone()));
+                        running.push(watched(write, tp, held, started));
+                    }
+                    _ = shutdown.abort.cancelled() => break,
                 }
             }
-            lanes.close(&mut books).await;
+            // What is under way ends by itself (an abort gives it up at once).
+            while let Some((step, started, _)) = running.next().await {
+                match step {
+                    Step::Done(batch, outcome) => books.finish(&ctx, &batch, started, outcome, true),
+                    Step::Held(tp, write) => lanes.take(tp, write, started, &ctx, &mut books),
+                }
+            }
+            lanes.close().await;
             shutdown.phase(&format!("worker {id} drained"));
         }
         .instrument(span)
@@ -139,12 +188,12 @@ impl Worker {
     }
 }
 
-/// What a worker (or a lane) keeps across batches: where to acknowledge, which runs were given
-/// up, how long a batch takes.
+/// What a worker (or a lane) keeps across batches: where to acknowledge, the order of each
+/// partition's writes (which runs were given up), how long a batch takes.
 struct Books {
     acks: std::sync::mpsc::Sender<Ack>,
-    /// See `Worker::given_up`.
-    given_up: HashMap<TopicPartition, i64>,
+    /// Shared by the worker and its lanes.
+    chains: Arc<order::Chains>,
     /// Slowest recent batch, to judge whether a queued batch can still finish in time.
     estimate: Duration,
 }
@@ -159,11 +208,7 @@ impl Books {
             } else {
                 "partition revoked"
             })
-        } else if self
-            .given_up
-            .get(&batch.tp)
-            .is_some_and(|&hole_end| matches!(batch.start, Position::After(s) if s >= hole_end))
-        {
+        } else if self.chains.after_hole(batch) {
             Some("an earlier batch of this partition was given up")
         } else if shutdown
             .abort_at()
@@ -193,15 +238,12 @@ impl Books {
                 let took = started.elapsed();
                 self.estimate = took.max(self.estimate.mul_f64(0.9));
                 ctx.metrics.batch_latency.observe(took);
-                self.given_up.remove(&batch.tp);
             }
             Outcome::GivenUp(why) => {
                 tracing::info!(partition = %batch.tp, first, next, why, "batch given up, offsets not committed");
-                self.given_up.insert(batch.tp.clone(), next);
             }
             Outcome::Behind(why) => {
                 tracing::warn!(partition = %batch.tp, first, next, why, "PostgreSQL holds less of this partition than this batch follows (the database went back in time?): batch given up, the partition is read again from the stored watermark");
-                self.given_up.insert(batch.tp.clone(), next);
                 reread = Some(why);
             }
         }
@@ -220,3 +262,6 @@ impl Books {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

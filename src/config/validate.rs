@@ -68,6 +68,12 @@ impl Settings {
                 "must be at least 1",
             ));
         }
+        if !(1..=16).contains(&self.worker_in_flight) {
+            return Err(invalid(
+                "LP_WORKER_IN_FLIGHT (--worker-in-flight)",
+                "must be between 1 and 16",
+            ));
+        }
         if self.session_timeout_ms.0 > self.max_poll_interval_ms.0 {
             return Err(invalid(
                 "LP_SESSION_TIMEOUT_MS (--session-timeout-ms)",

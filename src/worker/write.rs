@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use tokio::sync::Notify;
 
+use super::order::{Link, Stage};
 use super::replayed::{Lookup, renumbered, without_documents};
 use super::{Outcome, WorkerContext};
 use crate::model::{Batch, Parked, RawRecord, RejectStage, StoredRecord};
@@ -19,26 +20,55 @@ use crate::sink::postgres::BatchWrite;
 use crate::sink::retry::Attempts;
 
 /// Writes the batch unless the partition is revoked or shutdown aborts. `held_now` is
-/// notified when the batch starts waiting for a store that refuses it.
-pub(super) async fn process(ctx: &WorkerContext, batch: &Batch, held_now: &Notify) -> Outcome {
+/// notified when the batch starts waiting for a store that refuses it; `link` keeps it in
+/// order with the other batches of its partition written at the same time (`order`).
+pub(super) async fn process(
+    ctx: &WorkerContext,
+    batch: &Batch,
+    held_now: &Notify,
+    mut link: Link,
+) -> Outcome {
     if crate::failpoint::skips("worker_panic") {
         panic!("failpoint worker_panic");
     }
     // A revoked partition or an abort drops the write mid-flight: dropping the future rolls
     // the PostgreSQL transaction back, so nothing is half-committed.
     tokio::select! {
-        result = write(ctx, batch, held_now) => match result {
-            Ok(()) => Outcome::Durable,
-            Err(SinkError::Behind { message, .. }) => Outcome::Behind(message),
-            Err(_cancelled) => Outcome::GivenUp("partition revoked"),
+        result = write(ctx, batch, held_now, &mut link) => match result {
+            Ok(()) => {
+                link.reached(Stage::Durable);
+                Outcome::Durable
+            }
+            Err(Ended::AfterHole(why)) => Outcome::GivenUp(why),
+            Err(Ended::Store(SinkError::Behind { message, .. })) => Outcome::Behind(message),
+            Err(Ended::Store(_cancelled)) => Outcome::GivenUp("partition revoked"),
         },
         _ = batch.revoked.cancelled() => Outcome::GivenUp("partition revoked"),
         _ = ctx.shutdown.abort.cancelled() => Outcome::GivenUp("shutdown deadline or second signal"),
     }
 }
 
-/// Makes the batch durable; returns only when it is, or with `Cancelled`.
-async fn write(ctx: &WorkerContext, batch: &Batch, held_now: &Notify) -> Result<(), SinkError> {
+/// Why a write ended without making its batch durable.
+enum Ended {
+    /// `Cancelled` or `Behind`: every other store error is retried.
+    Store(SinkError),
+    /// The batch before it in its run was given up (`order`).
+    AfterHole(&'static str),
+}
+
+impl From<SinkError> for Ended {
+    fn from(e: SinkError) -> Self {
+        Ended::Store(e)
+    }
+}
+
+/// Makes the batch durable; returns only when it is, or why not.
+async fn write(
+    ctx: &WorkerContext,
+    batch: &Batch,
+    held_now: &Notify,
+    link: &mut Link,
+) -> Result<(), Ended> {
     let cancel = &batch.revoked;
     let (mut records, undecodable) =
         pipeline::decode_all(&batch.records, &batch.stored.topic, ctx.decoding());
@@ -59,6 +89,7 @@ async fn write(ctx: &WorkerContext, batch: &Batch, held_now: &Notify) -> Result<
         ctx.metrics.retries_es.fetch_add(1, Relaxed);
         hold(&format!("elasticsearch: {why}"));
     };
+    link.indexing_turn().await;
     let t = Instant::now();
     let indexed = index_new(ctx, batch, &records, &search_refused).await?;
     ctx.metrics.es_latency.observe(t.elapsed());
@@ -80,6 +111,8 @@ async fn write(ctx: &WorkerContext, batch: &Batch, held_now: &Notify) -> Result<
         });
     }
 
+    link.reached(Stage::Indexed);
+    link.commit_turn().await.map_err(Ended::AfterHole)?;
     let t = Instant::now();
     let make_dead = |offset: i64, reason: String| {
         ctx.dead_letters
@@ -118,13 +151,13 @@ async fn write(ctx: &WorkerContext, batch: &Batch, held_now: &Notify) -> Result<
                 removed.sort_unstable();
                 removed.dedup();
             }
-            Err(SinkError::Cancelled) => return Err(SinkError::Cancelled),
-            Err(e @ SinkError::Behind { .. }) => return Err(e),
+            Err(SinkError::Cancelled) => return Err(SinkError::Cancelled.into()),
+            Err(e @ SinkError::Behind { .. }) => return Err(e.into()),
             Err(e) if ctx.shutdown.started().is_some() => {
                 // No retry once shutdown began: waiting out a refusing store would only
                 // run into the deadline. The batch stays uncommitted for the next owner.
                 tracing::warn!(error = %e, "postgresql batch failed during shutdown; given up, not retried");
-                return Err(SinkError::Cancelled);
+                return Err(SinkError::Cancelled.into());
             }
             Err(e) => {
                 ctx.metrics.retries_pg.fetch_add(1, Relaxed);

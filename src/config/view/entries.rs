@@ -167,6 +167,7 @@ pub fn entries(s: &Settings, sources: &Sources) -> Vec<Entry> {
     t.plain("LP_MEMORY_BUDGET_MB", s.memory_budget_mb.to_string());
     t.plain("LP_WORKERS", s.workers.to_string());
     t.plain("LP_WORKER_QUEUE", s.worker_queue.to_string());
+    t.plain("LP_WORKER_IN_FLIGHT", s.worker_in_flight.to_string());
     t.plain("LP_MAX_RECORD_BYTES", s.max_record_bytes.to_string());
 
     t.section = "postgresql";
