@@ -20,6 +20,10 @@ same commit (checked before each phase; the run stops if the code changes under 
   batch     LP_BATCH_MAX_RECORDS sweep: steady-state throughput and SIGTERM-to-exit under load.
   growth    log-processor at defaults on 1, 6, 24, 96 partitions and on 200 B, 2 KiB, 20 KiB
             records: records/s, MiB/s, CPU per record, peak RSS.
+  partitions log-processor at its best configuration on 1, 2, 6 and 24 partitions, with one batch
+            at a time per worker (LP_WORKER_IN_FLIGHT=1, as before in-partition pipelining) and
+            two (2, the default), alternating at each point: records/s, CPU per record, and each
+            point's share of the 6-partition throughput. Not yet among the default phases.
   mapping   the best configuration with and without a five-column mapping (bench/mapping-5.toml),
             alternating, --runs times: ratio_typed, the cost of typed columns.
   freshness a steady produce rate at 25, 50 and 90% of the peak for log-processor (defaults and
@@ -929,6 +933,16 @@ def markdown(res):
         for r in res["growth"]:
             L.append(f"| {r['partitions']} | {r['record_bytes']} | {r['records']:,} | {r['records_per_s']:,} | "
                      f"{r['mib_per_s']} | {r['cpu_s_per_million']} | {r['total_cpu_s_per_million']} | {r['peak_rss_mib']} |")
+    if res.get("partitions"):
+        L += ["", "## Partitions (best configuration, one or two batches at a time per worker)", "",
+              "LP_WORKER_IN_FLIGHT=1 writes one batch at a time per worker (the behaviour before "
+              "in-partition pipelining); 2 (the default) sends a partition's next batch to the search "
+              "store while the one before it commits. Share: of the 6-partition figure at the same setting.", "",
+              "| partitions | LP_WORKER_IN_FLIGHT | records | records/s | share of 6 partitions | CPU s / 1M | peak RSS MiB |",
+              "|---|---|---|---|---|---|---|"]
+        for r in res["partitions"]:
+            L.append(f"| {r['partitions']} | {r['worker_in_flight']} | {r['records']:,} | {r['records_per_s']:,} | "
+                     f"{r.get('share_of_6', '')} | {r['cpu_s_per_million']} | {r['peak_rss_mib']} |")
     if s.get("mapping"):
         mp = s["mapping"]
         L += ["", "## Typed columns (LP_MAPPING_FILE)", "",
@@ -1067,7 +1081,7 @@ def main():
                         "peer_tuned": "peer tuned (bench/peer/config.yaml.tmpl): " + ", ".join(f"{k}={v}" for k, v in PEER_TUNED.items()),
                         "peer_defaults": f"peer at defaults (bench/peer/config-defaults.yaml.tmpl, {peer_default_n:,} records)"},
            "e2e": {key: [] for key, _, _ in E2E}, "ceilings": {}, "ceiling_sweeps": {}, "batch_sizes": [],
-           "growth": [], "mapping": {}, "freshness": {}, "crash": {}, "shutdown": {},
+           "growth": [], "partitions": [], "mapping": {}, "freshness": {}, "crash": {}, "shutdown": {},
            "ceiling_desc": {"kafka_consume": "Kafka: kcat -C -e to /dev/null",
                             "pg": "PostgreSQL: COPY into a log_records-like table (PK + ts index)",
                             "es": "OpenSearch: _bulk of the same documents",
@@ -1090,7 +1104,7 @@ def main():
     if a.merge:
         with open(os.path.join(out_dir, f"latest{suffix}.json")) as f:
             old = json.load(f)
-        kept = [p for p in ("e2e", "ceilings", "batch", "growth", "mapping", "freshness", "crash", "shutdown") if p not in phases]
+        kept = [p for p in ("e2e", "ceilings", "batch", "growth", "partitions", "mapping", "freshness", "crash", "shutdown") if p not in phases]
         for p in kept:
             for key in {"batch": ["batch_sizes"], "ceilings": ["ceilings", "ceiling_sweeps"]}.get(p, [p]):
                 res[key] = old.get(key, res[key])
@@ -1237,6 +1251,30 @@ def main():
                 log(f"  {row['records_per_s']} rec/s, {row['mib_per_s']} MiB/s, rss {row['peak_rss_mib']} MiB")
                 res["growth"].append(row)
                 save()
+        if "partitions" in phases:
+            phase("partitions")
+            res["partitions"] = []
+            for parts in (1, 2, 6, 24):
+                ptopic = f"bench_p{parts}_{stamp}"
+                loadgen(ptopic, growth_n, parts, 0)
+                for in_flight in ("1", "2"):
+                    ident = f"bpart{parts}f{in_flight}_{stamp}"
+                    log(f"partitions: {parts}, LP_WORKER_IN_FLIGHT={in_flight}, {growth_n} records")
+                    try:
+                        r = e2e_run("lp_best", ident, ptopic, growth_n, partitions=parts,
+                                    extra_env={"LP_WORKER_IN_FLIGHT": in_flight})
+                    finally:
+                        cleanup(ident, ident.replace("_", "-"), lp_template_name(ident))
+                    row = {"partitions": parts, "worker_in_flight": int(in_flight), "records": growth_n,
+                           "records_per_s": r["records_per_s"], "cpu_s_per_million": r["cpu_s_per_million"],
+                           "peak_rss_mib": r["peak_rss_mib"]}
+                    log(f"  {row['records_per_s']} rec/s, {row['cpu_s_per_million']} CPU s/1M")
+                    res["partitions"].append(row)
+                    save()
+            six = {r["worker_in_flight"]: r["records_per_s"] for r in res["partitions"] if r["partitions"] == 6}
+            for r in res["partitions"]:
+                r["share_of_6"] = round(r["records_per_s"] / six[r["worker_in_flight"]], 2)
+            save()
         if "mapping" in phases:
             phase("mapping")
             # Today's shape against five typed columns (bench/mapping-5.toml), best configuration,

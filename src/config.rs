@@ -140,7 +140,8 @@ pub struct Settings {
     /// PostgreSQL schema holding the tables (created if missing).
     #[arg(long, env = "LP_PG_SCHEMA", default_value = "public")]
     pub pg_schema: String,
-    /// PostgreSQL pool size; defaults to workers + 2.
+    /// PostgreSQL pool size; defaults to workers x LP_WORKER_IN_FLIGHT + 2 (a connection for
+    /// every batch that can be committing at once, and two for the rest).
     #[arg(long, env = "LP_PG_POOL_SIZE")]
     pub pg_pool_size: Option<u32>,
     /// Bound on connecting to PostgreSQL and on taking a pooled connection.
@@ -387,7 +388,8 @@ impl Settings {
         self.topic_refresh_ms.map_or(default, |m| m.0)
     }
     pub fn pg_pool_size(&self) -> u32 {
-        self.pg_pool_size.unwrap_or(self.workers as u32 + 2)
+        let writing = self.workers * self.worker_in_flight.max(1);
+        self.pg_pool_size.unwrap_or(writing as u32 + 2)
     }
     /// librdkafka's `receive.message.max.bytes`: a fetch response of LP_KAFKA_FETCH_MAX_BYTES
     /// plus room for the protocol's framing of many partitions (librdkafka wants 512 at least).

@@ -501,7 +501,7 @@ fn check_config_names_each_source() {
         ("LP_WORKERS", "3", "environment"),
         ("LP_GROUP_ID", "g1", "flag"),
         ("LP_TOPICS", "logs", "default"),
-        ("LP_PG_POOL_SIZE", "5", "derived"),
+        ("LP_PG_POOL_SIZE", "8", "derived"),
         ("LP_ES_PASSWORD", "****", "_FILE"),
         ("LP_KAFKA_OPTION_FETCH_WAIT_MAX_MS", "50", "environment"),
         ("LP_ES_API_KEY", "", "unset"),
