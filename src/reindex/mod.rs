@@ -1,0 +1,274 @@
+//! `log-processor reindex`: the records of a time window read again from Kafka and written,
+//! with the daemon's decoding, redaction, mapping and document ids (`topic-partition-offset`),
+//! into a new index and/or a new table, then an alias switched to the new index.
+//!
+//! Each partition's range comes from Kafka's offsets-for-times and is fixed when the job is
+//! created. Every batch is written to the search store first and then, in one PostgreSQL
+//! transaction, as rows (`ON CONFLICT DO NOTHING` on the record's coordinates) together with
+//! the job's new position (`reindex_positions`): a run killed at any point and started again
+//! with the same arguments resumes from that position, overwrites documents with identical
+//! ones and skips rows it stored already, so the target ends with each record once. Nothing of
+//! the daemon is written: not its group (the reader only assigns), not its tables.
+//!
+//! One concern a file: `range` (which offsets a window covers, which are gone), `position`
+//! (the job's identity), `kafka` (reading), `progress` (pace and progress line), `copy` (the
+//! batches), `summary` (the closing report).
+
+mod copy;
+mod kafka;
+mod position;
+mod progress;
+pub mod range;
+mod summary;
+
+pub use summary::{Alias, Summary};
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use clap::Args;
+
+use crate::admin::{AdminError, parse_time};
+use crate::config::{ConfigError, Settings};
+use crate::mapping::{Mapping, template_prefix};
+use crate::sink::SinkError;
+use crate::sink::elastic::ElasticSink;
+use crate::sink::postgres::{JobPartition, PgSink};
+use crate::stores;
+use position::JobArgs;
+use range::{Stored, may_begin_deleted, plan};
+
+#[derive(Args, Clone, Debug)]
+pub struct ReindexArgs {
+    /// Start of the window (RFC 3339): each partition from its first record with a Kafka
+    /// timestamp at or after it (Kafka's offsets-for-times).
+    #[arg(long, value_parser = parse_time)]
+    pub since: DateTime<Utc>,
+    /// End of the window (RFC 3339, exclusive); default: each partition's end when the job is
+    /// created.
+    #[arg(long, value_parser = parse_time)]
+    pub until: Option<DateTime<Utc>>,
+    /// A topic to read (repeat for more); default: LP_TOPICS, which must then hold exact names.
+    #[arg(long = "topic", value_name = "TOPIC")]
+    pub topic: Vec<String>,
+    /// The index (or strftime pattern, e.g. logs-v2-%Y.%m.%d) documents go to; its template is
+    /// installed as the daemon installs its own.
+    #[arg(long, value_name = "PATTERN_OR_NAME")]
+    pub to_index: Option<String>,
+    /// The table rows go to, created like the daemon's (LIKE ... INCLUDING ALL) if missing.
+    #[arg(long, value_name = "TABLE")]
+    pub to_table: Option<String>,
+    /// The alias switched to the new index at the end (with --to-index); default: LP_ES_INDEX
+    /// before its first date item, without a trailing `-`, `.` or `_` (`logs` for
+    /// `logs-%Y.%m.%d`).
+    #[arg(long, value_name = "NAME")]
+    pub alias: Option<String>,
+    /// At most this many records per second (averaged from the start of the run).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_rate: Option<u32>,
+    /// Records per batch (one search-store request and one PostgreSQL transaction).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch_records: u32,
+    /// The job's name, which keys its position; default: derived from the arguments, so the
+    /// same command line resumes the same job.
+    #[arg(long, value_name = "NAME")]
+    pub job: Option<String>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> AdminError {
+    ConfigError {
+        field,
+        message: message.into(),
+    }
+    .into()
+}
+
+/// The topics to read: `--topic`, else LP_TOPICS's exact names.
+fn topics(args: &ReindexArgs) -> Result<Vec<String>, AdminError> {
+    if !args.topic.is_empty() {
+        return Ok(args.topic.clone());
+    }
+    let selection = args.settings.topic_selection()?;
+    match selection.has_patterns() {
+        true => Err(invalid(
+            "--topic",
+            "LP_TOPICS holds a pattern: name the topics to re-index with --topic",
+        )),
+        false => Ok(selection.exact()),
+    }
+}
+
+/// The alias of the cut-over.
+fn alias(args: &ReindexArgs) -> Result<String, AdminError> {
+    if let Some(a) = &args.alias {
+        return match crate::mapping::valid_index_name(a) {
+            true => Ok(a.clone()),
+            false => Err(invalid(
+                "--alias",
+                format!("{a:?} is not a valid alias name"),
+            )),
+        };
+    }
+    let base = template_prefix(&args.settings.es_index).trim_end_matches(['-', '.', '_']);
+    match base.is_empty() {
+        true => Err(invalid(
+            "--alias",
+            "LP_ES_INDEX starts with a date item, so there is no base name: name the alias",
+        )),
+        false => Ok(base.to_string()),
+    }
+}
+
+pub async fn reindex(args: &ReindexArgs) -> Result<Summary, AdminError> {
+    let s = &args.settings;
+    if args.to_index.is_none() && args.to_table.is_none() {
+        return Err(invalid(
+            "--to-index / --to-table",
+            "name at least one target",
+        ));
+    }
+    if args.until.is_some_and(|u| u <= args.since) {
+        return Err(invalid("--until", "must be later than --since"));
+    }
+    if args.to_index.is_some() && s.es_data_stream {
+        return Err(invalid(
+            "--to-index",
+            "LP_ES_DATA_STREAM=true: re-indexing into data streams is not supported",
+        ));
+    }
+    let topics = topics(args)?;
+    let alias = args.to_index.as_ref().map(|_| alias(args)).transpose()?;
+    let daemon = stores::mapping(s)?;
+    let target = daemon
+        .retargeted(args.to_index.as_deref(), args.to_table.as_deref())
+        .map_err(|(field, message)| invalid(field, message))?;
+    let target = Arc::new(target);
+    let pg = stores::postgres_with(s, 2, target.clone())?;
+    pg.prepare(s.migrate).await?;
+    let like = args
+        .to_table
+        .as_deref()
+        .map(|t| (daemon.tables()[0].name.as_str(), t));
+    pg.prepare_reindex(like).await?;
+    let es = match &args.to_index {
+        Some(_) => Some(search_store(s, target.clone()).await?),
+        None => None,
+    };
+    let job_args = JobArgs {
+        topics: &topics,
+        since: args.since,
+        until: args.until,
+        to_index: args.to_index.as_deref(),
+        to_table: args.to_table.as_deref(),
+    };
+    let job = args.job.clone().unwrap_or_else(|| job_args.job_name());
+    let source = kafka::Source::new(s, &job)?;
+    let parts = match pg.reindex_job(&job).await? {
+        Some((stored, parts)) if stored == job_args.canonical() => parts,
+        Some((stored, _)) => {
+            return Err(invalid(
+                "--job",
+                format!("job {job} was started with other arguments ({stored}); name another job"),
+            ));
+        }
+        None => {
+            let parts = plan_job(&source, &pg, &daemon, &job_args).await?;
+            pg.create_reindex_job(&job, &job_args.canonical(), &parts)
+                .await?;
+            pg.reindex_job(&job).await?.map(|j| j.1).unwrap_or_default()
+        }
+    };
+    eprintln!("reindex: job {job}: {}", job_args.canonical());
+    let copy = copy::Copy {
+        job: &job,
+        settings: s,
+        mapping: &target,
+        pg: &pg,
+        es: es.as_ref(),
+        to_table: args.to_table.is_some(),
+        max_rate: args.max_rate,
+        batch: progress::batch_size(args.batch_records as usize, args.max_rate),
+    };
+    copy.run(&source, &parts).await?;
+    let parts = pg.reindex_job(&job).await?.map(|j| j.1).unwrap_or_default();
+    let alias = match (es, alias) {
+        (Some(es), Some(alias)) => {
+            pg.finish_reindex_job(&job).await?;
+            let outcome = es.switch_alias(&alias).await?;
+            Alias::Done { alias, outcome }
+        }
+        _ => {
+            pg.finish_reindex_job(&job).await?;
+            Alias::NotAsked
+        }
+    };
+    pg.close().await;
+    Ok(Summary { job, parts, alias })
+}
+
+/// The search store for the target: its template installed one priority above the daemon's,
+/// so that a target pattern inside the daemon's (`logs-v2-*` in `logs-*`) wins where both match.
+async fn search_store(s: &Settings, target: Arc<Mapping>) -> Result<ElasticSink, AdminError> {
+    let mut s = s.clone();
+    s.es_template_priority += 1;
+    let es = stores::elasticsearch_with(&s, target)?;
+    let store = es.detect().await?;
+    store
+        .check_supported()
+        .map_err(|message| SinkError::Permanent {
+            store: "elasticsearch",
+            message,
+        })?;
+    es.ensure_template(&store).await?;
+    Ok(es)
+}
+
+/// Each partition's range, from Kafka and, for a window that begins among deleted records,
+/// from the daemon's stored rows.
+async fn plan_job(
+    source: &kafka::Source,
+    pg: &PgSink,
+    daemon: &Mapping,
+    args: &JobArgs<'_>,
+) -> Result<Vec<JobPartition>, AdminError> {
+    let tables: Vec<String> = daemon.table_names().map(str::to_owned).collect();
+    let mut parts = Vec::new();
+    for topic in args.topics {
+        let partitions = source.partitions(topic)?;
+        let offsets = source.offsets(
+            topic,
+            &partitions,
+            args.since.timestamp_millis(),
+            args.until.map(|u| u.timestamp_millis()),
+        )?;
+        for (p, o) in offsets {
+            let tp = crate::model::TopicPartition::new(topic.as_str(), p);
+            let mut stored = Stored::default();
+            if may_begin_deleted(o) {
+                stored.first_since = pg
+                    .first_stored_since(&tables, &tp, args.since, o.low)
+                    .await?;
+                if let Some(until) = args.until {
+                    stored.first_until = pg.first_stored_since(&tables, &tp, until, o.low).await?;
+                }
+            }
+            let planned = plan(o, stored);
+            parts.push(JobPartition {
+                tp,
+                from: planned.from,
+                to: planned.to,
+                next: planned.from,
+                missing: planned.missing.map(|m| {
+                    let (from, to) = m.range();
+                    (from, to, matches!(m, range::Missing::Known { .. }))
+                }),
+                written: 0,
+                dead_letters: 0,
+                refused: 0,
+            });
+        }
+    }
+    Ok(parts)
+}
