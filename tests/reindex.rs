@@ -138,7 +138,7 @@ async fn assert_documents_are_the_window(
             kafka["offset"].as_i64().unwrap(),
         );
         let id = format!("{}-{}-{}", s.topic, at.0, at.1);
-        if hit["_id"] != Value::from(id.as_str()) {
+        if hit["_id"] != id.as_str() {
             problems.push(format!("{at:?}: id {}", hit["_id"]));
         }
         if !seen.insert(at) {

@@ -10,12 +10,14 @@
 //! ones and skips rows it stored already, so the target ends with each record once. Nothing of
 //! the daemon is written: not its group (the reader only assigns), not its tables.
 //!
-//! One concern a file: `range` (which offsets a window covers, which are gone), `position`
-//! (the job's identity), `kafka` (reading), `progress` (pace and progress line), `copy` (the
-//! batches), `summary` (the closing report).
+//! One concern a file: `range` (which offsets a window covers, which are gone), `plan` (each
+//! partition's range from Kafka and PostgreSQL), `position` (the job's identity), `kafka`
+//! (reading), `progress` (pace and progress line), `copy` (the batches), `summary` (the
+//! closing report).
 
 mod copy;
 mod kafka;
+mod plan;
 mod position;
 mod progress;
 pub mod range;
@@ -33,10 +35,8 @@ use crate::config::{ConfigError, Settings};
 use crate::mapping::{Mapping, template_prefix};
 use crate::sink::SinkError;
 use crate::sink::elastic::ElasticSink;
-use crate::sink::postgres::{JobPartition, PgSink};
 use crate::stores;
 use position::JobArgs;
-use range::{Stored, may_begin_deleted, plan};
 
 #[derive(Args, Clone, Debug)]
 pub struct ReindexArgs {
@@ -121,29 +121,60 @@ fn alias(args: &ReindexArgs) -> Result<String, AdminError> {
     }
 }
 
+impl ReindexArgs {
+    /// The arguments checked before anything is read or written: an error names the argument.
+    pub fn validate(&self) -> Result<(), AdminError> {
+        self.checked().map(|_| ())
+    }
+
+    /// The topics, the alias (with --to-index), the daemon's mapping and the target's.
+    fn checked(&self) -> Result<Checked, AdminError> {
+        if self.to_index.is_none() && self.to_table.is_none() {
+            return Err(invalid(
+                "--to-index / --to-table",
+                "name at least one target",
+            ));
+        }
+        if self.until.is_some_and(|u| u <= self.since) {
+            return Err(invalid("--until", "must be later than --since"));
+        }
+        if self.to_index.is_some() && self.settings.es_data_stream {
+            return Err(invalid(
+                "--to-index",
+                "LP_ES_DATA_STREAM=true: re-indexing into data streams is not supported",
+            ));
+        }
+        let topics = topics(self)?;
+        let alias = self.to_index.as_ref().map(|_| alias(self)).transpose()?;
+        let daemon = self.settings.mapping()?;
+        let target = daemon
+            .retargeted(self.to_index.as_deref(), self.to_table.as_deref())
+            .map_err(|(field, message)| invalid(field, message))?;
+        Ok(Checked {
+            topics,
+            alias,
+            daemon,
+            target,
+        })
+    }
+}
+
+/// What [`ReindexArgs::checked`] found.
+struct Checked {
+    topics: Vec<String>,
+    alias: Option<String>,
+    daemon: Mapping,
+    target: Mapping,
+}
+
 pub async fn reindex(args: &ReindexArgs) -> Result<Summary, AdminError> {
     let s = &args.settings;
-    if args.to_index.is_none() && args.to_table.is_none() {
-        return Err(invalid(
-            "--to-index / --to-table",
-            "name at least one target",
-        ));
-    }
-    if args.until.is_some_and(|u| u <= args.since) {
-        return Err(invalid("--until", "must be later than --since"));
-    }
-    if args.to_index.is_some() && s.es_data_stream {
-        return Err(invalid(
-            "--to-index",
-            "LP_ES_DATA_STREAM=true: re-indexing into data streams is not supported",
-        ));
-    }
-    let topics = topics(args)?;
-    let alias = args.to_index.as_ref().map(|_| alias(args)).transpose()?;
-    let daemon = stores::mapping(s)?;
-    let target = daemon
-        .retargeted(args.to_index.as_deref(), args.to_table.as_deref())
-        .map_err(|(field, message)| invalid(field, message))?;
+    let Checked {
+        topics,
+        alias,
+        daemon,
+        target,
+    } = args.checked()?;
     let target = Arc::new(target);
     let pg = stores::postgres_with(s, 2, target.clone())?;
     pg.prepare(s.migrate).await?;
@@ -174,7 +205,7 @@ pub async fn reindex(args: &ReindexArgs) -> Result<Summary, AdminError> {
             ));
         }
         None => {
-            let parts = plan_job(&source, &pg, &daemon, &job_args).await?;
+            let parts = plan::plan_job(&source, &pg, &daemon, &job_args).await?;
             pg.create_reindex_job(&job, &job_args.canonical(), &parts)
                 .await?;
             pg.reindex_job(&job).await?.map(|j| j.1).unwrap_or_default()
@@ -193,16 +224,14 @@ pub async fn reindex(args: &ReindexArgs) -> Result<Summary, AdminError> {
     };
     copy.run(&source, &parts).await?;
     let parts = pg.reindex_job(&job).await?.map(|j| j.1).unwrap_or_default();
+    // Every partition is at its range's end here (`copy` returns only then).
+    pg.finish_reindex_job(&job).await?;
     let alias = match (es, alias) {
         (Some(es), Some(alias)) => {
-            pg.finish_reindex_job(&job).await?;
             let outcome = es.switch_alias(&alias).await?;
             Alias::Done { alias, outcome }
         }
-        _ => {
-            pg.finish_reindex_job(&job).await?;
-            Alias::NotAsked
-        }
+        _ => Alias::NotAsked,
     };
     pg.close().await;
     Ok(Summary { job, parts, alias })
@@ -223,52 +252,4 @@ async fn search_store(s: &Settings, target: Arc<Mapping>) -> Result<ElasticSink,
         })?;
     es.ensure_template(&store).await?;
     Ok(es)
-}
-
-/// Each partition's range, from Kafka and, for a window that begins among deleted records,
-/// from the daemon's stored rows.
-async fn plan_job(
-    source: &kafka::Source,
-    pg: &PgSink,
-    daemon: &Mapping,
-    args: &JobArgs<'_>,
-) -> Result<Vec<JobPartition>, AdminError> {
-    let tables: Vec<String> = daemon.table_names().map(str::to_owned).collect();
-    let mut parts = Vec::new();
-    for topic in args.topics {
-        let partitions = source.partitions(topic)?;
-        let offsets = source.offsets(
-            topic,
-            &partitions,
-            args.since.timestamp_millis(),
-            args.until.map(|u| u.timestamp_millis()),
-        )?;
-        for (p, o) in offsets {
-            let tp = crate::model::TopicPartition::new(topic.as_str(), p);
-            let mut stored = Stored::default();
-            if may_begin_deleted(o) {
-                stored.first_since = pg
-                    .first_stored_since(&tables, &tp, args.since, o.low)
-                    .await?;
-                if let Some(until) = args.until {
-                    stored.first_until = pg.first_stored_since(&tables, &tp, until, o.low).await?;
-                }
-            }
-            let planned = plan(o, stored);
-            parts.push(JobPartition {
-                tp,
-                from: planned.from,
-                to: planned.to,
-                next: planned.from,
-                missing: planned.missing.map(|m| {
-                    let (from, to) = m.range();
-                    (from, to, matches!(m, range::Missing::Known { .. }))
-                }),
-                written: 0,
-                dead_letters: 0,
-                refused: 0,
-            });
-        }
-    }
-    Ok(parts)
 }
