@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::kafka::Source;
+use super::input::{Batch, Input, Read};
 use super::progress;
 use crate::admin::AdminError;
 use crate::config::Settings;
@@ -47,7 +47,7 @@ struct Run {
 
 impl Copy<'_> {
     /// Reads every partition from its position to the end of its range.
-    pub async fn run(&self, source: &Source, parts: &[JobPartition]) -> Result<(), AdminError> {
+    pub async fn run(&self, input: &Input<'_>, parts: &[JobPartition]) -> Result<(), AdminError> {
         let total = parts.iter().map(|p| (p.to - p.next).max(0) as u64).sum();
         let now = Instant::now();
         let mut run = Run {
@@ -58,13 +58,13 @@ impl Copy<'_> {
             named: 0,
         };
         for p in parts.iter().filter(|p| p.next < p.to) {
-            source.assign(&p.tp, p.next)?;
+            input.start(&p.tp, p.next)?;
             let mut next = p.next;
             while next < p.to {
-                let read = source.read(&p.tp, next, p.to, self.batch).await?;
-                self.step(&p.tp, next, &read, &mut run).await?;
-                run.done += (read.next - next) as u64;
-                next = read.next;
+                let read = input.read(&p.tp, next, p.to, self.batch).await?;
+                let after = self.step(&p.tp, next, read, &mut run).await?;
+                run.done += (after - next) as u64;
+                next = after;
                 tokio::time::sleep(progress::pause(
                     self.max_rate,
                     run.done,
@@ -87,14 +87,14 @@ impl Copy<'_> {
         Ok(())
     }
 
-    /// One batch: decoded, indexed, committed with the position.
+    /// One batch: decoded, indexed, committed with the position; returns the new position.
     async fn step(
         &self,
         tp: &TopicPartition,
         from: i64,
-        read: &super::kafka::Read,
+        read: Read,
         run: &mut Run,
-    ) -> Result<(), AdminError> {
+    ) -> Result<i64, AdminError> {
         let s = self.settings;
         let redactor = Redactor::new(
             s.redact_drop.clone(),
@@ -106,7 +106,16 @@ impl Copy<'_> {
             redactor: &redactor,
             mapping: self.mapping,
         };
-        let (mut records, undecodable) = pipeline::decode_all(&read.records, &tp.topic, how);
+        let Read { batch, next } = read;
+        let (mut records, undecodable) = match batch {
+            Batch::Raw(raws) => {
+                let (records, bad) = pipeline::decode_all(&raws, &tp.topic, how);
+                let bad: Vec<(i64, String)> =
+                    bad.into_iter().map(|(r, why)| (r.offset, why)).collect();
+                (records, bad)
+            }
+            Batch::Stored(records) => (records, Vec::new()),
+        };
         let mut note = |offset: i64, what: &str, why: &str| {
             run.named += 1;
             if run.named <= NAMED {
@@ -115,8 +124,8 @@ impl Copy<'_> {
                 eprintln!("reindex: more records not written are only counted");
             }
         };
-        for (raw, why) in &undecodable {
-            note(raw.offset, "dead letter (decode)", why);
+        for (offset, why) in &undecodable {
+            note(*offset, "dead letter (decode)", why);
         }
         let mut refused = 0;
         if let Some(es) = self.es {
@@ -137,13 +146,13 @@ impl Copy<'_> {
                 tp,
                 rows: self.to_table.then_some(&records[..]),
                 expected_next: from,
-                next: read.next,
+                next,
                 written: records.len() as i64,
                 dead_letters: undecodable.len() as i64,
                 refused,
             })
             .await?;
-        Ok(())
+        Ok(next)
     }
 }
 

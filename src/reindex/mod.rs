@@ -16,6 +16,7 @@
 //! closing report).
 
 mod copy;
+mod input;
 mod kafka;
 mod plan;
 mod position;
@@ -69,12 +70,23 @@ pub struct ReindexArgs {
     /// Records per batch (one search-store request and one PostgreSQL transaction).
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_records: u32,
+    /// Where records are read: `kafka`, or `postgres` for records Kafka no longer holds (the
+    /// daemon's rows with a Kafka timestamp in the window, into --to-index only, same ids).
+    #[arg(long, value_enum, default_value_t = Origin::Kafka)]
+    pub from: Origin,
     /// The job's name, which keys its position; default: derived from the arguments, so the
     /// same command line resumes the same job.
     #[arg(long, value_name = "NAME")]
     pub job: Option<String>,
     #[command(flatten)]
     pub settings: Settings,
+}
+
+/// Where a re-index reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Origin {
+    Kafka,
+    Postgres,
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> AdminError {
@@ -144,6 +156,13 @@ impl ReindexArgs {
                 "LP_ES_DATA_STREAM=true: re-indexing into data streams is not supported",
             ));
         }
+        if self.from == Origin::Postgres && (self.to_table.is_some() || self.to_index.is_none()) {
+            return Err(invalid(
+                "--from",
+                "postgres re-indexes the daemon's rows into the search store: give --to-index \
+                 and no --to-table (the rows are in PostgreSQL already)",
+            ));
+        }
         let topics = topics(self)?;
         let alias = self.to_index.as_ref().map(|_| alias(self)).transpose()?;
         let daemon = self.settings.mapping()?;
@@ -193,9 +212,16 @@ pub async fn reindex(args: &ReindexArgs) -> Result<Summary, AdminError> {
         until: args.until,
         to_index: args.to_index.as_deref(),
         to_table: args.to_table.as_deref(),
+        from: args.from,
     };
     let job = args.job.clone().unwrap_or_else(|| job_args.job_name());
-    let source = kafka::Source::new(s, &job)?;
+    // The daemon's tables, read only: by `--from postgres`, and for where a window began
+    // among records Kafka deleted.
+    let stored = stores::postgres_with(s, 2, Arc::new(daemon.clone()))?;
+    let source = match args.from {
+        Origin::Kafka => Some(kafka::Source::new(s, &job)?),
+        Origin::Postgres => None,
+    };
     let parts = match pg.reindex_job(&job).await? {
         Some((stored, parts)) if stored == job_args.canonical() => parts,
         Some((stored, _)) => {
@@ -205,7 +231,10 @@ pub async fn reindex(args: &ReindexArgs) -> Result<Summary, AdminError> {
             ));
         }
         None => {
-            let parts = plan::plan_job(&source, &pg, &daemon, &job_args).await?;
+            let parts = match &source {
+                Some(source) => plan::from_kafka(source, &pg, &daemon, &job_args).await?,
+                None => plan::from_postgres(&stored, &daemon, &job_args).await?,
+            };
             pg.create_reindex_job(&job, &job_args.canonical(), &parts)
                 .await?;
             pg.reindex_job(&job).await?.map(|j| j.1).unwrap_or_default()
@@ -222,7 +251,11 @@ pub async fn reindex(args: &ReindexArgs) -> Result<Summary, AdminError> {
         max_rate: args.max_rate,
         batch: progress::batch_size(args.batch_records as usize, args.max_rate),
     };
-    copy.run(&source, &parts).await?;
+    let input = match &source {
+        Some(source) => input::Input::Kafka(source),
+        None => input::Input::Postgres(&stored),
+    };
+    copy.run(&input, &parts).await?;
     let parts = pg.reindex_job(&job).await?.map(|j| j.1).unwrap_or_default();
     // Every partition is at its range's end here (`copy` returns only then).
     pg.finish_reindex_job(&job).await?;
@@ -234,6 +267,7 @@ pub async fn reindex(args: &ReindexArgs) -> Result<Summary, AdminError> {
         _ => Alias::NotAsked,
     };
     pg.close().await;
+    stored.close().await;
     Ok(Summary { job, parts, alias })
 }
 

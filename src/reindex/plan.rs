@@ -12,7 +12,7 @@ use crate::sink::postgres::{JobPartition, PgSink};
 
 /// Each partition's range, from Kafka and, for a window that begins among deleted records,
 /// from the daemon's stored rows.
-pub async fn plan_job(
+pub async fn from_kafka(
     source: &Source,
     pg: &PgSink,
     daemon: &Mapping,
@@ -49,6 +49,36 @@ pub async fn plan_job(
                     let (from, to) = m.range();
                     (from, to, matches!(m, range::Missing::Known { .. }))
                 }),
+                written: 0,
+                dead_letters: 0,
+                refused: 0,
+            });
+        }
+    }
+    Ok(parts)
+}
+
+/// Each partition's range from the daemon's stored rows and dead letters whose Kafka
+/// timestamp is in the window (`--from postgres`): nothing is missing by definition, and
+/// offsets without a row (dead letters, gaps) are counted as holding no record.
+pub async fn from_postgres(
+    stored: &PgSink,
+    daemon: &Mapping,
+    args: &JobArgs<'_>,
+) -> Result<Vec<JobPartition>, AdminError> {
+    let tables: Vec<String> = daemon.table_names().map(str::to_owned).collect();
+    let mut parts = Vec::new();
+    for topic in args.topics {
+        let window = stored
+            .stored_window(&tables, topic, args.since, args.until)
+            .await?;
+        for (p, from, to) in window {
+            parts.push(JobPartition {
+                tp: TopicPartition::new(topic.as_str(), p),
+                from,
+                to,
+                next: from,
+                missing: None,
                 written: 0,
                 dead_letters: 0,
                 refused: 0,

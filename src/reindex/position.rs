@@ -15,6 +15,7 @@ pub struct JobArgs<'a> {
     pub until: Option<DateTime<Utc>>,
     pub to_index: Option<&'a str>,
     pub to_table: Option<&'a str>,
+    pub from: super::Origin,
 }
 
 impl JobArgs<'_> {
@@ -25,12 +26,17 @@ impl JobArgs<'_> {
         topics.dedup();
         let time = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
         format!(
-            "topics={} since={} until={} to-index={} to-table={}",
+            "topics={} since={} until={} to-index={} to-table={}{}",
             topics.join(","),
             time(self.since),
             self.until.map_or("-".into(), time),
             self.to_index.unwrap_or("-"),
             self.to_table.unwrap_or("-"),
+            // Absent for Kafka, so jobs created before --from existed keep their names.
+            match self.from {
+                super::Origin::Kafka => "",
+                super::Origin::Postgres => " from=postgres",
+            },
         )
     }
 
@@ -62,6 +68,7 @@ mod tests {
             until: Some(t("2026-12-01T11:00:00+00:00")),
             to_index: Some("rebuilt"),
             to_table: None,
+            from: super::super::Origin::Kafka,
         };
         assert_eq!(args(&a).job_name(), args(&b).job_name());
         assert_eq!(

@@ -208,6 +208,40 @@ impl PgSink {
         Ok(first)
     }
 
+    /// Per partition of `topic`, the offsets the daemon stored (rows of `tables` and dead
+    /// letters) with a Kafka timestamp in `[since, until)`: `(partition, first, last + 1)`.
+    pub async fn stored_window(
+        &self,
+        tables: &[String],
+        topic: &str,
+        since: DateTime<Utc>,
+        until: Option<DateTime<Utc>>,
+    ) -> Result<Vec<(i32, i64, i64)>, SinkError> {
+        let of = |table: &str| {
+            format!(
+                "SELECT kafka_partition, kafka_offset FROM {} WHERE topic = $1 \
+                 AND kafka_ts >= $2 AND ($3::timestamptz IS NULL OR kafka_ts < $3)",
+                quoted(table)
+            )
+        };
+        let parts: Vec<String> = (tables.iter().map(String::as_str))
+            .chain(["dead_letters"])
+            .map(of)
+            .collect();
+        let sql = format!(
+            "SELECT kafka_partition, min(kafka_offset), max(kafka_offset) + 1 FROM ({}) s \
+             GROUP BY 1 ORDER BY 1",
+            parts.join(" UNION ALL ")
+        );
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(topic)
+            .bind(since)
+            .bind(until)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)
+    }
+
     /// Marks the job done (every partition at its end).
     pub async fn finish_reindex_job(&self, job: &str) -> Result<(), SinkError> {
         sqlx::query(
