@@ -199,8 +199,19 @@ async fn a_window_killed_half_way_and_resumed_holds_exactly_its_records() {
     s.wait_all_stored(Duration::from_secs(120)).await;
     let ends = s.end_offsets();
     let watermarks = s.pg_watermarks().await;
-    let committed = s.committed();
     assert_eq!(watermarks, ends, "the daemon stored everything first");
+    // Kafka's committed offsets trail the stored watermark: wait until they caught up, so
+    // that any later change would be the re-index's doing.
+    let waiting = Instant::now();
+    while s.committed() != ends {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(60),
+            "committed {:?} of {ends:?}",
+            s.committed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let committed = s.committed();
 
     let target = format!("r{}", s.index);
     let args: Vec<String> = [
