@@ -28,6 +28,9 @@ const EVERY: Duration = Duration::from_secs(1);
 pub struct Copy<'a> {
     pub job: &'a str,
     pub settings: &'a Settings,
+    /// The daemon's redaction (`LP_REDACT_*`), so a re-indexed record is redacted as its
+    /// original row and document were.
+    pub redactor: Redactor,
     pub mapping: &'a Mapping,
     pub pg: &'a PgSink,
     pub es: Option<&'a ElasticSink>,
@@ -95,15 +98,9 @@ impl Copy<'_> {
         read: Read,
         run: &mut Run,
     ) -> Result<i64, AdminError> {
-        let s = self.settings;
-        let redactor = Redactor::new(
-            s.redact_drop.clone(),
-            s.redact_hash.clone(),
-            s.redact_key.as_deref(),
-        );
         let how = Decoding {
-            max_record_bytes: s.max_record_bytes,
-            redactor: &redactor,
+            max_record_bytes: self.settings.max_record_bytes,
+            redactor: &self.redactor,
             mapping: self.mapping,
         };
         let Read { batch, next } = read;

@@ -244,6 +244,11 @@ pub async fn reindex(args: &ReindexArgs) -> Result<Summary, AdminError> {
     let copy = copy::Copy {
         job: &job,
         settings: s,
+        redactor: crate::redact::Redactor::new(
+            s.redact_drop.clone(),
+            s.redact_hash.clone(),
+            s.redact_key.as_deref(),
+        ),
         mapping: &target,
         pg: &pg,
         es: es.as_ref(),

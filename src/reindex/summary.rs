@@ -112,3 +112,61 @@ impl fmt::Display for Summary {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::TopicPartition;
+
+    fn part(missing: Option<(i64, i64, bool)>) -> JobPartition {
+        JobPartition {
+            tp: TopicPartition::new("t", 0),
+            from: 150,
+            to: 200,
+            next: 200,
+            missing,
+            written: 45,
+            dead_letters: 3,
+            refused: 1,
+        }
+    }
+
+    #[test]
+    fn the_summary_names_missing_offsets_and_exits_3_for_them() {
+        let whole = Summary {
+            job: "j".into(),
+            parts: vec![part(None)],
+            alias: Alias::NotAsked,
+        };
+        assert_eq!(whole.exit_code(), 0);
+        assert_eq!(Summary::without_record(&whole.parts[0]), 1);
+        let text = whole.to_string();
+        assert!(
+            text.ends_with("total: in_range=50 written=45 dead=3 refused=1 missing=0"),
+            "{text}"
+        );
+
+        let known = Summary {
+            parts: vec![part(Some((100, 150, true)))],
+            ..whole.clone()
+        };
+        assert_eq!(known.exit_code(), 3);
+        assert!(
+            known
+                .to_string()
+                .contains("  [100, 150) deleted by retention\n"),
+            "{known}"
+        );
+        let bound = Summary {
+            parts: vec![part(Some((0, 150, false)))],
+            ..whole
+        };
+        assert!(
+            bound
+                .to_string()
+                .contains("at most [0, 150) deleted by retention"),
+            "{bound}"
+        );
+        assert!(bound.to_string().ends_with("missing=150"), "{bound}");
+    }
+}
