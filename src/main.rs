@@ -237,6 +237,10 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Reindex(a) => {
+            if let Err(e) = a.validate() {
+                eprintln!("log-processor: {e}");
+                return ExitCode::from(2);
+            }
             let mut code = 0;
             let done = admin_command(&a.settings, async {
                 let summary = log_processor::reindex::reindex(&a).await?;

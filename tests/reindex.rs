@@ -452,3 +452,90 @@ async fn reindex_rate_of_100k_records() {
     );
     cleanup_target(&s, &target).await;
 }
+
+/// Arguments that cannot work stop the command before it reads or writes anything (exit 2),
+/// naming the argument; a job name reused with other arguments is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_arguments_are_refused_naming_them() {
+    let s = Scenario::new("reindex_args", 1).await;
+    let since = "2026-12-01T00:00:00Z";
+    for (args, field) in [
+        (vec!["--since", since], "--to-index / --to-table"),
+        (
+            vec![
+                "--since",
+                since,
+                "--until",
+                "2026-11-01T00:00:00Z",
+                "--to-table",
+                "x",
+            ],
+            "--until",
+        ),
+        (
+            vec!["--since", since, "--to-table", "Bad-Name"],
+            "--to-table",
+        ),
+        (
+            vec!["--since", since, "--to-table", "log_records"],
+            "--to-table",
+        ),
+        (vec!["--since", since, "--to-index", "UPPER"], "--to-index"),
+        (
+            vec!["--since", since, "--to-index", "x", "--alias", "a b"],
+            "--alias",
+        ),
+        (
+            vec!["--since", since, "--from", "postgres", "--to-table", "x"],
+            "--from",
+        ),
+        (vec!["--since", "yesterday", "--to-table", "x"], "--since"),
+        (
+            vec!["--since", since, "--to-table", "x", "--max-rate", "0"],
+            "--max-rate",
+        ),
+    ] {
+        let argv: Vec<&str> = ["reindex"].into_iter().chain(args.clone()).collect();
+        let (code, out, err) = lp(&s.env(), &argv);
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert!(err.contains(field), "{args:?} must name {field}: {err}");
+        println!("{args:?}: {}", err.lines().next().unwrap_or_default());
+    }
+    // Nothing was created by the refusals: not even the schema.
+    let (schemas,): (i64,) = sqlx::query_as("SELECT count(*) FROM pg_namespace WHERE nspname = $1")
+        .bind(&s.schema)
+        .fetch_one(&s.pg().await)
+        .await
+        .unwrap();
+    assert_eq!(schemas, 0, "the refusals created the schema");
+
+    s.produce(0, 10, 0.0);
+    let first = [
+        "reindex",
+        "--since",
+        since,
+        "--to-table",
+        "rt",
+        "--job",
+        "j1",
+    ];
+    let (code, out, err) = lp(&s.env(), &first);
+    assert_eq!(code, 0, "{out}{err}");
+    let other = [
+        "reindex",
+        "--since",
+        since,
+        "--to-table",
+        "rt2",
+        "--job",
+        "j1",
+    ];
+    let (code, out, err) = lp(&s.env(), &other);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("--job") && err.contains("other arguments"),
+        "{err}"
+    );
+    println!("{}", err.trim_end());
+    s.cleanup().await;
+}
