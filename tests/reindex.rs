@@ -539,3 +539,50 @@ async fn bad_arguments_are_refused_naming_them() {
     println!("{}", err.trim_end());
     s.cleanup().await;
 }
+
+/// Records of a job's range deleted by retention between two runs: the resumed run stops at
+/// them, saying so, instead of skipping them or retrying for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_deleted_between_runs_stops_the_resumed_run_saying_so() {
+    let s = Scenario::new("reindex_cut", 1).await;
+    let start = hours_ago(4);
+    produce_spread(&s, 300, start, 1_000);
+    let args: Vec<String> = [
+        "--since",
+        &rfc3339(start),
+        "--to-table",
+        "rt",
+        "--max-rate",
+        "50",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut first = Daemon::start_with(&mut reindex_command(&args), &s.env());
+    let started = Instant::now();
+    while job_progress(&s).await.0 < 50 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{}",
+            first.tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    first.signal("KILL");
+    first.wait(Duration::from_secs(10));
+    let (done, _) = job_progress(&s).await;
+    assert!(done < 250, "read up to {done}");
+    delete_records_below(&s, 250).await;
+    let argv: Vec<&str> = ["reindex"]
+        .into_iter()
+        .chain(args.iter().map(String::as_str))
+        .collect();
+    let (code, out, err) = lp(&s.env(), &argv);
+    println!("{}", err.trim_end());
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!("offset {done} is no longer in Kafka")),
+        "{err}"
+    );
+    assert_eq!(job_progress(&s).await.0, done, "the position stayed");
+    s.cleanup().await;
+}

@@ -169,9 +169,7 @@ impl Source {
                     next = m.offset() + 1;
                     idle_since = Instant::now();
                 }
-                Ok(Err(e)) => {
-                    return Err(AdminError::Kafka(format!("reading {tp} at {next}: {e}")));
-                }
+                Ok(Err(e)) => return Err(read_error(tp, next, e)),
                 Err(_) if !records.is_empty() => break,
                 Err(_) => {
                     if self.position(tp)?.is_some_and(|p| p >= to) {
@@ -202,5 +200,22 @@ impl Source {
                 _ => None,
             },
         )
+    }
+}
+
+/// A read error; an offset deleted since the job was created gets its own explanation, since a
+/// run started again would meet it again.
+fn read_error(tp: &TopicPartition, next: i64, e: rdkafka::error::KafkaError) -> AdminError {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    match e {
+        KafkaError::MessageConsumption(
+            RDKafkaErrorCode::OffsetOutOfRange | RDKafkaErrorCode::AutoOffsetReset,
+        ) => AdminError::Kafka(format!(
+            "{tp}: offset {next} is no longer in Kafka (deleted by retention after the job \
+             was created), so the rest of this job's range cannot be read; start a new job \
+             (another --since or --job), and for the search store re-index the deleted part \
+             from the daemon's rows with --from postgres"
+        )),
+        e => AdminError::Kafka(format!("reading {tp} at {next}: {e}")),
     }
 }
