@@ -24,6 +24,7 @@ pub mod notify;
 pub mod parking;
 pub mod pipeline;
 pub mod redact;
+pub mod reindex;
 pub mod shutdown;
 pub mod sink;
 pub mod stores;

@@ -14,6 +14,7 @@ use log_processor::config::{
     CheckConfigArgs, LogFormat, Settings, Sources, View, apply_config_file,
 };
 use log_processor::loadgen::{self, LoadgenArgs};
+use log_processor::reindex::ReindexArgs;
 use log_processor::{admin, app};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_tokio::Signals;
@@ -59,6 +60,10 @@ enum Command {
     /// drop them into the dead letters, or send them to another index.
     #[command(subcommand)]
     Parked(ParkedCommand),
+    /// Read a time window of the topics again from Kafka (offsets-for-times) into a new index
+    /// and/or table, with the daemon's decoding and document ids; resumable after a kill, ends
+    /// with a per-partition reconciliation and an alias switched to the new index.
+    Reindex(ReindexArgs),
     /// Print a completion script for a shell, e.g. `log-processor completions bash >
     /// /etc/bash_completion.d/log-processor`.
     Completions {
@@ -112,6 +117,7 @@ fn main() -> ExitCode {
         Command::Parked(ParkedCommand::List(a)) => a.settings.log_format,
         Command::Parked(ParkedCommand::Drop(a)) => a.settings.log_format,
         Command::Parked(ParkedCommand::Reroute(a)) => a.settings.log_format,
+        Command::Reindex(a) => a.settings.log_format,
     };
     init_tracing(format);
     match cli.command {
@@ -230,6 +236,23 @@ fn main() -> ExitCode {
             println!("{}", admin::parked::reroute(&a).await?);
             Ok(())
         }),
+        Command::Reindex(a) => {
+            if let Err(e) = a.validate() {
+                eprintln!("log-processor: {e}");
+                return ExitCode::from(2);
+            }
+            let mut code = 0;
+            let done = admin_command(&a.settings, async {
+                let summary = log_processor::reindex::reindex(&a).await?;
+                println!("{summary}");
+                code = summary.exit_code();
+                Ok(())
+            });
+            match code {
+                0 => done,
+                c => ExitCode::from(c),
+            }
+        }
     }
 }
 

@@ -20,6 +20,7 @@ use crate::model::LogEntry;
 
 pub mod ddl;
 mod file;
+mod retarget;
 mod types;
 
 #[cfg(test)]

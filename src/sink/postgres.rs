@@ -25,11 +25,13 @@ mod parked;
 mod refusal;
 mod rows;
 mod tables;
+mod target;
 
 pub use audit::Accounted;
 pub use gaps::GapCounts;
 pub use parked::{ParkedSummary, Released};
 pub use tables::Added;
+pub use target::{JobPartition, Step};
 
 use batch::write_tx;
 use refusal::{Refusal, classify, code, permanent};

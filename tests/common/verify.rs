@@ -441,7 +441,7 @@ pub fn against_watermark(
     (n, lines)
 }
 
-type Row = (
+pub type Row = (
     String,
     i32,
     i64,
@@ -779,7 +779,7 @@ fn same_time(a: DateTime<Utc>, b: DateTime<Utc>) -> bool {
     (a - b).num_nanoseconds().is_some_and(|d| d.abs() < 1000)
 }
 
-fn row_differs(r: &Row, e: &Entry, k: &KafkaRecord) -> Option<String> {
+pub fn row_differs(r: &Row, e: &Entry, k: &KafkaRecord) -> Option<String> {
     let fields: Value = serde_json::from_str(&r.7).unwrap_or(Value::Null);
     let mut why = Vec::new();
     if e.ts.is_some_and(|t| !same_time(t, r.3)) {
@@ -807,7 +807,7 @@ fn row_differs(r: &Row, e: &Entry, k: &KafkaRecord) -> Option<String> {
     (!why.is_empty()).then(|| why.join("; "))
 }
 
-fn doc_differs(hit: &Value, e: &Entry, topic: &str, index: &str) -> Option<String> {
+pub fn doc_differs(hit: &Value, e: &Entry, topic: &str, index: &str) -> Option<String> {
     let mut src = hit["_source"].clone();
     let kafka = src.as_object_mut()?.remove("kafka").unwrap_or(Value::Null);
     let mut why = Vec::new();

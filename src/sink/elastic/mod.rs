@@ -12,6 +12,7 @@
 //! `_refresh`, `_search`).
 
 mod accepts;
+mod alias;
 mod bulk;
 pub mod classify;
 mod delete;
@@ -24,6 +25,7 @@ mod stream;
 mod template;
 mod version;
 
+pub use alias::CutOver;
 pub use bulk::{Indexed, ItemFate, Rejection};
 pub use scan::Found;
 pub use version::{Product, StoreInfo};

@@ -1,0 +1,182 @@
+//! The batches of a re-index: each read from Kafka, decoded as the daemon decodes, indexed,
+//! then committed with the job's position in one PostgreSQL transaction; paced and reported.
+
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::input::{Batch, Input, Read};
+use super::progress;
+use crate::admin::AdminError;
+use crate::config::Settings;
+use crate::mapping::Mapping;
+use crate::model::TopicPartition;
+use crate::pipeline::{self, Decoding};
+use crate::redact::Redactor;
+use crate::sink::SinkError;
+use crate::sink::elastic::ElasticSink;
+use crate::sink::postgres::{JobPartition, PgSink, Step};
+
+/// How long the search store may refuse a batch (retried meanwhile) before the run stops; the
+/// position stays where the last committed batch left it.
+const STORE_BOUND: Duration = Duration::from_secs(120);
+/// Records not written named one by one on stderr; the rest are only counted.
+const NAMED: u64 = 20;
+/// At most one progress line this often.
+const EVERY: Duration = Duration::from_secs(1);
+
+pub struct Copy<'a> {
+    pub job: &'a str,
+    pub settings: &'a Settings,
+    /// The daemon's redaction (`LP_REDACT_*`), so a re-indexed record is redacted as its
+    /// original row and document were.
+    pub redactor: Redactor,
+    pub mapping: &'a Mapping,
+    pub pg: &'a PgSink,
+    pub es: Option<&'a ElasticSink>,
+    pub to_table: bool,
+    pub max_rate: Option<u32>,
+    pub batch: usize,
+}
+
+/// Where the run stands, for the pace and the progress line.
+struct Run {
+    started: Instant,
+    printed: Instant,
+    done: u64,
+    total: u64,
+    named: u64,
+}
+
+impl Copy<'_> {
+    /// Reads every partition from its position to the end of its range.
+    pub async fn run(&self, input: &Input<'_>, parts: &[JobPartition]) -> Result<(), AdminError> {
+        let total = parts.iter().map(|p| (p.to - p.next).max(0) as u64).sum();
+        let now = Instant::now();
+        let mut run = Run {
+            started: now,
+            printed: now,
+            done: 0,
+            total,
+            named: 0,
+        };
+        for p in parts.iter().filter(|p| p.next < p.to) {
+            input.start(&p.tp, p.next)?;
+            let mut next = p.next;
+            while next < p.to {
+                let read = input.read(&p.tp, next, p.to, self.batch).await?;
+                let after = self.step(&p.tp, next, read, &mut run).await?;
+                run.done += (after - next) as u64;
+                next = after;
+                tokio::time::sleep(progress::pause(
+                    self.max_rate,
+                    run.done,
+                    run.started.elapsed(),
+                ))
+                .await;
+                if run.printed.elapsed() >= EVERY {
+                    eprintln!(
+                        "{}",
+                        progress::line(run.done, run.total, run.started.elapsed())
+                    );
+                    run.printed = Instant::now();
+                }
+            }
+        }
+        eprintln!(
+            "{}",
+            progress::line(run.done, run.total, run.started.elapsed())
+        );
+        Ok(())
+    }
+
+    /// One batch: decoded, indexed, committed with the position; returns the new position.
+    async fn step(
+        &self,
+        tp: &TopicPartition,
+        from: i64,
+        read: Read,
+        run: &mut Run,
+    ) -> Result<i64, AdminError> {
+        let how = Decoding {
+            max_record_bytes: self.settings.max_record_bytes,
+            redactor: &self.redactor,
+            mapping: self.mapping,
+        };
+        let Read { batch, next } = read;
+        let (mut records, undecodable) = match batch {
+            Batch::Raw(raws) => {
+                let (records, bad) = pipeline::decode_all(&raws, &tp.topic, how);
+                let bad: Vec<(i64, String)> =
+                    bad.into_iter().map(|(r, why)| (r.offset, why)).collect();
+                (records, bad)
+            }
+            Batch::Stored(records) => (records, Vec::new()),
+        };
+        let mut note = |offset: i64, what: &str, why: &str| {
+            run.named += 1;
+            if run.named <= NAMED {
+                eprintln!("reindex: {tp}@{offset}: {what}: {}", one_line(why));
+            } else if run.named == NAMED + 1 {
+                eprintln!("reindex: more records not written are only counted");
+            }
+        };
+        for (offset, why) in &undecodable {
+            note(*offset, "dead letter (decode)", why);
+        }
+        let mut refused = 0;
+        if let Some(es) = self.es {
+            let indexed = bounded(es.index(tp, &records, &CancellationToken::new(), |why| {
+                tracing::warn!(partition = %tp, reason = why, "search store refused; retrying");
+            }))
+            .await?;
+            // A document the store will not take gets no row either, as in the daemon.
+            let gone = pipeline::take_refused(&mut records, indexed);
+            for (r, why) in gone.rejected.iter().chain(&gone.parked) {
+                note(r.offset, "refused by the index", why);
+                refused += 1;
+            }
+        }
+        self.pg
+            .reindex_step(&Step {
+                job: self.job,
+                tp,
+                rows: self.to_table.then_some(&records[..]),
+                expected_next: from,
+                next,
+                written: records.len() as i64,
+                dead_letters: undecodable.len() as i64,
+                refused,
+            })
+            .await?;
+        Ok(next)
+    }
+}
+
+/// `op`, given up after [`STORE_BOUND`] of refusals that are not a record's fault.
+async fn bounded<T>(
+    op: impl std::future::Future<Output = Result<T, SinkError>>,
+) -> Result<T, AdminError> {
+    match tokio::time::timeout(STORE_BOUND, op).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(SinkError::Transient {
+            store: "elasticsearch",
+            message: format!(
+                "not accepted within {} s; the batch was not committed, run again to resume",
+                STORE_BOUND.as_secs()
+            ),
+        }
+        .into()),
+    }
+}
+
+fn one_line(s: &str) -> String {
+    let flat: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    match flat.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &flat[..i]),
+        None => flat,
+    }
+}
