@@ -27,7 +27,7 @@ run() {
 # Only the search store changes: Kafka and PostgreSQL stay up throughout.
 bash "$INFRA" up postgres kafka >/dev/null || exit 1
 eval "$(bash "$INFRA" env)"
-nice cargo test --locked --features failpoints --no-run --test pipeline --test chaos --test lifecycle >/dev/null 2>&1 \
+nice cargo test --locked --features failpoints --no-run --test pipeline --test chaos --test lifecycle --test reindex >/dev/null 2>&1 \
   || { echo "compat: build failed" >&2; exit 1; }
 # The default search store shares the port: stop it for the run, restart it after.
 bash "$INFRA" down opensearch >/dev/null
@@ -46,10 +46,11 @@ for store in "${stores[@]}"; do
   hostile="$(run hostile "$store" --test chaos -- --exact chaos_4_hostile_input --nocapture --test-threads=1)"
   sigkill="$(run sigkill "$store" --test chaos -- --exact chaos_1_sigkill_at_random_moments --nocapture --test-threads=1)"
   lifecycle="$(run lifecycle "$store" --test lifecycle -- --nocapture --test-threads=1)"
-  line="compat: store=$product-$version pipeline=$pipeline hostile=$hostile sigkill=$sigkill lifecycle=$lifecycle"
+  reindex="$(run reindex "$store" --test reindex -- --nocapture --test-threads=1)"
+  line="compat: store=$product-$version pipeline=$pipeline hostile=$hostile sigkill=$sigkill lifecycle=$lifecycle reindex=$reindex"
   echo "$line" >&2
   summary+=("$line")
-  [[ "$pipeline$hostile$sigkill$lifecycle" == okokokok ]] || failed=1
+  [[ "$pipeline$hostile$sigkill$lifecycle$reindex" == okokokokok ]] || failed=1
   bash "$INFRA" reset opensearch >/dev/null 2>&1
 done
 unset LP_TEST_SEARCH

@@ -144,12 +144,13 @@ impl Worker {
                         match step {
                             Step::Done(batch, outcome) => books.finish(&ctx, &batch, started, outcome, true),
                             Step::Held(tp, write) => {
-                                tracing::info!(partition = %tp, "partition held: its batches go on in a lane of their own, the worker's other partitions go on");
-                                // Its later batches written here follow it, in order.
+                                // Its other batches under way here follow it.
                                 for (_, h) in holds.iter().filter(|(t, _)| *t == tp) {
                                     h.notify_one();
                                 }
-                                lanes.take(tp, write, started, &ctx, &mut books);
+                                if lanes.take(tp.clone(), write, started, &ctx, &mut books) {
+                                    tracing::info!(partition = %tp, "partition held: its batches go on in a lane of their own, the worker's other partitions go on");
+                                }
                             }
                         }
                     }
@@ -177,7 +178,9 @@ impl Worker {
             while let Some((step, started, _)) = running.next().await {
                 match step {
                     Step::Done(batch, outcome) => books.finish(&ctx, &batch, started, outcome, true),
-                    Step::Held(tp, write) => lanes.take(tp, write, started, &ctx, &mut books),
+                    Step::Held(tp, write) => {
+                        lanes.take(tp, write, started, &ctx, &mut books);
+                    }
                 }
             }
             lanes.close().await;

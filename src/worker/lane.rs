@@ -91,7 +91,8 @@ impl Lanes {
         Some(batch)
     }
 
-    /// Moves a held write into its partition's lane (opened now unless the partition has one).
+    /// Moves a held write into its partition's lane (opened now unless the partition has one);
+    /// true when it opened one.
     pub(super) fn take(
         &mut self,
         tp: TopicPartition,
@@ -99,12 +100,12 @@ impl Lanes {
         started: Instant,
         ctx: &Arc<WorkerContext>,
         books: &mut Books,
-    ) {
+    ) -> bool {
         self.reap_dead();
         if let Some(lane) = self.open.get(&tp) {
             lane.pending.fetch_add(1, AcqRel);
             let _ = lane.tx.send(Item::Running(write, started));
-            return;
+            return false;
         }
         let (tx, rx) = unbounded_channel();
         let pending = Arc::new(AtomicUsize::new(1));
@@ -119,6 +120,7 @@ impl Lanes {
                 .instrument(tracing::Span::current()),
         );
         self.open.insert(tp, Lane { tx, pending, task });
+        true
     }
 
     /// At the worker's end: every lane finishes what it has.

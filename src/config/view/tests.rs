@@ -50,7 +50,7 @@ fn each_value_names_its_source() {
     assert_eq!(entry(&v, "LP_GROUP_ID").source, Source::Default);
     // Unset with a default computed from other settings: the effective value, derived.
     let pool = entry(&v, "LP_PG_POOL_SIZE");
-    assert_eq!((pool.value.as_str(), pool.source), ("8", Source::Derived));
+    assert_eq!((pool.value.as_str(), pool.source), ("14", Source::Derived));
     let drain = entry(&v, "LP_REVOKE_DRAIN_TIMEOUT_MS");
     assert_eq!(
         (drain.value.as_str(), drain.source),
