@@ -81,8 +81,7 @@ impl Lanes {
         };
         if lane.pending.load(Acquire) > 0 {
             lane.pending.fetch_add(1, AcqRel);
-            // Open lanes never drop their receiver (a dead one is reaped above).
-            let _ = lane.tx.send(Item::Batch(batch));
+            send(lane, &batch.tp.clone(), Item::Batch(batch));
             return None;
         }
         let lane = self.open.remove(&batch.tp).expect("looked up above");
@@ -104,7 +103,7 @@ impl Lanes {
         self.reap_dead();
         if let Some(lane) = self.open.get(&tp) {
             lane.pending.fetch_add(1, AcqRel);
-            let _ = lane.tx.send(Item::Running(write, started));
+            send(lane, &tp, Item::Running(write, started));
             return false;
         }
         let (tx, rx) = unbounded_channel();
@@ -143,6 +142,15 @@ impl Lanes {
             let result = futures_util::FutureExt::now_or_never(lane.task);
             joined(result.expect("finished"));
         }
+    }
+}
+
+/// Gives `item` to an open lane. A lane ends only when the worker closes it, so one that
+/// cannot take it has panicked (after `reap_dead` looked): the worker ends too, which the
+/// application notices (`app::exit_if_ends_early`), rather than drop a batch unacknowledged.
+fn send(lane: &Lane, tp: &TopicPartition, item: Item) {
+    if lane.tx.send(item).is_err() {
+        panic!("the lane of {tp} ended while open (it panicked)");
     }
 }
 

@@ -46,11 +46,14 @@ pub enum Gate {
     GiveUp,
 }
 
-/// Whether a write may send its documents.
-pub fn may_index(prev: Stage) -> Gate {
+/// Whether a write may send its documents. `continues`: as for [`may_commit`]; a batch after
+/// a hole in its run sends nothing (no document without a row to follow it).
+pub fn may_index(prev: Stage, continues: bool) -> Gate {
     match prev {
         Stage::Writing => Gate::Wait,
-        Stage::Indexed | Stage::Durable | Stage::NotDurable => Gate::Go,
+        Stage::Indexed | Stage::Durable => Gate::Go,
+        Stage::NotDurable if continues => Gate::GiveUp,
+        Stage::NotDurable => Gate::Go,
     }
 }
 
@@ -119,21 +122,18 @@ pub struct Link {
 }
 
 impl Link {
-    /// Returns once this write may send its documents.
-    pub async fn indexing_turn(&mut self) {
-        self.wait(|s| may_index(s) != Gate::Wait).await;
+    /// Returns once this write may send its documents: `Err` when it must be given up instead.
+    pub async fn indexing_turn(&mut self) -> Result<(), &'static str> {
+        let continues = self.continues;
+        let prev = self.wait(|s| may_index(s, continues) != Gate::Wait).await;
+        gate(may_index(prev, continues))
     }
 
     /// Returns once this write may commit: `Err` when it must be given up instead.
     pub async fn commit_turn(&mut self) -> Result<(), &'static str> {
         let continues = self.continues;
-        match may_commit(
-            self.wait(|s| may_commit(s, continues) != Gate::Wait).await,
-            continues,
-        ) {
-            Gate::GiveUp => Err("an earlier batch of this partition was given up"),
-            Gate::Go | Gate::Wait => Ok(()),
-        }
+        let prev = self.wait(|s| may_commit(s, continues) != Gate::Wait).await;
+        gate(may_commit(prev, continues))
     }
 
     /// The previous write's stage once `ready` holds for it (not durable if it was dropped).
@@ -149,6 +149,13 @@ impl Link {
 
     pub fn reached(&self, stage: Stage) {
         self.me.send_replace(stage);
+    }
+}
+
+fn gate(g: Gate) -> Result<(), &'static str> {
+    match g {
+        Gate::GiveUp => Err("an earlier batch of this partition was given up"),
+        Gate::Go | Gate::Wait => Ok(()),
     }
 }
 

@@ -52,7 +52,8 @@ pub(super) async fn process(
 enum Ended {
     /// `Cancelled` or `Behind`: every other store error is retried.
     Store(SinkError),
-    /// The batch before it in its run was given up (`order`).
+    /// The batch before it in its run was given up (`order`), or its partition's revocation
+    /// began before it sent anything.
     AfterHole(&'static str),
 }
 
@@ -89,7 +90,12 @@ async fn write(
         ctx.metrics.retries_es.fetch_add(1, Relaxed);
         hold(&format!("elasticsearch: {why}"));
     };
-    link.indexing_turn().await;
+    link.indexing_turn().await.map_err(Ended::AfterHole)?;
+    if batch.drain.is_cancelled() {
+        // Its partition is being revoked and it has not sent anything yet: as for a batch not
+        // started, its next owner reads it again.
+        return Err(Ended::AfterHole("partition revoked before it was written"));
+    }
     let t = Instant::now();
     let indexed = index_new(ctx, batch, &records, &search_refused).await?;
     ctx.metrics.es_latency.observe(t.elapsed());

@@ -21,7 +21,11 @@ fn run(fails: &[bool], picks: &[usize]) -> Vec<Stage> {
         }
     };
     let step = |stages: &[Stage], i: usize| match stages[i] {
-        Stage::Writing if may_index(prev(stages, i)) == Gate::Go => Stage::Indexed,
+        Stage::Writing => match may_index(prev(stages, i), true) {
+            Gate::Go => Stage::Indexed,
+            Gate::GiveUp => Stage::NotDurable,
+            Gate::Wait => Stage::Writing,
+        },
         Stage::Indexed => match may_commit(prev(stages, i), true) {
             Gate::Go if fails[i] => Stage::NotDurable,
             Gate::Go => Stage::Durable,
@@ -99,13 +103,20 @@ async fn a_write_dropped_mid_way_gives_up_the_rest_of_its_run_only() {
     let first = chains.link(&batch(Position::Assigned(Some(0)), 10, 1));
     let mut second = chains.link(&batch(Position::After(10), 20, 1));
     first.reached(Stage::Indexed);
-    second.indexing_turn().await;
+    assert_eq!(second.indexing_turn().await, Ok(()));
     drop(first); // revoked mid-commit
     assert_eq!(
         second.commit_turn().await,
         Err("an earlier batch of this partition was given up")
     );
     drop(second);
+    // A third batch of the run does not even send its documents.
+    let mut third = chains.link(&batch(Position::After(20), 30, 1));
+    assert_eq!(
+        third.indexing_turn().await,
+        Err("an earlier batch of this partition was given up")
+    );
+    drop(third);
     // The partition assigned again: its first batch follows nothing of the old run.
     let mut again = chains.link(&batch(Position::Assigned(Some(0)), 10, 2));
     assert_eq!(again.commit_turn().await, Ok(()));
@@ -117,7 +128,7 @@ async fn a_write_waits_for_the_one_before_it() {
     let first = chains.link(&batch(Position::Assigned(Some(0)), 10, 1));
     let mut second = chains.link(&batch(Position::After(10), 20, 1));
     let waiting = tokio::spawn(async move {
-        second.indexing_turn().await;
+        second.indexing_turn().await?;
         second.commit_turn().await
     });
     tokio::task::yield_now().await;
