@@ -69,7 +69,7 @@ class Probe(threading.Thread):
 
     def __init__(self, ctx, ident, topic, partitions):
         super().__init__(daemon=True)
-        self.ctx, self.ident, self.topic, self.partitions = ctx, ident, topic, partitions
+        self.ctx, self.schema, self.topic, self.partitions = ctx, ident, topic, partitions
         self.prefix = ident.replace("_", "-")
         self.events, self.stop = [], threading.Event()
         self.seen = {"es": {}, "pg": {}}
@@ -94,7 +94,7 @@ class Probe(threading.Thread):
 
     def pg_max(self):
         q = " UNION ALL ".join(
-            f"SELECT {p}, (SELECT max(kafka_offset) FROM {self.ident}.log_records "
+            f"SELECT {p}, (SELECT max(kafka_offset) FROM {self.schema}.log_records "
             f"WHERE topic = '{self.topic}' AND kafka_partition = {p})" for p in range(self.partitions))
         out = {}
         for line in self.ctx.psql(q, check=False).splitlines():
