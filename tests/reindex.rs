@@ -586,3 +586,99 @@ async fn a_range_deleted_between_runs_stops_the_resumed_run_saying_so() {
     assert_eq!(job_progress(&s).await.0, done, "the position stayed");
     s.cleanup().await;
 }
+
+/// Produces `count` records to partition 0, record `i` logged at `hour(i)`:00:`i` seconds on
+/// 2025-11-24, its message `m{i}`.
+fn produce_hours(s: &Scenario, count: u64, hour: impl Fn(u64) -> u64) {
+    let producer: BaseProducer = producer_config().create().expect("producer");
+    for i in 0..count {
+        let payload = serde_json::json!({
+            "timestamp": format!("2025-11-24T{:02}:00:{:02}Z", hour(i), i % 60),
+            "level": "info",
+            "message": format!("m{i}"),
+        })
+        .to_string();
+        let record = BaseRecord::<str, str>::to(&s.topic)
+            .partition(0)
+            .payload(&payload);
+        log_processor::loadgen::send(&producer, record).expect("produce");
+    }
+    producer.flush(Duration::from_secs(60)).expect("flush");
+}
+
+/// One batch going to three hourly indices: the first closed (its documents parked), the
+/// second open, the third mapping `message` as a number (its documents refused for their
+/// own content). The parked documents are sent again, not counted as refused, and the batch
+/// does not commit until they are taken; the refused ones are listed and the run exits 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_documents_hold_the_position_and_refused_ones_exit_3() {
+    let s = Scenario::new("reindex_parked", 1).await;
+    let since = Utc::now().timestamp_millis() - 600_000;
+    produce_hours(&s, 90, |i| 10 + i / 30);
+    let target = format!("r{}", s.index);
+    let base = elasticsearch_url();
+    let closed = format!("{target}-2025.11.24.10");
+    let numeric = format!("{target}-2025.11.24.12");
+    let (status, text) = http("PUT", &format!("{base}/{closed}"), None).await;
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = http("POST", &format!("{base}/{closed}/_close"), None).await;
+    assert_eq!(status, 200, "{text}");
+    let mapping = r#"{"mappings":{"properties":{"message":{"type":"long"}}}}"#;
+    let (status, text) = http("PUT", &format!("{base}/{numeric}"), Some(mapping.into())).await;
+    assert_eq!(status, 200, "{text}");
+
+    let args: Vec<String> = [
+        "--since",
+        &rfc3339(since),
+        "--to-index",
+        &format!("{target}-%Y.%m.%d.%H"),
+        "--to-table",
+        "rt",
+        "--batch-records",
+        "1000",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut run = Daemon::start_with(&mut reindex_command(&args), &s.env());
+    run.wait_for_line(
+        &format!("parked by index {closed}"),
+        Duration::from_secs(60),
+    );
+    // Parked, not passed: the batch is not committed while its index refuses.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(job_progress(&s).await, (0, 90), "{}", run.tail(20));
+    let (status, text) = http("POST", &format!("{base}/{closed}/_open"), None).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(run.wait(Duration::from_secs(90)), 3, "{}", run.tail(30));
+
+    // Taken once the index opened: the first hour's documents and rows are there.
+    http("POST", &format!("{base}/{target}-*/_refresh"), None).await;
+    let (_, text) = http("GET", &format!("{base}/{closed}/_count"), None).await;
+    let count: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(count["count"], 30, "{text}");
+    let rows: Vec<i64> = target_rows(&s, "rt").await.iter().map(|r| r.2).collect();
+    let rows: BTreeSet<i64> = rows.into_iter().collect();
+    assert_eq!(rows, (0..60).collect(), "rows of the first two hours only");
+    // The summary (the finished job read again) lists the refused offsets and exits 3.
+    let argv: Vec<&str> = ["reindex"]
+        .into_iter()
+        .chain(args.iter().map(String::as_str))
+        .collect();
+    let (code, out, err) = lp(&s.env(), &argv);
+    println!("{}\n{out}", err.trim_end());
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        out.contains("total: in_range=90 written=60 dead=0 refused=30 missing=0"),
+        "{out}"
+    );
+    let listed: Vec<String> = (60..90).map(|o: i64| o.to_string()).collect();
+    assert!(
+        out.contains(&format!(
+            "refused by the index, not written: {}/0 offsets {}",
+            s.topic,
+            listed.join(",")
+        )),
+        "{out}"
+    );
+    cleanup_target(&s, &target).await;
+}

@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::input::{Batch, Input, Read};
-use super::progress;
+use super::{parked, progress};
 use crate::admin::AdminError;
 use crate::config::Settings;
 use crate::mapping::Mapping;
-use crate::model::TopicPartition;
+use crate::model::{StoredRecord, TopicPartition};
 use crate::pipeline::{self, Decoding};
 use crate::redact::Redactor;
 use crate::sink::SinkError;
@@ -124,18 +124,60 @@ impl Copy<'_> {
         for (offset, why) in &undecodable {
             note(*offset, "dead letter (decode)", why);
         }
-        let mut refused = 0;
+        let mut refused = Vec::new();
         if let Some(es) = self.es {
-            let indexed = bounded(es.index(tp, &records, &CancellationToken::new(), |why| {
-                tracing::warn!(partition = %tp, reason = why, "search store refused; retrying");
-            }))
+            let indexed = bounded(STORE_BOUND, self.index(es, tp, &records)).await?;
+            // Parked records stay in `records`: they are sent again below, and get their rows
+            // once taken (the batch does not commit otherwise).
+            let pick =
+                |r: &crate::sink::elastic::Rejection| (records[r.index].clone(), r.reason.clone());
+            let mut rejected: Vec<_> = indexed.rejected.iter().map(pick).collect();
+            let first_parked = indexed.parked.iter().map(pick).collect();
+            let settled = parked::retry(
+                first_parked,
+                STORE_BOUND,
+                async |again: Vec<StoredRecord>, left| {
+                    let indexed = bounded(left, self.index(es, tp, &again)).await?;
+                    let mut again = again;
+                    Ok(pipeline::take_refused(&mut again, indexed))
+                },
+                |still| {
+                    let (r, why) = &still[0];
+                    eprintln!(
+                        "reindex: {tp}: {} documents parked by index {} ({}); sending again",
+                        still.len(),
+                        es.index_name(r),
+                        one_line(why)
+                    );
+                },
+            )
             .await?;
-            // A document the store will not take gets no row either, as in the daemon.
-            let gone = pipeline::take_refused(&mut records, indexed);
-            for (r, why) in gone.rejected.iter().chain(&gone.parked) {
-                note(r.offset, "refused by the index", why);
-                refused += 1;
+            match settled {
+                parked::Settled::Taken { rejected: later } => rejected.extend(later),
+                parked::Settled::Stuck { parked } => {
+                    let (r, why) = &parked[0];
+                    return Err(AdminError::Refused(format!(
+                        "{tp}: index {} still refuses {} documents after {} s (first at offset \
+                         {}): {}; the batch was not committed, the position stays at {from}: \
+                         run again once the index takes writes",
+                        es.index_name(r),
+                        parked.len(),
+                        STORE_BOUND.as_secs(),
+                        r.offset,
+                        one_line(why)
+                    )));
+                }
             }
+            // Refused for their own content (a mapping conflict): counted and listed by offset,
+            // and the run exits 3, since the target does not hold them.
+            for (r, why) in &rejected {
+                note(r.offset, "refused by the index", why);
+                refused.push(r.offset);
+            }
+            // A document the store will not take gets no row either, as in the daemon.
+            let gone: std::collections::HashSet<i64> = refused.iter().copied().collect();
+            records.retain(|r| !gone.contains(&r.offset));
+            refused.sort_unstable();
         }
         self.pg
             .reindex_step(&Step {
@@ -146,24 +188,40 @@ impl Copy<'_> {
                 next,
                 written: records.len() as i64,
                 dead_letters: undecodable.len() as i64,
-                refused,
+                refused: &refused,
             })
             .await?;
         Ok(next)
     }
 }
 
-/// `op`, given up after [`STORE_BOUND`] of refusals that are not a record's fault.
+impl Copy<'_> {
+    /// One indexing of `records`, store-wide refusals retried inside (see `ElasticSink::index`).
+    async fn index(
+        &self,
+        es: &ElasticSink,
+        tp: &TopicPartition,
+        records: &[StoredRecord],
+    ) -> Result<crate::sink::elastic::Indexed, SinkError> {
+        es.index(tp, records, &CancellationToken::new(), |why| {
+            tracing::warn!(partition = %tp, reason = why, "search store refused; retrying");
+        })
+        .await
+    }
+}
+
+/// `op`, given up after `bound` of refusals that are not a record's fault.
 async fn bounded<T>(
+    bound: Duration,
     op: impl std::future::Future<Output = Result<T, SinkError>>,
 ) -> Result<T, AdminError> {
-    match tokio::time::timeout(STORE_BOUND, op).await {
+    match tokio::time::timeout(bound, op).await {
         Ok(r) => Ok(r?),
         Err(_) => Err(SinkError::Transient {
             store: "elasticsearch",
             message: format!(
                 "not accepted within {} s; the batch was not committed, run again to resume",
-                STORE_BOUND.as_secs()
+                bound.as_secs()
             ),
         }
         .into()),

@@ -18,6 +18,7 @@
 mod copy;
 mod input;
 mod kafka;
+mod parked;
 mod plan;
 mod position;
 mod progress;

@@ -52,6 +52,7 @@ pub async fn from_kafka(
                 written: 0,
                 dead_letters: 0,
                 refused: 0,
+                refused_offsets: Vec::new(),
             });
         }
     }
@@ -82,6 +83,7 @@ pub async fn from_postgres(
                 written: 0,
                 dead_letters: 0,
                 refused: 0,
+                refused_offsets: Vec::new(),
             });
         }
     }

@@ -7,6 +7,9 @@ use std::fmt;
 use crate::sink::elastic::CutOver;
 use crate::sink::postgres::JobPartition;
 
+/// Refused offsets printed per partition; all of them stay in `reindex_positions`.
+const LISTED: usize = 100;
+
 /// What happened to the alias.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Alias {
@@ -28,10 +31,15 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// 0 when the whole window was written; 3 when Kafka no longer held part of it (the rest
-    /// was written), so a script cannot mistake a partial re-index for a whole one.
+    /// 0 when the whole window was written; 3 when not everything was (Kafka no longer held
+    /// part of it, or the target index refused records for their own content, listed), so a
+    /// script cannot mistake a partial re-index for a whole one.
     pub fn exit_code(&self) -> u8 {
-        match self.parts.iter().any(|p| p.missing.is_some()) {
+        match self
+            .parts
+            .iter()
+            .any(|p| p.missing.is_some() || p.refused > 0)
+        {
             true => 3,
             false => 0,
         }
@@ -88,6 +96,21 @@ impl fmt::Display for Summary {
             sum(|p| p.refused),
             sum(|p| p.missing.map_or(0, |m| m.1 - m.0)),
         )?;
+        for p in self.parts.iter().filter(|p| !p.refused_offsets.is_empty()) {
+            let shown: Vec<String> = (p.refused_offsets.iter().take(LISTED))
+                .map(i64::to_string)
+                .collect();
+            let more = match p.refused_offsets.len().saturating_sub(LISTED) {
+                0 => String::new(),
+                n => format!(" and {n} more (reindex_positions.refused_offsets)"),
+            };
+            write!(
+                f,
+                "\nrefused by the index, not written: {} offsets {}{more}",
+                p.tp,
+                shown.join(",")
+            )?;
+        }
         match &self.alias {
             Alias::NotAsked => Ok(()),
             Alias::Pending => write!(
@@ -128,6 +151,7 @@ mod tests {
             written: 45,
             dead_letters: 3,
             refused: 1,
+            refused_offsets: vec![170],
         }
     }
 
@@ -138,13 +162,23 @@ mod tests {
             parts: vec![part(None)],
             alias: Alias::NotAsked,
         };
-        assert_eq!(whole.exit_code(), 0);
+        // A record the index refused is not written: exit 3, its offset listed.
+        assert_eq!(whole.exit_code(), 3);
         assert_eq!(Summary::without_record(&whole.parts[0]), 1);
         let text = whole.to_string();
         assert!(
-            text.ends_with("total: in_range=50 written=45 dead=3 refused=1 missing=0"),
+            text.ends_with(
+                "total: in_range=50 written=45 dead=3 refused=1 missing=0\n\
+                 refused by the index, not written: t/0 offsets 170"
+            ),
             "{text}"
         );
+        let mut all = whole.clone();
+        all.parts[0].refused = 0;
+        all.parts[0].refused_offsets.clear();
+        all.parts[0].written = 46;
+        assert_eq!(all.exit_code(), 0);
+        assert!(all.to_string().ends_with("refused=0 missing=0"), "{all}");
 
         let known = Summary {
             parts: vec![part(Some((100, 150, true)))],
@@ -167,6 +201,6 @@ mod tests {
                 .contains("at most [0, 150) deleted by retention"),
             "{bound}"
         );
-        assert!(bound.to_string().ends_with("missing=150"), "{bound}");
+        assert!(bound.to_string().contains("missing=150\n"), "{bound}");
     }
 }

@@ -29,6 +29,8 @@ pub struct JobPartition {
     pub written: i64,
     pub dead_letters: i64,
     pub refused: i64,
+    /// The offsets of the `refused` records, ascending.
+    pub refused_offsets: Vec<i64>,
 }
 
 /// What one committed batch moves.
@@ -43,7 +45,8 @@ pub struct Step<'a> {
     pub next: i64,
     pub written: i64,
     pub dead_letters: i64,
-    pub refused: i64,
+    /// Offsets of records the target index refused for their own content.
+    pub refused: &'a [i64],
 }
 
 type PositionRow = (
@@ -58,6 +61,7 @@ type PositionRow = (
     i64,
     i64,
     i64,
+    Vec<i64>,
 );
 
 impl PgSink {
@@ -73,7 +77,9 @@ impl PgSink {
                missing_to bigint, missing_known boolean NOT NULL DEFAULT false, \
                written bigint NOT NULL DEFAULT 0, dead_letters bigint NOT NULL DEFAULT 0, \
                refused bigint NOT NULL DEFAULT 0, updated_at timestamptz NOT NULL DEFAULT now(), \
-               PRIMARY KEY (job, topic, kafka_partition));",
+               PRIMARY KEY (job, topic, kafka_partition)); \
+             ALTER TABLE reindex_positions ADD COLUMN IF NOT EXISTS refused_offsets bigint[] \
+               NOT NULL DEFAULT '{}';",
         );
         if let Some((source, target)) = target {
             ddl.push_str(&format!(
@@ -103,7 +109,7 @@ impl PgSink {
         let Some(args) = args else { return Ok(None) };
         let rows: Vec<PositionRow> = sqlx::query_as(
             "SELECT topic, kafka_partition, from_offset, to_offset, next_offset, missing_from, \
-               missing_to, missing_known, written, dead_letters, refused \
+               missing_to, missing_known, written, dead_letters, refused, refused_offsets \
              FROM reindex_positions WHERE job = $1 ORDER BY topic, kafka_partition",
         )
         .bind(job)
@@ -121,6 +127,7 @@ impl PgSink {
                 written: r.8,
                 dead_letters: r.9,
                 refused: r.10,
+                refused_offsets: r.11,
             })
             .collect();
         Ok(Some((args, parts)))
@@ -270,7 +277,8 @@ async fn write_step(
     }
     let moved = sqlx::query(
         "UPDATE reindex_positions SET next_offset = $5, written = written + $6, \
-           dead_letters = dead_letters + $7, refused = refused + $8, updated_at = now() \
+           dead_letters = dead_letters + $7, refused = refused + cardinality($8::bigint[]), \
+           refused_offsets = refused_offsets || $8::bigint[], updated_at = now() \
          WHERE job = $1 AND topic = $2 AND kafka_partition = $3 AND next_offset = $4",
     )
     .bind(step.job)
