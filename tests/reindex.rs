@@ -1,5 +1,7 @@
 //! `log-processor reindex` against the real services: a one-hour window out of three read
-//! again into a new index and a new table, SIGKILLed half way and resumed, compared record by
+//! again into a new index and a new table, SIGKILLed half way, then SIGKILLed inside the
+//! `reindex_before_commit` failpoint (documents indexed, rows and position not committed) and
+//! resumed, compared record by
 //! record with what Kafka holds, with the alias switched at the end and the daemon running on
 //! the same topic undisturbed; a window whose start retention deleted, the missing offsets
 //! reported exactly and the rest written; and the rate of a re-index of 100,000 records
@@ -75,6 +77,19 @@ async fn job_progress(s: &Scenario) -> (i64, i64) {
         .fetch_one(&s.pg().await)
         .await
         .unwrap_or((0, 0))
+}
+
+/// Each partition's committed position in the job (one job per scenario).
+async fn positions(s: &Scenario) -> BTreeMap<i32, i64> {
+    let q = format!(
+        "SELECT kafka_partition, next_offset FROM {}.reindex_positions",
+        s.schema
+    );
+    let rows: Vec<(i32, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(q))
+        .fetch_all(&s.pg().await)
+        .await
+        .expect("read the positions");
+    rows.into_iter().collect()
 }
 
 async fn target_rows(s: &Scenario, table: &str) -> Vec<Row> {
@@ -257,6 +272,36 @@ async fn a_window_killed_half_way_and_resumed_holds_exactly_its_records() {
     assert_eq!(
         status, 404,
         "the alias exists before the end: {alias_before}"
+    );
+
+    // Second run: stopped by the failpoint after a batch's documents are indexed and before
+    // its rows and position commit, and SIGKILLed there: the case the resumed run must make
+    // good without a record twice.
+    let mut env = s.env();
+    env.push((
+        "LP_FAILPOINTS".to_string(),
+        "reindex_before_commit=1.0".to_string(),
+    ));
+    let mut second = Daemon::start_with(&mut reindex_command(&args), &env);
+    second.wait_for_line("failpoint reached", Duration::from_secs(60));
+    let at_kill = positions(&s).await;
+    second.signal("KILL");
+    assert_eq!(second.wait(Duration::from_secs(10)), 137);
+    assert_eq!(positions(&s).await, at_kill, "the batch was not committed");
+    let mut beyond = 0;
+    es_hits(&format!("{target}-*"), |hit| {
+        let kafka = &hit["_source"]["kafka"];
+        let p = kafka["partition"].as_i64().unwrap() as i32;
+        if kafka["offset"].as_i64().unwrap() >= at_kill[&p] {
+            beyond += 1;
+        }
+    })
+    .await;
+    println!("reindex: killed inside the failpoint at {at_kill:?}, {beyond} documents beyond");
+    assert!(
+        beyond > 0,
+        "no document beyond the committed position {at_kill:?}: the kill was not between the \
+         index write and the commit"
     );
 
     // Resumed: the same command line, the same job.

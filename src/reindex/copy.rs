@@ -179,6 +179,9 @@ impl Copy<'_> {
             records.retain(|r| !gone.contains(&r.offset));
             refused.sort_unstable();
         }
+        // Documents written, rows and position not: a kill here is what the resumed run must
+        // make good without a document or row twice (`tests/reindex.rs` kills here).
+        crate::failpoint::hit("reindex_before_commit").await;
         self.pg
             .reindex_step(&Step {
                 job: self.job,
