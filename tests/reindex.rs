@@ -439,6 +439,39 @@ async fn a_window_whose_start_retention_deleted_reports_it_and_writes_the_rest()
     let cells: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(&cells[1..3], ["100", "200"], "{line}");
     assert_documents_are_the_window(&s, &target, &full).await;
+
+    // The daemon's rows of offsets below 120 deleted: its rows now begin inside the window, so
+    // they no longer say where it began; the report is a bound, not [120, 150).
+    let pool = s.pg().await;
+    for table in ["log_records", "dead_letters"] {
+        let q = format!(
+            "DELETE FROM {}.{table} WHERE topic = $1 AND kafka_offset < 120",
+            s.schema
+        );
+        sqlx::query(sqlx::AssertSqlSafe(q))
+            .bind(&s.topic)
+            .execute(&pool)
+            .await
+            .expect("delete the daemon's first rows");
+    }
+    let (code, out, err) = lp(
+        &s.env(),
+        &[
+            "reindex",
+            "--since",
+            &rfc3339(since),
+            "--until",
+            &rfc3339(until),
+            "--to-table",
+            "log_records_reindexed_2",
+        ],
+    );
+    println!("{}\n{out}", err.trim_end());
+    assert_eq!(code, 3, "{out}\n{err}");
+    assert!(
+        out.contains("at most [0, 150) deleted by retention"),
+        "a start the stores cannot vouch for is a bound: {out}"
+    );
     cleanup_target(&s, &target).await;
 }
 

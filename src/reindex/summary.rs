@@ -66,7 +66,7 @@ impl fmt::Display for Summary {
                 Some((from, to, true)) => format!("[{from}, {to}) deleted by retention"),
                 Some((from, to, false)) => format!(
                     "at most [{from}, {to}) deleted by retention (the window starts before the \
-                     log start; no stored timestamps say where)"
+                     log start; the daemon's stored rows do not say exactly where)"
                 ),
             };
             let done = match p.next >= p.to {

@@ -26,6 +26,7 @@ mod refusal;
 mod rows;
 mod tables;
 mod target;
+mod window_start;
 
 pub use audit::Accounted;
 pub use gaps::GapCounts;

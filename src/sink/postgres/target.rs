@@ -182,39 +182,6 @@ impl PgSink {
         write_step(&mut conn, &self.mapping, step).await
     }
 
-    /// The first offset of `tp` the daemon stored (a row or a dead letter) whose Kafka
-    /// timestamp is at or after `since`, among offsets below `below`: where a window starts
-    /// among records Kafka deleted since.
-    pub async fn first_stored_since(
-        &self,
-        tables: &[String],
-        tp: &TopicPartition,
-        since: DateTime<Utc>,
-        below: i64,
-    ) -> Result<Option<i64>, SinkError> {
-        let mut first: Option<i64> = None;
-        for table in tables.iter().map(String::as_str).chain(["dead_letters"]) {
-            let sql = format!(
-                "SELECT min(kafka_offset) FROM {} WHERE topic = $1 AND kafka_partition = $2 \
-                 AND kafka_ts >= $3 AND kafka_offset < $4",
-                quoted(table)
-            );
-            let found: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                .bind(&*tp.topic)
-                .bind(tp.partition)
-                .bind(since)
-                .bind(below)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(classify)?;
-            first = match (first, found) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-        }
-        Ok(first)
-    }
-
     /// Per partition of `topic`, the offsets the daemon stored (rows of `tables` and dead
     /// letters) with a Kafka timestamp in `[since, until)`: `(partition, first, last + 1)`.
     pub async fn stored_window(
