@@ -532,7 +532,8 @@ async fn reindex_rate_of_100k_records() {
 }
 
 /// Arguments that cannot work stop the command before it reads or writes anything (exit 2),
-/// naming the argument; a job name reused with other arguments is refused.
+/// naming the argument; an alias name that is an index, and a job name reused with other
+/// arguments, are refused (exit 2) before anything is created.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_arguments_are_refused_naming_them() {
     let s = Scenario::new("reindex_args", 1).await;
@@ -579,6 +580,42 @@ async fn bad_arguments_are_refused_naming_them() {
         assert!(err.contains(field), "{args:?} must name {field}: {err}");
         println!("{args:?}: {}", err.lines().next().unwrap_or_default());
     }
+    // An alias name that is an existing index: refused once the store is asked, before
+    // anything is created (no template for the target either).
+    let base = elasticsearch_url();
+    let taken = format!("{}-plain", s.index);
+    let (status, text) = http("PUT", &format!("{base}/{taken}"), None).await;
+    assert_eq!(status, 200, "{text}");
+    let target = format!("r{}", s.index);
+    let (code, out, err) = lp(
+        &s.env(),
+        &[
+            "reindex",
+            "--since",
+            since,
+            "--to-index",
+            &format!("{target}-%Y.%m.%d"),
+            "--alias",
+            &taken,
+        ],
+    );
+    http("DELETE", &format!("{base}/{taken}"), None).await;
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("--alias") && err.contains(&taken), "{err}");
+    println!(
+        "--alias {taken}: {}",
+        err.lines().next().unwrap_or_default()
+    );
+    let (status, _) = http(
+        "GET",
+        &format!("{base}/_index_template/log-processor-{target}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        status, 404,
+        "the refused run installed the target's template"
+    );
     // Nothing was created by the refusals: not even the schema.
     let (schemas,): (i64,) = sqlx::query_as("SELECT count(*) FROM pg_namespace WHERE nspname = $1")
         .bind(&s.schema)
@@ -609,12 +646,21 @@ async fn bad_arguments_are_refused_naming_them() {
         "j1",
     ];
     let (code, out, err) = lp(&s.env(), &other);
-    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(code, 2, "{out}{err}");
     assert!(
         err.contains("--job") && err.contains("other arguments"),
         "{err}"
     );
     println!("{}", err.trim_end());
+    // Refused before any side effect: no table rt2.
+    let (tables,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = $1 AND tablename = 'rt2'",
+    )
+    .bind(&s.schema)
+    .fetch_one(&s.pg().await)
+    .await
+    .unwrap();
+    assert_eq!(tables, 0, "the refused job created its table");
     s.cleanup().await;
 }
 

@@ -197,16 +197,6 @@ pub async fn reindex(args: &ReindexArgs) -> Result<Summary, AdminError> {
     } = args.checked()?;
     let target = Arc::new(target);
     let pg = stores::postgres_with(s, 2, target.clone())?;
-    pg.prepare(s.migrate).await?;
-    let like = args
-        .to_table
-        .as_deref()
-        .map(|t| (daemon.tables()[0].name.as_str(), t));
-    pg.prepare_reindex(like).await?;
-    let es = match &args.to_index {
-        Some(_) => Some(search_store(s, target.clone()).await?),
-        None => None,
-    };
     let job_args = JobArgs {
         topics: &topics,
         since: args.since,
@@ -216,6 +206,42 @@ pub async fn reindex(args: &ReindexArgs) -> Result<Summary, AdminError> {
         from: args.from,
     };
     let job = args.job.clone().unwrap_or_else(|| job_args.job_name());
+    // Every refusal comes before the first side effect (schema, table, template), so that a
+    // refused run leaves nothing behind.
+    let known = pg.reindex_job(&job).await?;
+    if let Some((stored, _)) = &known
+        && *stored != job_args.canonical()
+    {
+        return Err(invalid(
+            "--job",
+            format!("job {job} was started with other arguments ({stored}); name another job"),
+        ));
+    }
+    let es = match &args.to_index {
+        Some(_) => Some(search_store(s, target.clone()).await?),
+        None => None,
+    };
+    if let (Some((es, _)), Some(alias)) = (&es, &alias)
+        && es.is_index(alias).await?
+    {
+        return Err(invalid(
+            "--alias",
+            format!("{alias} is an existing index, so it cannot be made an alias: name another"),
+        ));
+    }
+    pg.prepare(s.migrate).await?;
+    let like = args
+        .to_table
+        .as_deref()
+        .map(|t| (daemon.tables()[0].name.as_str(), t));
+    pg.prepare_reindex(like).await?;
+    let es = match es {
+        Some((es, store)) => {
+            es.ensure_template(&store).await?;
+            Some(es)
+        }
+        None => None,
+    };
     // The daemon's tables, read only: by `--from postgres`, and for where a window began
     // among records Kafka deleted.
     let stored = stores::postgres_with(s, 2, Arc::new(daemon.clone()))?;
@@ -223,14 +249,8 @@ pub async fn reindex(args: &ReindexArgs) -> Result<Summary, AdminError> {
         Origin::Kafka => Some(kafka::Source::new(s, &job)?),
         Origin::Postgres => None,
     };
-    let parts = match pg.reindex_job(&job).await? {
-        Some((stored, parts)) if stored == job_args.canonical() => parts,
-        Some((stored, _)) => {
-            return Err(invalid(
-                "--job",
-                format!("job {job} was started with other arguments ({stored}); name another job"),
-            ));
-        }
+    let parts = match known {
+        Some((_, parts)) => parts,
         None => {
             let parts = match &source {
                 Some(source) => plan::from_kafka(source, &pg, &daemon, &job_args).await?,
@@ -238,7 +258,19 @@ pub async fn reindex(args: &ReindexArgs) -> Result<Summary, AdminError> {
             };
             pg.create_reindex_job(&job, &job_args.canonical(), &parts)
                 .await?;
-            pg.reindex_job(&job).await?.map(|j| j.1).unwrap_or_default()
+            match pg.reindex_job(&job).await? {
+                // A run of the same job name with other arguments created it meanwhile.
+                Some((stored, _)) if stored != job_args.canonical() => {
+                    return Err(invalid(
+                        "--job",
+                        format!(
+                            "job {job} was just started with other arguments ({stored}); name \
+                             another job"
+                        ),
+                    ));
+                }
+                found => found.map(|j| j.1).unwrap_or_default(),
+            }
         }
     };
     eprintln!("reindex: job {job}: {}", job_args.canonical());
@@ -277,9 +309,13 @@ pub async fn reindex(args: &ReindexArgs) -> Result<Summary, AdminError> {
     Ok(Summary { job, parts, alias })
 }
 
-/// The search store for the target: its template installed one priority above the daemon's,
-/// so that a target pattern inside the daemon's (`logs-v2-*` in `logs-*`) wins where both match.
-async fn search_store(s: &Settings, target: Arc<Mapping>) -> Result<ElasticSink, AdminError> {
+/// The search store for the target, detected and checked; its template (installed once the
+/// run's checks pass) goes one priority above the daemon's, so that a target pattern inside the
+/// daemon's (`logs-v2-*` in `logs-*`) wins where both match.
+async fn search_store(
+    s: &Settings,
+    target: Arc<Mapping>,
+) -> Result<(ElasticSink, crate::sink::elastic::StoreInfo), AdminError> {
     let mut s = s.clone();
     s.es_template_priority += 1;
     let es = stores::elasticsearch_with(&s, target)?;
@@ -290,6 +326,5 @@ async fn search_store(s: &Settings, target: Arc<Mapping>) -> Result<ElasticSink,
             store: "elasticsearch",
             message,
         })?;
-    es.ensure_template(&store).await?;
-    Ok(es)
+    Ok((es, store))
 }

@@ -100,6 +100,15 @@ impl PgSink {
         &self,
         job: &str,
     ) -> Result<Option<(String, Vec<JobPartition>)>, SinkError> {
+        // Read before anything is created (a refused run creates nothing): no table, no job.
+        let exists: bool =
+            sqlx::query_scalar("SELECT to_regclass('reindex_positions') IS NOT NULL")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(classify)?;
+        if !exists {
+            return Ok(None);
+        }
         let args: Option<String> =
             sqlx::query_scalar("SELECT args FROM reindex_jobs WHERE job = $1")
                 .bind(job)
