@@ -559,6 +559,14 @@ async fn bad_arguments_are_refused_naming_them() {
             vec!["--since", since, "--to-table", "log_records"],
             "--to-table",
         ),
+        (
+            vec!["--since", since, "--to-table", "reindex_positions"],
+            "--to-table",
+        ),
+        (
+            vec!["--since", since, "--to-table", "dead_letters"],
+            "--to-table",
+        ),
         (vec!["--since", since, "--to-index", "UPPER"], "--to-index"),
         (
             vec!["--since", since, "--to-index", "x", "--alias", "a b"],
@@ -580,6 +588,21 @@ async fn bad_arguments_are_refused_naming_them() {
         assert!(err.contains(field), "{args:?} must name {field}: {err}");
         println!("{args:?}: {}", err.lines().next().unwrap_or_default());
     }
+    // A target pattern sharing the daemon's template name (log-processor-<index>).
+    let shared = format!("{}-%Y.%m.%d-v2", s.index);
+    let (code, out, err) = lp(
+        &s.env(),
+        &["reindex", "--since", since, "--to-index", &shared],
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("--to-index") && err.contains("template"),
+        "{err}"
+    );
+    println!(
+        "--to-index {shared}: {}",
+        err.lines().next().unwrap_or_default()
+    );
     // An alias name that is an existing index: refused once the store is asked, before
     // anything is created (no template for the target either).
     let base = elasticsearch_url();
