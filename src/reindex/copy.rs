@@ -60,20 +60,20 @@ impl Copy<'_> {
             total,
             named: 0,
         };
+        let mut pace = self
+            .max_rate
+            .map(|r| progress::Pace::new(r, Duration::ZERO));
         for p in parts.iter().filter(|p| p.next < p.to) {
             input.start(&p.tp, p.next)?;
             let mut next = p.next;
             while next < p.to {
                 let read = input.read(&p.tp, next, p.to, self.batch).await?;
-                let after = self.step(&p.tp, next, read, &mut run).await?;
+                let (after, records) = self.step(&p.tp, next, read, &mut run).await?;
                 run.done += (after - next) as u64;
                 next = after;
-                tokio::time::sleep(progress::pause(
-                    self.max_rate,
-                    run.done,
-                    run.started.elapsed(),
-                ))
-                .await;
+                if let Some(pace) = &mut pace {
+                    tokio::time::sleep(pace.take(records, run.started.elapsed())).await;
+                }
                 if run.printed.elapsed() >= EVERY {
                     eprintln!(
                         "{}",
@@ -90,20 +90,25 @@ impl Copy<'_> {
         Ok(())
     }
 
-    /// One batch: decoded, indexed, committed with the position; returns the new position.
+    /// One batch: decoded, indexed, committed with the position; returns the new position and
+    /// how many records the batch held.
     async fn step(
         &self,
         tp: &TopicPartition,
         from: i64,
         read: Read,
         run: &mut Run,
-    ) -> Result<i64, AdminError> {
+    ) -> Result<(i64, u64), AdminError> {
         let how = Decoding {
             max_record_bytes: self.settings.max_record_bytes,
             redactor: &self.redactor,
             mapping: self.mapping,
         };
         let Read { batch, next } = read;
+        let held = match &batch {
+            Batch::Raw(raws) => raws.len(),
+            Batch::Stored(records) => records.len(),
+        } as u64;
         let (mut records, undecodable) = match batch {
             Batch::Raw(raws) => {
                 let (records, bad) = pipeline::decode_all(&raws, &tp.topic, how);
@@ -194,7 +199,7 @@ impl Copy<'_> {
                 refused: &refused,
             })
             .await?;
-        Ok(next)
+        Ok((next, held))
     }
 }
 

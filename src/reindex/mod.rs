@@ -65,7 +65,8 @@ pub struct ReindexArgs {
     /// `logs-%Y.%m.%d`).
     #[arg(long, value_name = "NAME")]
     pub alias: Option<String>,
-    /// At most this many records per second (averaged from the start of the run).
+    /// At most this many records per second (a bucket holding one second's worth: a stall is
+    /// not made up by a burst).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_rate: Option<u32>,
     /// Records per batch (one search-store request and one PostgreSQL transaction).
