@@ -829,3 +829,58 @@ async fn parked_documents_hold_the_position_and_refused_ones_exit_3() {
     );
     cleanup_target(&s, &target).await;
 }
+
+/// A topic whose current incarnation is stored under another name (adopted after a recreate),
+/// or whose recorded incarnation is not the current one, is refused (exit 2, naming --topic)
+/// rather than read under the Kafka name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_of_another_incarnation_or_stored_name_is_refused() {
+    let s = Scenario::new("reindex_identity", 1).await;
+    s.produce(0, 10, 0.0);
+    process_all(&s, &s.env()).await;
+    let since = rfc3339(Utc::now().timestamp_millis() - 600_000);
+    let argv = ["reindex", "--since", &since, "--to-table", "rt"];
+    let pool = s.pg().await;
+    let set = |sql: &str| {
+        format!(
+            "UPDATE {}.topic_identities SET {sql} WHERE topic = $1",
+            s.schema
+        )
+    };
+    // Adopted under another name: the daemon stores this incarnation as `<topic>_b`.
+    sqlx::query(sqlx::AssertSqlSafe(set("stored_as = topic || '_b'")))
+        .bind(&s.topic)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (code, out, err) = lp(&s.env(), &argv);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("--topic") && err.contains(&format!("stored under the name {}_b", s.topic)),
+        "{err}"
+    );
+    println!("{}", err.trim_end());
+    // Recorded under its own name, but from another incarnation (another topic id).
+    sqlx::query(sqlx::AssertSqlSafe(set(
+        "stored_as = topic, topic_id = 'AAAAAAAAAAAAAAAAAAAAAQ'",
+    )))
+    .bind(&s.topic)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (code, out, err) = lp(&s.env(), &argv);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("--topic") && err.contains("mix two incarnations"),
+        "{err}"
+    );
+    println!("{}", err.trim_end());
+    let (tables,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM pg_tables WHERE schemaname = $1 AND tablename = 'rt'")
+            .bind(&s.schema)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(tables, 0, "a refused run created its table");
+    s.cleanup().await;
+}

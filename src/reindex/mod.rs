@@ -16,6 +16,7 @@
 //! closing report).
 
 mod copy;
+mod identity;
 mod input;
 mod kafka;
 mod parked;
@@ -207,6 +208,15 @@ pub async fn reindex(args: &ReindexArgs) -> Result<Summary, AdminError> {
         from: args.from,
     };
     let job = args.job.clone().unwrap_or_else(|| job_args.job_name());
+    // A topic adopted under another name, or recreated, is refused (read only, no binding).
+    let current = crate::admin::topics::current_identities(s, &topics).await?;
+    let bindings = pg.recorded_bindings(&topics).await?;
+    for topic in &topics {
+        let now = current.iter().find(|(t, _)| t == topic).map(|(_, id)| id);
+        if let Some(why) = identity::refusal(topic, now, &bindings) {
+            return Err(invalid("--topic", why));
+        }
+    }
     // Every refusal comes before the first side effect (schema, table, template), so that a
     // refused run leaves nothing behind.
     let known = pg.reindex_job(&job).await?;
