@@ -884,3 +884,55 @@ async fn a_topic_of_another_incarnation_or_stored_name_is_refused() {
     assert_eq!(tables, 0, "a refused run created its table");
     s.cleanup().await;
 }
+
+/// A record whose row PostgreSQL refuses for its content (a number jsonb cannot hold) in the
+/// middle of a batch: a dead letter, listed, its document removed; the rest of the batch is
+/// written and the run ends, instead of stopping at that batch on every run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_postgresql_refuses_is_a_dead_letter_and_the_batch_goes_on() {
+    let s = Scenario::new("reindex_row_refused", 1).await;
+    let since = Utc::now().timestamp_millis() - 600_000;
+    // The first record maps `fields.n` as text, so the search store takes the third record's
+    // number as text; PostgreSQL's jsonb cannot hold it ("value overflows numeric format").
+    s.produce_raw(&[
+        (None, br#"{"message":"first","n":"text"}"#.to_vec()),
+        (None, br#"{"message":"second","n":"more"}"#.to_vec()),
+        (None, br#"{"message":"overflow","n":1e200000}"#.to_vec()),
+        (None, br#"{"message":"fourth","n":"last"}"#.to_vec()),
+    ]);
+    let target = format!("r{}", s.index);
+    let (code, out, err) = lp(
+        &s.env(),
+        &[
+            "reindex",
+            "--since",
+            &rfc3339(since),
+            "--to-index",
+            &format!("{target}-%Y.%m.%d"),
+            "--to-table",
+            "rt",
+        ],
+    );
+    println!("{}\n{out}", err.trim_end());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("total: in_range=4 written=3 dead=1 refused=0 missing=0"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "rows refused by PostgreSQL, dead letters: {}/0 offsets 2",
+            s.topic
+        )),
+        "{out}"
+    );
+    let rows: BTreeSet<i64> = target_rows(&s, "rt").await.iter().map(|r| r.2).collect();
+    assert_eq!(rows, [0, 1, 3].into());
+    let mut docs = BTreeSet::new();
+    es_hits(&format!("{target}-*"), |hit| {
+        docs.insert(hit["_source"]["kafka"]["offset"].as_i64().unwrap());
+    })
+    .await;
+    assert_eq!(docs, rows, "no document without its row");
+    cleanup_target(&s, &target).await;
+}

@@ -187,18 +187,37 @@ impl Copy<'_> {
         // Documents written, rows and position not: a kill here is what the resumed run must
         // make good without a document or row twice (`tests/reindex.rs` kills here).
         crate::failpoint::hit("reindex_before_commit").await;
-        self.pg
-            .reindex_step(&Step {
-                job: self.job,
-                tp,
-                rows: self.to_table.then_some(&records[..]),
-                expected_next: from,
-                next,
-                written: records.len() as i64,
-                dead_letters: undecodable.len() as i64,
-                refused: &refused,
-            })
+        let open = (self.pg)
+            .reindex_rows(tp, self.to_table.then_some(&records[..]))
             .await?;
+        // Rows PostgreSQL refused for their content are dead letters, as in the daemon: their
+        // documents go before the commit, so none is left without its row.
+        let rows_refused: Vec<i64> = open.refused.iter().map(|(o, _)| *o).collect();
+        for (offset, why) in &open.refused {
+            note(*offset, "dead letter (row refused by PostgreSQL)", why);
+        }
+        if let Some(es) = self.es
+            && !rows_refused.is_empty()
+        {
+            let gone = pipeline::documents_of(&records, &rows_refused);
+            let never = CancellationToken::new();
+            let delete = es.delete(tp, &gone, &never, |why| {
+                tracing::warn!(partition = %tp, reason = why, "deleting refused rows' documents; retrying");
+            });
+            bounded(STORE_BOUND, delete).await?;
+        }
+        records.retain(|r| !rows_refused.contains(&r.offset));
+        open.commit(&Step {
+            job: self.job,
+            tp,
+            expected_next: from,
+            next,
+            written: records.len() as i64,
+            dead_letters: (undecodable.len() + rows_refused.len()) as i64,
+            refused: &refused,
+            rows_refused: &rows_refused,
+        })
+        .await?;
         Ok((next, held))
     }
 }

@@ -55,6 +55,7 @@ pub async fn from_kafka(
                 dead_letters: 0,
                 refused: 0,
                 refused_offsets: Vec::new(),
+                row_refused_offsets: Vec::new(),
             });
         }
     }
@@ -86,6 +87,7 @@ pub async fn from_postgres(
                 dead_letters: 0,
                 refused: 0,
                 refused_offsets: Vec::new(),
+                row_refused_offsets: Vec::new(),
             });
         }
     }

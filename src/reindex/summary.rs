@@ -96,19 +96,18 @@ impl fmt::Display for Summary {
             sum(|p| p.refused),
             sum(|p| p.missing.map_or(0, |m| m.1 - m.0)),
         )?;
-        for p in self.parts.iter().filter(|p| !p.refused_offsets.is_empty()) {
-            let shown: Vec<String> = (p.refused_offsets.iter().take(LISTED))
-                .map(i64::to_string)
-                .collect();
-            let more = match p.refused_offsets.len().saturating_sub(LISTED) {
-                0 => String::new(),
-                n => format!(" and {n} more (reindex_positions.refused_offsets)"),
-            };
-            write!(
+        for p in &self.parts {
+            listed(
                 f,
-                "\nrefused by the index, not written: {} offsets {}{more}",
-                p.tp,
-                shown.join(",")
+                "refused by the index, not written",
+                &p.tp,
+                &p.refused_offsets,
+            )?;
+            listed(
+                f,
+                "rows refused by PostgreSQL, dead letters",
+                &p.tp,
+                &p.row_refused_offsets,
             )?;
         }
         match &self.alias {
@@ -136,6 +135,24 @@ impl fmt::Display for Summary {
     }
 }
 
+/// `\n<what>: <partition> offsets 1,2,3` (the first [`LISTED`]), nothing for no offsets.
+fn listed(
+    f: &mut fmt::Formatter<'_>,
+    what: &str,
+    tp: &crate::model::TopicPartition,
+    offsets: &[i64],
+) -> fmt::Result {
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<String> = offsets.iter().take(LISTED).map(i64::to_string).collect();
+    let more = match offsets.len().saturating_sub(LISTED) {
+        0 => String::new(),
+        n => format!(" and {n} more (in reindex_positions)"),
+    };
+    write!(f, "\n{what}: {tp} offsets {}{more}", shown.join(","))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,6 +169,7 @@ mod tests {
             dead_letters: 3,
             refused: 1,
             refused_offsets: vec![170],
+            row_refused_offsets: Vec::new(),
         }
     }
 
@@ -172,6 +190,13 @@ mod tests {
                  refused by the index, not written: t/0 offsets 170"
             ),
             "{text}"
+        );
+        let mut rows = whole.clone();
+        rows.parts[0].row_refused_offsets = vec![160, 161];
+        assert!(
+            rows.to_string()
+                .ends_with("\nrows refused by PostgreSQL, dead letters: t/0 offsets 160,161"),
+            "{rows}"
         );
         let mut all = whole.clone();
         all.parts[0].refused = 0;
