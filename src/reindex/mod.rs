@@ -103,7 +103,7 @@ fn invalid(field: &'static str, message: impl Into<String>) -> AdminError {
 /// The topics to read: `--topic`, else LP_TOPICS's exact names.
 fn topics(args: &ReindexArgs) -> Result<Vec<String>, AdminError> {
     if !args.topic.is_empty() {
-        return Ok(args.topic.clone());
+        return Ok(unique(&args.topic));
     }
     let selection = args.settings.topic_selection()?;
     match selection.has_patterns() {
@@ -113,6 +113,13 @@ fn topics(args: &ReindexArgs) -> Result<Vec<String>, AdminError> {
         )),
         false => Ok(selection.exact()),
     }
+}
+
+/// `--topic` repeated for one topic names it once: read twice, its records would be counted
+/// twice and its range read by two jobs' worth of batches.
+fn unique(topics: &[String]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    topics.iter().filter(|t| seen.insert(*t)).cloned().collect()
 }
 
 /// The alias of the cut-over.
@@ -338,4 +345,13 @@ async fn search_store(
             message,
         })?;
     Ok((es, store))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_repeated_topic_is_read_once_in_the_order_given() {
+        let given: Vec<String> = ["b", "a", "b", "a", "c"].map(String::from).to_vec();
+        assert_eq!(super::unique(&given), ["b", "a", "c"]);
+    }
 }
