@@ -936,3 +936,58 @@ async fn a_row_postgresql_refuses_is_a_dead_letter_and_the_batch_goes_on() {
     assert_eq!(docs, rows, "no document without its row");
     cleanup_target(&s, &target).await;
 }
+
+/// An index that keeps refusing its documents (closed) while the store takes the batch's
+/// others: once the bound is spent (shortened here) the run stops, exit 1, naming the index and
+/// the reason, the position where it was; with the index open again, the same command writes
+/// the whole window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_refusing_past_the_bound_stops_the_run_keeping_the_position() {
+    let s = Scenario::new("reindex_stuck", 1).await;
+    let since = Utc::now().timestamp_millis() - 600_000;
+    produce_hours(&s, 60, |i| 10 + i / 30);
+    let target = format!("r{}", s.index);
+    let base = elasticsearch_url();
+    let closed = format!("{target}-2025.11.24.10");
+    let (status, text) = http("PUT", &format!("{base}/{closed}"), None).await;
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = http("POST", &format!("{base}/{closed}/_close"), None).await;
+    assert_eq!(status, 200, "{text}");
+    let argv: Vec<String> = [
+        "reindex",
+        "--since",
+        &rfc3339(since),
+        "--to-index",
+        &format!("{target}-%Y.%m.%d.%H"),
+        "--to-table",
+        "rt",
+    ]
+    .map(String::from)
+    .to_vec();
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let mut env = s.env();
+    env.push(("LP_REINDEX_STORE_BOUND_SECS".into(), "6".into()));
+    let (code, out, err) = lp(&env, &argv);
+    println!("{}\n{out}", err.trim_end());
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!("index {closed} still refuses 30 documents"))
+            && err.contains("the position stays at 0"),
+        "{err}"
+    );
+    assert_eq!(job_progress(&s).await, (0, 60), "the position moved");
+    assert!(
+        target_rows(&s, "rt").await.is_empty(),
+        "rows were committed"
+    );
+
+    let (status, text) = http("POST", &format!("{base}/{closed}/_open"), None).await;
+    assert_eq!(status, 200, "{text}");
+    let (code, out, err) = lp(&s.env(), &argv);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("total: in_range=60 written=60 dead=0 refused=0 missing=0"),
+        "{out}"
+    );
+    cleanup_target(&s, &target).await;
+}

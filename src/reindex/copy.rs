@@ -131,7 +131,7 @@ impl Copy<'_> {
         }
         let mut refused = Vec::new();
         if let Some(es) = self.es {
-            let indexed = bounded(STORE_BOUND, self.index(es, tp, &records)).await?;
+            let indexed = bounded(store_bound(), self.index(es, tp, &records)).await?;
             // Parked records stay in `records`: they are sent again below, and get their rows
             // once taken (the batch does not commit otherwise).
             let pick =
@@ -140,11 +140,23 @@ impl Copy<'_> {
             let first_parked = indexed.parked.iter().map(pick).collect();
             let settled = parked::retry(
                 first_parked,
-                STORE_BOUND,
-                async |again: Vec<StoredRecord>, left| {
-                    let indexed = bounded(left, self.index(es, tp, &again)).await?;
-                    let mut again = again;
-                    Ok(pipeline::take_refused(&mut again, indexed))
+                store_bound(),
+                async |mut again: Vec<StoredRecord>, left| {
+                    // Sent alone, documents of one refusing index are retried inside the
+                    // indexing (no other document shows the store taking writes): a bound
+                    // spent there leaves them parked, with the store's last reason.
+                    let mut last = String::from("refused by its index");
+                    let never = CancellationToken::new();
+                    let send = es.index(tp, &again, &never, |why| {
+                        last = why.to_string();
+                    });
+                    match tokio::time::timeout(left, send).await {
+                        Ok(indexed) => Ok(pipeline::take_refused(&mut again, indexed?)),
+                        Err(_) => Ok(crate::pipeline::Refused {
+                            rejected: Vec::new(),
+                            parked: again.into_iter().map(|r| (r, last.clone())).collect(),
+                        }),
+                    }
                 },
                 |still| {
                     let (r, why) = &still[0];
@@ -167,7 +179,7 @@ impl Copy<'_> {
                          run again once the index takes writes",
                         es.index_name(r),
                         parked.len(),
-                        STORE_BOUND.as_secs(),
+                        store_bound().as_secs(),
                         r.offset,
                         one_line(why)
                     )));
@@ -204,7 +216,7 @@ impl Copy<'_> {
             let delete = es.delete(tp, &gone, &never, |why| {
                 tracing::warn!(partition = %tp, reason = why, "deleting refused rows' documents; retrying");
             });
-            bounded(STORE_BOUND, delete).await?;
+            bounded(store_bound(), delete).await?;
         }
         records.retain(|r| !rows_refused.contains(&r.offset));
         open.commit(&Step {
@@ -235,6 +247,19 @@ impl Copy<'_> {
         })
         .await
     }
+}
+
+/// [`STORE_BOUND`]; a test build (feature `failpoints`) takes `LP_REINDEX_STORE_BOUND_SECS`
+/// instead, so that a test sees the run stop without waiting two minutes.
+fn store_bound() -> Duration {
+    #[cfg(feature = "failpoints")]
+    if let Some(secs) = std::env::var("LP_REINDEX_STORE_BOUND_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return Duration::from_secs(secs);
+    }
+    STORE_BOUND
 }
 
 /// `op`, given up after `bound` of refusals that are not a record's fault.
