@@ -131,70 +131,14 @@ impl Copy<'_> {
         }
         let mut refused = Vec::new();
         if let Some(es) = self.es {
-            let indexed = bounded(store_bound(), self.index(es, tp, &records)).await?;
-            // Parked records stay in `records`: they are sent again below, and get their rows
-            // once taken (the batch does not commit otherwise).
-            let pick =
-                |r: &crate::sink::elastic::Rejection| (records[r.index].clone(), r.reason.clone());
-            let mut rejected: Vec<_> = indexed.rejected.iter().map(pick).collect();
-            let first_parked = indexed.parked.iter().map(pick).collect();
-            let settled = parked::retry(
-                first_parked,
-                store_bound(),
-                async |mut again: Vec<StoredRecord>, left| {
-                    // Sent alone, documents of one refusing index are retried inside the
-                    // indexing (no other document shows the store taking writes): a bound
-                    // spent there leaves them parked, with the store's last reason.
-                    let mut last = String::from("refused by its index");
-                    let never = CancellationToken::new();
-                    let send = es.index(tp, &again, &never, |why| {
-                        last = why.to_string();
-                    });
-                    match tokio::time::timeout(left, send).await {
-                        Ok(indexed) => Ok(pipeline::take_refused(&mut again, indexed?)),
-                        Err(_) => Ok(crate::pipeline::Refused {
-                            rejected: Vec::new(),
-                            parked: again.into_iter().map(|r| (r, last.clone())).collect(),
-                        }),
-                    }
-                },
-                |still| {
-                    let (r, why) = &still[0];
-                    eprintln!(
-                        "reindex: {tp}: {} documents parked by index {} ({}); sending again",
-                        still.len(),
-                        es.index_name(r),
-                        one_line(why)
-                    );
-                },
-            )
-            .await?;
-            match settled {
-                parked::Settled::Taken { rejected: later } => rejected.extend(later),
-                parked::Settled::Stuck { parked } => {
-                    let (r, why) = &parked[0];
-                    return Err(AdminError::Refused(format!(
-                        "{tp}: index {} still refuses {} documents after {} s (first at offset \
-                         {}): {}; the batch was not committed, the position stays at {from}: \
-                         run again once the index takes writes",
-                        es.index_name(r),
-                        parked.len(),
-                        store_bound().as_secs(),
-                        r.offset,
-                        one_line(why)
-                    )));
-                }
-            }
             // Refused for their own content (a mapping conflict): counted and listed by offset,
-            // and the run exits 3, since the target does not hold them.
-            for (r, why) in &rejected {
-                note(r.offset, "refused by the index", why);
-                refused.push(r.offset);
+            // and the run exits 3, since the target does not hold them; no row either, as in
+            // the daemon.
+            for (offset, why) in self.index_batch(es, tp, from, &records).await? {
+                note(offset, "refused by the index", &why);
+                refused.push(offset);
             }
-            // A document the store will not take gets no row either, as in the daemon.
-            let gone: std::collections::HashSet<i64> = refused.iter().copied().collect();
-            records.retain(|r| !gone.contains(&r.offset));
-            refused.sort_unstable();
+            records.retain(|r| !refused.contains(&r.offset));
         }
         // Documents written, rows and position not: a kill here is what the resumed run must
         // make good without a document or row twice (`tests/reindex.rs` kills here).
@@ -235,6 +179,73 @@ impl Copy<'_> {
 }
 
 impl Copy<'_> {
+    /// Indexes the batch; returns the records refused for their own content (offset, why),
+    /// ascending. Documents their index parked are sent again until taken: past the bound the
+    /// run stops, the batch uncommitted (`parked`).
+    async fn index_batch(
+        &self,
+        es: &ElasticSink,
+        tp: &TopicPartition,
+        from: i64,
+        records: &[StoredRecord],
+    ) -> Result<Vec<(i64, String)>, AdminError> {
+        let indexed = bounded(store_bound(), self.index(es, tp, records)).await?;
+        let pick =
+            |r: &crate::sink::elastic::Rejection| (records[r.index].clone(), r.reason.clone());
+        let mut rejected: Vec<_> = indexed.rejected.iter().map(pick).collect();
+        let settled = parked::retry(
+            indexed.parked.iter().map(pick).collect(),
+            store_bound(),
+            async |mut again: Vec<StoredRecord>, left| {
+                // Sent alone, documents of one refusing index are retried inside the indexing
+                // (no other document shows the store taking writes): a bound spent there
+                // leaves them parked, with the store's last reason.
+                let mut last = String::from("refused by its index");
+                let never = CancellationToken::new();
+                let send = es.index(tp, &again, &never, |why| last = why.to_string());
+                match tokio::time::timeout(left, send).await {
+                    Ok(indexed) => Ok(pipeline::take_refused(&mut again, indexed?)),
+                    Err(_) => Ok(pipeline::Refused {
+                        rejected: Vec::new(),
+                        parked: again.into_iter().map(|r| (r, last.clone())).collect(),
+                    }),
+                }
+            },
+            |still| {
+                let (r, why) = &still[0];
+                eprintln!(
+                    "reindex: {tp}: {} documents parked by index {} ({}); sending again",
+                    still.len(),
+                    es.index_name(r),
+                    one_line(why)
+                );
+            },
+        )
+        .await?;
+        match settled {
+            parked::Settled::Taken { rejected: later } => rejected.extend(later),
+            parked::Settled::Stuck { parked } => {
+                let (r, why) = &parked[0];
+                return Err(AdminError::Refused(format!(
+                    "{tp}: index {} still refuses {} documents after {} s (first at offset {}): \
+                     {}; the batch was not committed, the position stays at {from}: run again \
+                     once the index takes writes",
+                    es.index_name(r),
+                    parked.len(),
+                    store_bound().as_secs(),
+                    r.offset,
+                    one_line(why)
+                )));
+            }
+        }
+        let mut rejected: Vec<(i64, String)> = rejected
+            .into_iter()
+            .map(|(r, why)| (r.offset, why))
+            .collect();
+        rejected.sort_by_key(|r| r.0);
+        Ok(rejected)
+    }
+
     /// One indexing of `records`, store-wide refusals retried inside (see `ElasticSink::index`).
     async fn index(
         &self,
