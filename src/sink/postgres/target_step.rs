@@ -49,19 +49,25 @@ impl PgSink {
         let mut tx = self.pool.begin().await.map_err(classify)?;
         let mut refused = Vec::new();
         let rows = rows.unwrap_or_default();
-        // The whole batch first; only a refused batch is gone through one row at a time.
-        let mut tries = vec![(0, rows.len())];
-        while let Some((lo, hi)) = tries.pop() {
-            if lo == hi {
-                continue;
-            }
-            match self
-                .insert_under_savepoint(&mut tx, tp, &rows[lo..hi])
+        if rows.is_empty() {
+            return Ok(OpenStep { tx, refused });
+        }
+        // The whole batch first, as one statement without a savepoint (the common case costs
+        // nothing more); refused, the transaction (which holds nothing else yet) starts again
+        // and the batch is gone through one row at a time, each under a savepoint.
+        match insert_records(&mut tx, &self.mapping, tp, rows, Rows::MayExist).await {
+            Ok(()) => return Ok(OpenStep { tx, refused }),
+            Err(Refusal::RecordData(_)) => {}
+            Err(other) => return Err(other.into_sink_error()),
+        }
+        tx.rollback().await.map_err(classify)?;
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        for (i, row) in rows.iter().enumerate() {
+            if let Some(why) = self
+                .insert_under_savepoint(&mut tx, tp, &rows[i..=i])
                 .await?
             {
-                None => {}
-                Some(why) if hi - lo == 1 => refused.push((rows[lo].offset, why)),
-                Some(_) => tries.extend((lo..hi).rev().map(|i| (i, i + 1))),
+                refused.push((row.offset, why));
             }
         }
         Ok(OpenStep { tx, refused })
