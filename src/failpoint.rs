@@ -13,7 +13,9 @@
 /// The points, in the order a batch meets them. Two more are met only by a batch with rows
 /// PostgreSQL refuses: `refused_documents_removed` (their documents removed, the transaction
 /// rolled back, not yet written again) and `after_refused_commit` (committed, where their
-/// documents used to be removed); `tests/record_faults.rs` kills at both.
+/// documents used to be removed); `tests/record_faults.rs` kills at both. `log-processor
+/// reindex` meets `reindex_before_commit` (a batch indexed, its rows and position not yet
+/// committed); `tests/reindex.rs` kills there.
 pub const POINTS: [&str; 5] = [
     "after_es_bulk",       // documents indexed, PostgreSQL transaction not started
     "in_pg_transaction",   // rows inserted, transaction open, not committed

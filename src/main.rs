@@ -243,9 +243,19 @@ fn main() -> ExitCode {
             }
             let mut code = 0;
             let done = admin_command(&a.settings, async {
-                let summary = log_processor::reindex::reindex(&a).await?;
-                println!("{summary}");
-                code = summary.exit_code();
+                match log_processor::reindex::reindex(&a).await {
+                    Ok(summary) => {
+                        println!("{summary}");
+                        code = summary.exit_code();
+                    }
+                    // An argument found unusable against the stores (before anything was
+                    // written): the same exit code as one refused up front.
+                    Err(admin::AdminError::Config(e)) => {
+                        eprintln!("log-processor: {e}");
+                        code = 2;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
                 Ok(())
             });
             match code {

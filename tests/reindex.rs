@@ -1,5 +1,7 @@
 //! `log-processor reindex` against the real services: a one-hour window out of three read
-//! again into a new index and a new table, SIGKILLed half way and resumed, compared record by
+//! again into a new index and a new table, SIGKILLed half way, then SIGKILLed inside the
+//! `reindex_before_commit` failpoint (documents indexed, rows and position not committed) and
+//! resumed, compared record by
 //! record with what Kafka holds, with the alias switched at the end and the daemon running on
 //! the same topic undisturbed; a window whose start retention deleted, the missing offsets
 //! reported exactly and the rest written; and the rate of a re-index of 100,000 records
@@ -75,6 +77,19 @@ async fn job_progress(s: &Scenario) -> (i64, i64) {
         .fetch_one(&s.pg().await)
         .await
         .unwrap_or((0, 0))
+}
+
+/// Each partition's committed position in the job (one job per scenario).
+async fn positions(s: &Scenario) -> BTreeMap<i32, i64> {
+    let q = format!(
+        "SELECT kafka_partition, next_offset FROM {}.reindex_positions",
+        s.schema
+    );
+    let rows: Vec<(i32, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(q))
+        .fetch_all(&s.pg().await)
+        .await
+        .expect("read the positions");
+    rows.into_iter().collect()
 }
 
 async fn target_rows(s: &Scenario, table: &str) -> Vec<Row> {
@@ -259,6 +274,36 @@ async fn a_window_killed_half_way_and_resumed_holds_exactly_its_records() {
         "the alias exists before the end: {alias_before}"
     );
 
+    // Second run: stopped by the failpoint after a batch's documents are indexed and before
+    // its rows and position commit, and SIGKILLed there: the case the resumed run must make
+    // good without a record twice.
+    let mut env = s.env();
+    env.push((
+        "LP_FAILPOINTS".to_string(),
+        "reindex_before_commit=1.0".to_string(),
+    ));
+    let mut second = Daemon::start_with(&mut reindex_command(&args), &env);
+    second.wait_for_line("failpoint reached", Duration::from_secs(60));
+    let at_kill = positions(&s).await;
+    second.signal("KILL");
+    assert_eq!(second.wait(Duration::from_secs(10)), 137);
+    assert_eq!(positions(&s).await, at_kill, "the batch was not committed");
+    let mut beyond = 0;
+    es_hits(&format!("{target}-*"), |hit| {
+        let kafka = &hit["_source"]["kafka"];
+        let p = kafka["partition"].as_i64().unwrap() as i32;
+        if kafka["offset"].as_i64().unwrap() >= at_kill[&p] {
+            beyond += 1;
+        }
+    })
+    .await;
+    println!("reindex: killed inside the failpoint at {at_kill:?}, {beyond} documents beyond");
+    assert!(
+        beyond > 0,
+        "no document beyond the committed position {at_kill:?}: the kill was not between the \
+         index write and the commit"
+    );
+
     // Resumed: the same command line, the same job.
     let resumed = Instant::now();
     let argv: Vec<&str> = ["reindex"]
@@ -394,6 +439,39 @@ async fn a_window_whose_start_retention_deleted_reports_it_and_writes_the_rest()
     let cells: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(&cells[1..3], ["100", "200"], "{line}");
     assert_documents_are_the_window(&s, &target, &full).await;
+
+    // The daemon's rows of offsets below 120 deleted: its rows now begin inside the window, so
+    // they no longer say where it began; the report is a bound, not [120, 150).
+    let pool = s.pg().await;
+    for table in ["log_records", "dead_letters"] {
+        let q = format!(
+            "DELETE FROM {}.{table} WHERE topic = $1 AND kafka_offset < 120",
+            s.schema
+        );
+        sqlx::query(sqlx::AssertSqlSafe(q))
+            .bind(&s.topic)
+            .execute(&pool)
+            .await
+            .expect("delete the daemon's first rows");
+    }
+    let (code, out, err) = lp(
+        &s.env(),
+        &[
+            "reindex",
+            "--since",
+            &rfc3339(since),
+            "--until",
+            &rfc3339(until),
+            "--to-table",
+            "log_records_reindexed_2",
+        ],
+    );
+    println!("{}\n{out}", err.trim_end());
+    assert_eq!(code, 3, "{out}\n{err}");
+    assert!(
+        out.contains("at most [0, 150) deleted by retention"),
+        "a start the stores cannot vouch for is a bound: {out}"
+    );
     cleanup_target(&s, &target).await;
 }
 
@@ -454,7 +532,8 @@ async fn reindex_rate_of_100k_records() {
 }
 
 /// Arguments that cannot work stop the command before it reads or writes anything (exit 2),
-/// naming the argument; a job name reused with other arguments is refused.
+/// naming the argument; an alias name that is an index, and a job name reused with other
+/// arguments, are refused (exit 2) before anything is created.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_arguments_are_refused_naming_them() {
     let s = Scenario::new("reindex_args", 1).await;
@@ -480,6 +559,14 @@ async fn bad_arguments_are_refused_naming_them() {
             vec!["--since", since, "--to-table", "log_records"],
             "--to-table",
         ),
+        (
+            vec!["--since", since, "--to-table", "reindex_positions"],
+            "--to-table",
+        ),
+        (
+            vec!["--since", since, "--to-table", "dead_letters"],
+            "--to-table",
+        ),
         (vec!["--since", since, "--to-index", "UPPER"], "--to-index"),
         (
             vec!["--since", since, "--to-index", "x", "--alias", "a b"],
@@ -501,6 +588,57 @@ async fn bad_arguments_are_refused_naming_them() {
         assert!(err.contains(field), "{args:?} must name {field}: {err}");
         println!("{args:?}: {}", err.lines().next().unwrap_or_default());
     }
+    // A target pattern sharing the daemon's template name (log-processor-<index>).
+    let shared = format!("{}-%Y.%m.%d-v2", s.index);
+    let (code, out, err) = lp(
+        &s.env(),
+        &["reindex", "--since", since, "--to-index", &shared],
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("--to-index") && err.contains("template"),
+        "{err}"
+    );
+    println!(
+        "--to-index {shared}: {}",
+        err.lines().next().unwrap_or_default()
+    );
+    // An alias name that is an existing index: refused once the store is asked, before
+    // anything is created (no template for the target either).
+    let base = elasticsearch_url();
+    let taken = format!("{}-plain", s.index);
+    let (status, text) = http("PUT", &format!("{base}/{taken}"), None).await;
+    assert_eq!(status, 200, "{text}");
+    let target = format!("r{}", s.index);
+    let (code, out, err) = lp(
+        &s.env(),
+        &[
+            "reindex",
+            "--since",
+            since,
+            "--to-index",
+            &format!("{target}-%Y.%m.%d"),
+            "--alias",
+            &taken,
+        ],
+    );
+    http("DELETE", &format!("{base}/{taken}"), None).await;
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("--alias") && err.contains(&taken), "{err}");
+    println!(
+        "--alias {taken}: {}",
+        err.lines().next().unwrap_or_default()
+    );
+    let (status, _) = http(
+        "GET",
+        &format!("{base}/_index_template/log-processor-{target}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        status, 404,
+        "the refused run installed the target's template"
+    );
     // Nothing was created by the refusals: not even the schema.
     let (schemas,): (i64,) = sqlx::query_as("SELECT count(*) FROM pg_namespace WHERE nspname = $1")
         .bind(&s.schema)
@@ -531,12 +669,21 @@ async fn bad_arguments_are_refused_naming_them() {
         "j1",
     ];
     let (code, out, err) = lp(&s.env(), &other);
-    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(code, 2, "{out}{err}");
     assert!(
         err.contains("--job") && err.contains("other arguments"),
         "{err}"
     );
     println!("{}", err.trim_end());
+    // Refused before any side effect: no table rt2.
+    let (tables,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = $1 AND tablename = 'rt2'",
+    )
+    .bind(&s.schema)
+    .fetch_one(&s.pg().await)
+    .await
+    .unwrap();
+    assert_eq!(tables, 0, "the refused job created its table");
     s.cleanup().await;
 }
 
@@ -585,4 +732,262 @@ async fn a_range_deleted_between_runs_stops_the_resumed_run_saying_so() {
     );
     assert_eq!(job_progress(&s).await.0, done, "the position stayed");
     s.cleanup().await;
+}
+
+/// Produces `count` records to partition 0, record `i` logged at `hour(i)`:00:`i` seconds on
+/// 2025-11-24, its message `m{i}`.
+fn produce_hours(s: &Scenario, count: u64, hour: impl Fn(u64) -> u64) {
+    let producer: BaseProducer = producer_config().create().expect("producer");
+    for i in 0..count {
+        let payload = serde_json::json!({
+            "timestamp": format!("2025-11-24T{:02}:00:{:02}Z", hour(i), i % 60),
+            "level": "info",
+            "message": format!("m{i}"),
+        })
+        .to_string();
+        let record = BaseRecord::<str, str>::to(&s.topic)
+            .partition(0)
+            .payload(&payload);
+        log_processor::loadgen::send(&producer, record).expect("produce");
+    }
+    producer.flush(Duration::from_secs(60)).expect("flush");
+}
+
+/// One batch going to three hourly indices: the first closed (its documents parked), the
+/// second open, the third mapping `message` as a number (its documents refused for their
+/// own content). The parked documents are sent again, not counted as refused, and the batch
+/// does not commit until they are taken; the refused ones are listed and the run exits 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_documents_hold_the_position_and_refused_ones_exit_3() {
+    let s = Scenario::new("reindex_parked", 1).await;
+    let since = Utc::now().timestamp_millis() - 600_000;
+    produce_hours(&s, 90, |i| 10 + i / 30);
+    let target = format!("r{}", s.index);
+    let base = elasticsearch_url();
+    let closed = format!("{target}-2025.11.24.10");
+    let numeric = format!("{target}-2025.11.24.12");
+    let (status, text) = http("PUT", &format!("{base}/{closed}"), None).await;
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = http("POST", &format!("{base}/{closed}/_close"), None).await;
+    assert_eq!(status, 200, "{text}");
+    let mapping = r#"{"mappings":{"properties":{"message":{"type":"long"}}}}"#;
+    let (status, text) = http("PUT", &format!("{base}/{numeric}"), Some(mapping.into())).await;
+    assert_eq!(status, 200, "{text}");
+
+    let args: Vec<String> = [
+        "--since",
+        &rfc3339(since),
+        "--to-index",
+        &format!("{target}-%Y.%m.%d.%H"),
+        "--to-table",
+        "rt",
+        "--batch-records",
+        "1000",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut run = Daemon::start_with(&mut reindex_command(&args), &s.env());
+    run.wait_for_line(
+        &format!("parked by index {closed}"),
+        Duration::from_secs(60),
+    );
+    // Parked, not passed: the batch is not committed while its index refuses.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(job_progress(&s).await, (0, 90), "{}", run.tail(20));
+    let (status, text) = http("POST", &format!("{base}/{closed}/_open"), None).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(run.wait(Duration::from_secs(90)), 3, "{}", run.tail(30));
+
+    // Taken once the index opened: the first hour's documents and rows are there.
+    http("POST", &format!("{base}/{target}-*/_refresh"), None).await;
+    let (_, text) = http("GET", &format!("{base}/{closed}/_count"), None).await;
+    let count: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(count["count"], 30, "{text}");
+    let rows: Vec<i64> = target_rows(&s, "rt").await.iter().map(|r| r.2).collect();
+    let rows: BTreeSet<i64> = rows.into_iter().collect();
+    assert_eq!(rows, (0..60).collect(), "rows of the first two hours only");
+    // The summary (the finished job read again) lists the refused offsets and exits 3.
+    let argv: Vec<&str> = ["reindex"]
+        .into_iter()
+        .chain(args.iter().map(String::as_str))
+        .collect();
+    let (code, out, err) = lp(&s.env(), &argv);
+    println!("{}\n{out}", err.trim_end());
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        out.contains("total: in_range=90 written=60 dead=0 refused=30 missing=0"),
+        "{out}"
+    );
+    let listed: Vec<String> = (60..90).map(|o: i64| o.to_string()).collect();
+    assert!(
+        out.contains(&format!(
+            "refused by the index, not written: {}/0 offsets {}",
+            s.topic,
+            listed.join(",")
+        )),
+        "{out}"
+    );
+    cleanup_target(&s, &target).await;
+}
+
+/// A topic whose current incarnation is stored under another name (adopted after a recreate),
+/// or whose recorded incarnation is not the current one, is refused (exit 2, naming --topic)
+/// rather than read under the Kafka name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_of_another_incarnation_or_stored_name_is_refused() {
+    let s = Scenario::new("reindex_identity", 1).await;
+    s.produce(0, 10, 0.0);
+    process_all(&s, &s.env()).await;
+    let since = rfc3339(Utc::now().timestamp_millis() - 600_000);
+    let argv = ["reindex", "--since", &since, "--to-table", "rt"];
+    let pool = s.pg().await;
+    let set = |sql: &str| {
+        format!(
+            "UPDATE {}.topic_identities SET {sql} WHERE topic = $1",
+            s.schema
+        )
+    };
+    // Adopted under another name: the daemon stores this incarnation as `<topic>_b`.
+    sqlx::query(sqlx::AssertSqlSafe(set("stored_as = topic || '_b'")))
+        .bind(&s.topic)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (code, out, err) = lp(&s.env(), &argv);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("--topic") && err.contains(&format!("stored under the name {}_b", s.topic)),
+        "{err}"
+    );
+    println!("{}", err.trim_end());
+    // Recorded under its own name, but from another incarnation (another topic id).
+    sqlx::query(sqlx::AssertSqlSafe(set(
+        "stored_as = topic, topic_id = 'AAAAAAAAAAAAAAAAAAAAAQ'",
+    )))
+    .bind(&s.topic)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (code, out, err) = lp(&s.env(), &argv);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("--topic") && err.contains("mix two incarnations"),
+        "{err}"
+    );
+    println!("{}", err.trim_end());
+    let (tables,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM pg_tables WHERE schemaname = $1 AND tablename = 'rt'")
+            .bind(&s.schema)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(tables, 0, "a refused run created its table");
+    s.cleanup().await;
+}
+
+/// A record whose row PostgreSQL refuses for its content (a number jsonb cannot hold) in the
+/// middle of a batch: a dead letter, listed, its document removed; the rest of the batch is
+/// written and the run ends, instead of stopping at that batch on every run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_postgresql_refuses_is_a_dead_letter_and_the_batch_goes_on() {
+    let s = Scenario::new("reindex_row_refused", 1).await;
+    let since = Utc::now().timestamp_millis() - 600_000;
+    // The first record maps `fields.n` as text, so the search store takes the third record's
+    // number as text; PostgreSQL's jsonb cannot hold it ("value overflows numeric format").
+    s.produce_raw(&[
+        (None, br#"{"message":"first","n":"text"}"#.to_vec()),
+        (None, br#"{"message":"second","n":"more"}"#.to_vec()),
+        (None, br#"{"message":"overflow","n":1e200000}"#.to_vec()),
+        (None, br#"{"message":"fourth","n":"last"}"#.to_vec()),
+    ]);
+    let target = format!("r{}", s.index);
+    let (code, out, err) = lp(
+        &s.env(),
+        &[
+            "reindex",
+            "--since",
+            &rfc3339(since),
+            "--to-index",
+            &format!("{target}-%Y.%m.%d"),
+            "--to-table",
+            "rt",
+        ],
+    );
+    println!("{}\n{out}", err.trim_end());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("total: in_range=4 written=3 dead=1 refused=0 missing=0"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "rows refused by PostgreSQL, dead letters: {}/0 offsets 2",
+            s.topic
+        )),
+        "{out}"
+    );
+    let rows: BTreeSet<i64> = target_rows(&s, "rt").await.iter().map(|r| r.2).collect();
+    assert_eq!(rows, [0, 1, 3].into());
+    let mut docs = BTreeSet::new();
+    es_hits(&format!("{target}-*"), |hit| {
+        docs.insert(hit["_source"]["kafka"]["offset"].as_i64().unwrap());
+    })
+    .await;
+    assert_eq!(docs, rows, "no document without its row");
+    cleanup_target(&s, &target).await;
+}
+
+/// An index that keeps refusing its documents (closed) while the store takes the batch's
+/// others: once the bound is spent (shortened here) the run stops, exit 1, naming the index and
+/// the reason, the position where it was; with the index open again, the same command writes
+/// the whole window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_refusing_past_the_bound_stops_the_run_keeping_the_position() {
+    let s = Scenario::new("reindex_stuck", 1).await;
+    let since = Utc::now().timestamp_millis() - 600_000;
+    produce_hours(&s, 60, |i| 10 + i / 30);
+    let target = format!("r{}", s.index);
+    let base = elasticsearch_url();
+    let closed = format!("{target}-2025.11.24.10");
+    let (status, text) = http("PUT", &format!("{base}/{closed}"), None).await;
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = http("POST", &format!("{base}/{closed}/_close"), None).await;
+    assert_eq!(status, 200, "{text}");
+    let argv: Vec<String> = [
+        "reindex",
+        "--since",
+        &rfc3339(since),
+        "--to-index",
+        &format!("{target}-%Y.%m.%d.%H"),
+        "--to-table",
+        "rt",
+    ]
+    .map(String::from)
+    .to_vec();
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let mut env = s.env();
+    env.push(("LP_REINDEX_STORE_BOUND_SECS".into(), "6".into()));
+    let (code, out, err) = lp(&env, &argv);
+    println!("{}\n{out}", err.trim_end());
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!("index {closed} still refuses 30 documents"))
+            && err.contains("the position stays at 0"),
+        "{err}"
+    );
+    assert_eq!(job_progress(&s).await, (0, 60), "the position moved");
+    assert!(
+        target_rows(&s, "rt").await.is_empty(),
+        "rows were committed"
+    );
+
+    let (status, text) = http("POST", &format!("{base}/{closed}/_open"), None).await;
+    assert_eq!(status, 200, "{text}");
+    let (code, out, err) = lp(&s.env(), &argv);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("total: in_range=60 written=60 dead=0 refused=0 missing=0"),
+        "{out}"
+    );
+    cleanup_target(&s, &target).await;
 }

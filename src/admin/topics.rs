@@ -164,7 +164,7 @@ async fn kafka_topics(settings: &Settings) -> Result<Vec<String>, AdminError> {
 }
 
 /// What Kafka says each of `topics` is now (topics without an id are left out).
-pub(super) async fn current_identities(
+pub(crate) async fn current_identities(
     settings: &Settings,
     topics: &[String],
 ) -> Result<Vec<(String, TopicIdentity)>, AdminError> {

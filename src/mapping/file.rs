@@ -99,7 +99,7 @@ pub(super) const BUILTIN_COLUMNS: [&str; 11] = [
 ];
 
 /// The daemon's own tables: never a route's.
-const OWN_TABLES: [&str; 7] = [
+pub(super) const OWN_TABLES: [&str; 7] = [
     "dead_letters",
     "consumer_offsets",
     "source_gaps",

@@ -270,6 +270,25 @@ impl Mapping {
     }
 }
 
+/// The wildcard naming every index a pattern makes: each strftime item a `*`
+/// (`logs-%Y.%m.%d` is `logs-*.*.*`).
+pub fn index_wildcard(pattern: &str) -> String {
+    let mut out = String::new();
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '%' => {
+                chars.next();
+                if !out.ends_with('*') {
+                    out.push('*');
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// What every index of a pattern starts with: the text before its first date item (its
 /// template's `index_patterns` is this and `*`).
 pub fn template_prefix(pattern: &str) -> &str {

@@ -63,7 +63,9 @@ impl Source {
         }
     }
 
-    /// Watermarks and offsets-for-times of each partition of `topic`.
+    /// Watermarks and offsets-for-times of each partition of `topic`. The watermarks are read
+    /// first and the lookups clamped to them: a record appended in between (the topic is live)
+    /// would otherwise put a range's end past the end the job records.
     pub fn offsets(
         &self,
         topic: &str,
@@ -71,27 +73,36 @@ impl Source {
         since_ms: i64,
         until_ms: Option<i64>,
     ) -> Result<Vec<(i32, Offsets)>, AdminError> {
+        let mut marks = Vec::new();
+        for &p in partitions {
+            marks.push(
+                (self.consumer)
+                    .fetch_watermarks(topic, p, TIMEOUT)
+                    .map_err(kafka(format!("watermarks of {topic}/{p}")))?,
+            );
+        }
         let since = self.for_time(topic, partitions, since_ms)?;
         let until = match until_ms {
             Some(ms) => self.for_time(topic, partitions, ms)?,
             None => partitions.iter().map(|_| None).collect(),
         };
-        let mut out = Vec::new();
-        for (i, &p) in partitions.iter().enumerate() {
-            let (low, high) = (self.consumer)
-                .fetch_watermarks(topic, p, TIMEOUT)
-                .map_err(kafka(format!("watermarks of {topic}/{p}")))?;
-            out.push((
-                p,
-                Offsets {
-                    low,
-                    high,
-                    since: since[i],
-                    until: until[i],
-                },
-            ));
-        }
-        Ok(out)
+        Ok(partitions
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| {
+                let (low, high) = marks[i];
+                let clamp = |o: Option<i64>| o.map(|o| o.min(high));
+                (
+                    p,
+                    Offsets {
+                        low,
+                        high,
+                        since: clamp(since[i]),
+                        until: clamp(until[i]),
+                    },
+                )
+            })
+            .collect())
     }
 
     /// The first offset at or after `ms` per partition; `None` where no record is that recent.

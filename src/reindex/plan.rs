@@ -35,6 +35,8 @@ pub async fn from_kafka(
                 stored.first_since = pg
                     .first_stored_since(&tables, &tp, args.since, o.low)
                     .await?;
+                let below = stored.first_since.unwrap_or(o.low).min(o.low);
+                stored.floor = pg.window_floor(&tables, &tp, args.since, below).await?;
                 if let Some(until) = args.until {
                     stored.first_until = pg.first_stored_since(&tables, &tp, until, o.low).await?;
                 }
@@ -52,6 +54,8 @@ pub async fn from_kafka(
                 written: 0,
                 dead_letters: 0,
                 refused: 0,
+                refused_offsets: Vec::new(),
+                row_refused_offsets: Vec::new(),
             });
         }
     }
@@ -82,6 +86,8 @@ pub async fn from_postgres(
                 written: 0,
                 dead_letters: 0,
                 refused: 0,
+                refused_offsets: Vec::new(),
+                row_refused_offsets: Vec::new(),
             });
         }
     }

@@ -1,18 +1,41 @@
-//! Pace and progress: how long to wait so the run stays under `--max-rate`, and the progress
-//! line on stderr (records, rate, ETA). Pure but for the clock the caller passes in.
+//! Pace and progress: how long to wait so the run stays under `--max-rate` (a token bucket),
+//! and the progress line on stderr (records, rate, ETA). Pure but for the clock the caller
+//! passes in.
 
 use std::time::Duration;
 
-/// How long to wait before going on, after `done` records in `elapsed`, so that the average
-/// since the start stays at or under `max_rate` records per second. Averaging from the start
-/// (not per batch) lets a slow batch be made up by the next ones, and bursts never exceed one
-/// batch.
-pub fn pause(max_rate: Option<u32>, done: u64, elapsed: Duration) -> Duration {
-    match max_rate {
-        Some(rate) if rate > 0 => {
-            Duration::from_secs_f64(done as f64 / rate as f64).saturating_sub(elapsed)
+/// The pace under `--max-rate`: a token bucket earning `rate` records a second, holding at most
+/// one second's worth. Unlike an average from the start, a stall (a slow store, a paused
+/// process) earns no more than that second, so the run does not burst at full speed afterwards
+/// to catch up. Records are counted, not offsets (offsets without a record cost nothing).
+#[derive(Debug, Clone)]
+pub struct Pace {
+    rate: f64,
+    tokens: f64,
+    /// The clock's reading at the last batch (the caller's clock: a test passes its own).
+    at: Duration,
+}
+
+impl Pace {
+    /// A bucket that starts empty at `now`: the first second is paced like any other.
+    pub fn new(rate: u32, now: Duration) -> Pace {
+        Pace {
+            rate: rate.max(1) as f64,
+            tokens: 0.0,
+            at: now,
         }
-        _ => Duration::ZERO,
+    }
+
+    /// Takes `records` just sent at `now`; returns how long to wait before the next batch.
+    pub fn take(&mut self, records: u64, now: Duration) -> Duration {
+        let earned = now.saturating_sub(self.at).as_secs_f64() * self.rate;
+        // The cap (one second's worth) bounds the burst after a stall.
+        self.tokens = (self.tokens + earned).min(self.rate) - records as f64;
+        self.at = now;
+        match self.tokens < 0.0 {
+            true => Duration::from_secs_f64(-self.tokens / self.rate),
+            false => Duration::ZERO,
+        }
     }
 }
 
@@ -55,14 +78,60 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Sends `batches` of `batch` records at `rate`, a stall of `stall` after `stall_at`
+    /// batches; the fake clock's reading when each batch was sent.
+    fn drive(
+        rate: u32,
+        batch: u64,
+        batches: usize,
+        stall_at: usize,
+        stall: Duration,
+    ) -> Vec<Duration> {
+        let mut now = Duration::ZERO;
+        let mut pace = Pace::new(rate, now);
+        let mut sent = Vec::new();
+        for i in 0..batches {
+            if i == stall_at {
+                now += stall;
+            }
+            sent.push(now);
+            now += pace.take(batch, now);
+        }
+        sent
+    }
+
     #[test]
-    fn the_pace_holds_the_average_at_the_rate() {
+    fn the_pace_holds_the_rate_and_a_stall_earns_at_most_a_second() {
         let s = Duration::from_secs;
-        assert_eq!(pause(Some(100), 100, s(0)), s(1));
-        assert_eq!(pause(Some(100), 100, s(1)), s(0));
-        assert_eq!(pause(Some(100), 100, s(3)), s(0));
-        assert_eq!(pause(Some(100), 250, s(2)), Duration::from_millis(500));
-        assert_eq!(pause(None, 1_000_000, s(0)), s(0));
+        let mut pace = Pace::new(100, s(0));
+        assert_eq!(pace.take(25, s(0)), Duration::from_millis(250));
+        assert_eq!(
+            pace.take(25, Duration::from_millis(250)),
+            Duration::from_millis(250)
+        );
+        // A minute's stall: one second's worth is free, then the rate again.
+        let mut after = Duration::from_millis(60_500);
+        let mut free = 0;
+        while pace.take(25, after).is_zero() {
+            free += 25;
+            after += Duration::from_millis(1);
+        }
+        assert_eq!(free, 100, "one second's worth, then the fifth batch waits");
+        // Over the ten seconds after a stall, at most the rate's ten seconds and one more.
+        let sent = drive(100, 25, 400, 40, s(60));
+        let stalled_until = sent[40];
+        let in_ten = sent
+            .iter()
+            .filter(|t| **t >= stalled_until && **t < stalled_until + s(10))
+            .count() as u64
+            * 25;
+        assert!(
+            in_ten <= 100 * 10 + 100 + 25,
+            "{in_ten} records in 10 s after the stall"
+        );
+        // Steady: 400 batches of 25 at 100/s take about 100 s (the stall aside).
+        let total = *sent.last().unwrap() - s(60);
+        assert!(total >= s(98) && total <= s(100), "{total:?}");
         assert_eq!(batch_size(1000, Some(40)), 10);
         assert_eq!(batch_size(1000, Some(2)), 1);
         assert_eq!(batch_size(1000, None), 1000);
@@ -82,12 +151,18 @@ mod tests {
 
     proptest! {
         #[test]
-        fn after_the_pause_the_rate_is_never_above_the_limit(
-            rate in 1u32..100_000, done in 0u64..10_000_000, ms in 0u64..10_000_000,
+        fn no_window_sends_more_than_its_rate_and_one_second(
+            rate in 1u32..10_000, batch in 1u64..2_000, stall_at in 0usize..50,
+            stall_ms in 0u64..100_000, window_ms in 1u64..20_000,
         ) {
-            let elapsed = Duration::from_millis(ms);
-            let waited = elapsed + pause(Some(rate), done, elapsed);
-            prop_assert!(done as f64 / waited.as_secs_f64().max(1e-9) <= rate as f64 * 1.000001 || done == 0);
+            let sent = drive(rate, batch, 60, stall_at, Duration::from_millis(stall_ms));
+            let window = Duration::from_millis(window_ms);
+            for start in &sent {
+                let n = sent.iter().filter(|t| **t >= *start && **t < *start + window).count() as u64;
+                // The batches sent in the window, less the last one (it is paid for after it).
+                let bound = rate as f64 * (window.as_secs_f64() + 1.0) + batch as f64;
+                prop_assert!(((n - 1) * batch) as f64 <= bound * 1.000001, "{} in {:?}", n * batch, window);
+            }
         }
     }
 }

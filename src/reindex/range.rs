@@ -5,8 +5,11 @@
 //! Kafka answers offsets-for-times with the first offset whose timestamp is at or after the
 //! time, among the records it still holds: never below the log start. So a window that began
 //! among records retention deleted maps to the log start, and only the daemon's stored rows
-//! (which keep each record's Kafka timestamp) can say where it began; without them the start
-//! is reported as a bound (offset 0), never dropped silently.
+//! (which keep each record's Kafka timestamp) can say where it began, and only if they hold
+//! the record just before it (older than `--since`): the daemon's rows may begin anywhere
+//! (rows deleted, the daemon deployed later). Otherwise the start is reported as a bound,
+//! from the last stored record older than `--since` (offset 0 without one), never dropped
+//! silently.
 
 /// What Kafka says about one partition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +31,10 @@ pub struct Stored {
     pub first_since: Option<i64>,
     /// The first offset below the log start stored with a timestamp at or after `--until`.
     pub first_until: Option<i64>,
+    /// The lowest offset the window can begin at, from the stores: one past the last record
+    /// stored before `first_since` (or the log start) with a timestamp before `--since`, past
+    /// the no-record gaps that follow it; 0 when none is stored.
+    pub floor: i64,
 }
 
 /// Offsets of the window Kafka no longer holds.
@@ -77,11 +84,23 @@ pub fn plan(o: Offsets, stored: Stored) -> Planned {
             _ => o.low,
         };
         match stored.first_since.filter(|&s| s < o.low) {
-            Some(start) => Some(Missing::Known {
+            // The record before the first stored one is stored too, and older: exact.
+            Some(start) if stored.floor >= start => Some(Missing::Known {
                 from: start,
                 to: end,
             }),
-            None => Some(Missing::AtMost { from: 0, to: end }),
+            // Unstored offsets lie between the last older record and the first newer one:
+            // the window began somewhere among them.
+            Some(_) => Some(Missing::AtMost {
+                from: stored.floor,
+                to: end,
+            }),
+            // Nothing stored at or after --since: only what is stored older bounds the start
+            // (all of the deleted offsets stored older: nothing of the window is gone).
+            None => Some(Missing::AtMost {
+                from: stored.floor.min(end),
+                to: end,
+            }),
         }
     } else {
         None
@@ -121,9 +140,11 @@ mod tests {
     #[test]
     fn a_window_beginning_among_deleted_records_reports_them() {
         let o = offsets(150, 300, Some(150), Some(200));
+        // The daemon stored offset 99 (older than --since) and 100 (the first newer one).
         let stored = Stored {
             first_since: Some(100),
             first_until: None,
+            floor: 100,
         };
         let p = plan(o, stored);
         assert_eq!((p.from, p.to), (150, 200));
@@ -136,6 +157,7 @@ mod tests {
         let stored = Stored {
             first_since: Some(100),
             first_until: Some(200),
+            floor: 100,
         };
         let p = plan(o, stored);
         assert_eq!((p.from, p.to), (250, 250));
@@ -144,6 +166,42 @@ mod tests {
         let p = plan(offsets(150, 300, Some(120), Some(200)), Stored::default());
         assert_eq!(p.missing, Some(Missing::Known { from: 120, to: 150 }));
         assert_eq!(p.from, 150);
+    }
+
+    #[test]
+    fn the_start_is_exact_only_when_the_record_before_it_is_stored_older() {
+        let o = offsets(150, 300, Some(150), Some(200));
+        let at = |first_since, floor| {
+            plan(
+                o,
+                Stored {
+                    first_since,
+                    first_until: None,
+                    floor,
+                },
+            )
+            .missing
+        };
+        // The daemon's rows begin at 120 (older ones deleted, or deployed later): the window
+        // may begin anywhere from 0, not at 120.
+        assert_eq!(at(Some(120), 0), Some(Missing::AtMost { from: 0, to: 150 }));
+        // Rows up to 89 stored, older; 90..120 not stored: somewhere in [90, 150).
+        assert_eq!(
+            at(Some(120), 90),
+            Some(Missing::AtMost { from: 90, to: 150 })
+        );
+        // 119 stored and older (or a no-record gap after an older record, or offset 0): exact.
+        assert_eq!(
+            at(Some(120), 120),
+            Some(Missing::Known { from: 120, to: 150 })
+        );
+        assert_eq!(at(Some(0), 0), Some(Missing::Known { from: 0, to: 150 }));
+        // Older rows only: the window begins after the last of them.
+        assert_eq!(at(None, 130), Some(Missing::AtMost { from: 130, to: 150 }));
+        // Every deleted offset stored and older: nothing of the window is gone.
+        assert_eq!(at(None, 150), None);
+        // Nothing stored at all: the whole deleted range is a bound.
+        assert_eq!(at(None, 0), Some(Missing::AtMost { from: 0, to: 150 }));
     }
 
     #[test]
@@ -160,15 +218,23 @@ mod tests {
         fn the_plan_stays_inside_the_log_and_misses_only_deleted_offsets(
             low in 0i64..1000, len in 0i64..1000, s in proptest::option::of(0i64..2000),
             u in proptest::option::of(0i64..2000), fs in proptest::option::of(0i64..1000),
-            fu in proptest::option::of(0i64..1000),
+            fu in proptest::option::of(0i64..1000), floor in 0i64..1000,
         ) {
             let high = low + len;
             let (since, until) = (s.map(|x| x.min(high)), u.map(|x| x.min(high)));
-            let p = plan(offsets(low, high, since, until), Stored { first_since: fs, first_until: fu });
+            // The floor is below the first stored newer record and the log start.
+            let floor = floor.min(fs.unwrap_or(low)).min(low);
+            let stored = Stored { first_since: fs, first_until: fu, floor };
+            let p = plan(offsets(low, high, since, until), stored);
             prop_assert!(low <= p.from && p.from <= p.to && p.to <= high);
             if let Some(m) = p.missing {
                 let (f, t) = m.range();
                 prop_assert!(0 <= f && f < t && t <= low);
+                // Exact only from the first newer record, with nothing unknown before it.
+                if let Missing::Known { from, .. } = m && since.unwrap_or(high) >= low {
+                    prop_assert_eq!(Some(from), fs);
+                    prop_assert!(floor >= from);
+                }
             }
             if low == 0 {
                 prop_assert_eq!(p.missing, None);

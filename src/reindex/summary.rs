@@ -7,6 +7,9 @@ use std::fmt;
 use crate::sink::elastic::CutOver;
 use crate::sink::postgres::JobPartition;
 
+/// Refused offsets printed per partition; all of them stay in `reindex_positions`.
+const LISTED: usize = 100;
+
 /// What happened to the alias.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Alias {
@@ -28,10 +31,15 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// 0 when the whole window was written; 3 when Kafka no longer held part of it (the rest
-    /// was written), so a script cannot mistake a partial re-index for a whole one.
+    /// 0 when the whole window was written; 3 when not everything was (Kafka no longer held
+    /// part of it, or the target index refused records for their own content, listed), so a
+    /// script cannot mistake a partial re-index for a whole one.
     pub fn exit_code(&self) -> u8 {
-        match self.parts.iter().any(|p| p.missing.is_some()) {
+        match self
+            .parts
+            .iter()
+            .any(|p| p.missing.is_some() || p.refused > 0)
+        {
             true => 3,
             false => 0,
         }
@@ -58,7 +66,7 @@ impl fmt::Display for Summary {
                 Some((from, to, true)) => format!("[{from}, {to}) deleted by retention"),
                 Some((from, to, false)) => format!(
                     "at most [{from}, {to}) deleted by retention (the window starts before the \
-                     log start; no stored timestamps say where)"
+                     log start; the daemon's stored rows do not say exactly where)"
                 ),
             };
             let done = match p.next >= p.to {
@@ -88,6 +96,20 @@ impl fmt::Display for Summary {
             sum(|p| p.refused),
             sum(|p| p.missing.map_or(0, |m| m.1 - m.0)),
         )?;
+        for p in &self.parts {
+            listed(
+                f,
+                "refused by the index, not written",
+                &p.tp,
+                &p.refused_offsets,
+            )?;
+            listed(
+                f,
+                "rows refused by PostgreSQL, dead letters",
+                &p.tp,
+                &p.row_refused_offsets,
+            )?;
+        }
         match &self.alias {
             Alias::NotAsked => Ok(()),
             Alias::Pending => write!(
@@ -113,6 +135,24 @@ impl fmt::Display for Summary {
     }
 }
 
+/// `\n<what>: <partition> offsets 1,2,3` (the first [`LISTED`]), nothing for no offsets.
+fn listed(
+    f: &mut fmt::Formatter<'_>,
+    what: &str,
+    tp: &crate::model::TopicPartition,
+    offsets: &[i64],
+) -> fmt::Result {
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<String> = offsets.iter().take(LISTED).map(i64::to_string).collect();
+    let more = match offsets.len().saturating_sub(LISTED) {
+        0 => String::new(),
+        n => format!(" and {n} more (in reindex_positions)"),
+    };
+    write!(f, "\n{what}: {tp} offsets {}{more}", shown.join(","))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,6 +168,8 @@ mod tests {
             written: 45,
             dead_letters: 3,
             refused: 1,
+            refused_offsets: vec![170],
+            row_refused_offsets: Vec::new(),
         }
     }
 
@@ -138,13 +180,30 @@ mod tests {
             parts: vec![part(None)],
             alias: Alias::NotAsked,
         };
-        assert_eq!(whole.exit_code(), 0);
+        // A record the index refused is not written: exit 3, its offset listed.
+        assert_eq!(whole.exit_code(), 3);
         assert_eq!(Summary::without_record(&whole.parts[0]), 1);
         let text = whole.to_string();
         assert!(
-            text.ends_with("total: in_range=50 written=45 dead=3 refused=1 missing=0"),
+            text.ends_with(
+                "total: in_range=50 written=45 dead=3 refused=1 missing=0\n\
+                 refused by the index, not written: t/0 offsets 170"
+            ),
             "{text}"
         );
+        let mut rows = whole.clone();
+        rows.parts[0].row_refused_offsets = vec![160, 161];
+        assert!(
+            rows.to_string()
+                .ends_with("\nrows refused by PostgreSQL, dead letters: t/0 offsets 160,161"),
+            "{rows}"
+        );
+        let mut all = whole.clone();
+        all.parts[0].refused = 0;
+        all.parts[0].refused_offsets.clear();
+        all.parts[0].written = 46;
+        assert_eq!(all.exit_code(), 0);
+        assert!(all.to_string().ends_with("refused=0 missing=0"), "{all}");
 
         let known = Summary {
             parts: vec![part(Some((100, 150, true)))],
@@ -167,6 +226,6 @@ mod tests {
                 .contains("at most [0, 150) deleted by retention"),
             "{bound}"
         );
-        assert!(bound.to_string().ends_with("missing=150"), "{bound}");
+        assert!(bound.to_string().contains("missing=150\n"), "{bound}");
     }
 }

@@ -26,12 +26,15 @@ mod refusal;
 mod rows;
 mod tables;
 mod target;
+mod target_step;
+mod window_start;
 
 pub use audit::Accounted;
 pub use gaps::GapCounts;
 pub use parked::{ParkedSummary, Released};
 pub use tables::Added;
-pub use target::{JobPartition, Step};
+pub use target::JobPartition;
+pub use target_step::{OpenStep, Step};
 
 use batch::write_tx;
 use refusal::{Refusal, classify, code, permanent};

@@ -21,37 +21,70 @@ pub enum CutOver {
 
 impl ElasticSink {
     /// Points `alias` at every existing index of this sink's patterns, removing it from every
-    /// other index, in one request.
+    /// other index, in one request. The removal names no index (`*`): a change made to the
+    /// alias by someone else between the read (for the report) and the request is undone
+    /// with the rest, never left beside the new indices.
     pub async fn switch_alias(&self, alias: &str) -> Result<CutOver, SinkError> {
         let to = self.indices_of(&self.index_wildcard()).await?;
         if to.is_empty() {
             return Ok(CutOver::NoTarget);
         }
+        // A removal of an alias that does not exist is refused (404) by Elasticsearch: the
+        // alias read again and the request sent again when it vanished meanwhile.
+        let mut tries = 0;
+        loop {
+            let from = self.alias_indices(alias).await?;
+            let body = actions(alias, !from.is_empty(), &to);
+            let (status, text) = self
+                .request(Method::Post, "/_aliases", Some(body.to_string().into()))
+                .await?;
+            tries += 1;
+            if status == 404 && !from.is_empty() && tries < 3 {
+                continue;
+            }
+            setup_answer(
+                status,
+                format!("_aliases {alias}: HTTP {status}: {}", truncate(&text, 500)),
+            )?;
+            return Ok(CutOver::Switched { from, to });
+        }
+    }
+
+    /// The indices `alias` names now (none: empty).
+    async fn alias_indices(&self, alias: &str) -> Result<Vec<String>, SinkError> {
         let (status, text) = self
             .request(Method::Get, &format!("/_alias/{alias}"), None)
             .await?;
-        let from: Vec<String> = match status {
-            404 => Vec::new(),
-            _ => {
-                setup_answer(
-                    status,
-                    format!("alias {alias}: HTTP {status}: {}", truncate(&text, 300)),
-                )?;
-                let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                v.as_object()
-                    .map(|o| o.keys().cloned().collect())
-                    .unwrap_or_default()
-            }
-        };
-        let body = actions(alias, &from, &to);
-        let (status, text) = self
-            .request(Method::Post, "/_aliases", Some(body.to_string().into()))
-            .await?;
+        if status == 404 {
+            return Ok(Vec::new());
+        }
         setup_answer(
             status,
-            format!("_aliases {alias}: HTTP {status}: {}", truncate(&text, 500)),
+            format!("alias {alias}: HTTP {status}: {}", truncate(&text, 300)),
         )?;
-        Ok(CutOver::Switched { from, to })
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let mut names: Vec<String> = (v.as_object().into_iter())
+            .flat_map(|o| o.keys().cloned())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Whether `name` is an existing index (not an alias): such a name cannot become an alias,
+    /// so a re-index into it is refused before anything is copied.
+    pub async fn is_index(&self, name: &str) -> Result<bool, SinkError> {
+        let path = format!("/{name}?filter_path=*.settings.index.provided_name");
+        let (status, text) = self.request(Method::Get, &path, None).await?;
+        if status == 404 {
+            return Ok(false);
+        }
+        setup_answer(
+            status,
+            format!("index {name}: HTTP {status}: {}", truncate(&text, 300)),
+        )?;
+        // An alias answers with the indices it names, an index with itself.
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Ok(v.get(name).is_some())
     }
 
     /// The concrete indices a comma-separated list of wildcards names (none: empty).
@@ -81,14 +114,13 @@ impl ElasticSink {
     }
 }
 
-/// The `_aliases` body: the alias removed from each old index that is not a new one, and added
-/// to the new ones, in one list of actions.
-fn actions(alias: &str, from: &[String], to: &[String]) -> Value {
-    let mut actions: Vec<Value> = from
-        .iter()
-        .filter(|i| !to.contains(i))
-        .map(|i| json!({ "remove": { "index": i, "alias": alias } }))
-        .collect();
+/// The `_aliases` body: the alias removed from every index (when it exists) and added to the
+/// new ones, in one list of actions the store applies atomically.
+fn actions(alias: &str, exists: bool, to: &[String]) -> Value {
+    let mut actions = Vec::new();
+    if exists {
+        actions.push(json!({ "remove": { "index": "*", "alias": alias } }));
+    }
     actions.push(json!({ "add": { "indices": to, "alias": alias } }));
     json!({ "actions": actions })
 }
@@ -98,22 +130,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_request_removes_the_old_indices_and_adds_the_new() {
-        let from = vec!["logs-2026.12.01".to_string(), "new-1".to_string()];
+    fn one_request_removes_the_alias_everywhere_and_adds_the_new() {
         let to = vec!["new-1".to_string(), "new-2".to_string()];
         assert_eq!(
-            actions("logs", &from, &to),
+            actions("logs", true, &to),
             json!({ "actions": [
-                { "remove": { "index": "logs-2026.12.01", "alias": "logs" } },
+                { "remove": { "index": "*", "alias": "logs" } },
                 { "add": { "indices": ["new-1", "new-2"], "alias": "logs" } }
             ] })
         );
         assert_eq!(
-            actions("logs", &[], &to)["actions"]
-                .as_array()
-                .unwrap()
-                .len(),
-            1
+            actions("logs", false, &to),
+            json!({ "actions": [{ "add": { "indices": ["new-1", "new-2"], "alias": "logs" } }] })
         );
     }
 }

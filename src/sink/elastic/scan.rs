@@ -12,24 +12,6 @@ use crate::model::{StoredRecord, TopicPartition};
 use crate::sink::SinkError;
 use crate::sink::retry::Attempts;
 
-/// An index pattern with each date item made `*`.
-fn wildcard(pattern: &str) -> String {
-    let mut out = String::new();
-    let mut chars = pattern.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '%' => {
-                chars.next();
-                if !out.ends_with('*') {
-                    out.push('*');
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// Documents one search returns at most (the stores' default `max_result_window`).
 const PAGE: usize = 10_000;
 
@@ -50,7 +32,7 @@ impl ElasticSink {
         let patterns = self.settings.mapping.index_patterns();
         patterns
             .into_iter()
-            .map(wildcard)
+            .map(crate::mapping::index_wildcard)
             .collect::<Vec<_>>()
             .join(",")
     }

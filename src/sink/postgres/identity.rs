@@ -30,6 +30,19 @@ impl PgSink {
             .collect())
     }
 
+    /// [`Self::bindings`], or none when the table does not exist yet (a schema the daemon has
+    /// not migrated: nothing recorded): for read-only callers that create nothing.
+    pub async fn recorded_bindings(&self, names: &[String]) -> Result<Vec<Binding>, SinkError> {
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass('topic_identities') IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
+        match exists {
+            true => self.bindings(names).await,
+            false => Ok(Vec::new()),
+        }
+    }
+
     /// Records a binding. Returns the binding PostgreSQL holds for the identity afterwards:
     /// this one, or the one another replica or an operator wrote first. A name taken by
     /// another identity is an error (the unique constraint on `stored_as`).

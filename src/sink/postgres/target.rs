@@ -6,12 +6,10 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::Connection;
-use sqlx::postgres::PgConnection;
 
-use super::refusal::{classify, permanent};
-use super::rows::{Rows, insert_records};
+use super::refusal::classify;
 use super::{PgSink, quoted};
-use crate::model::{StoredRecord, TopicPartition};
+use crate::model::TopicPartition;
 use crate::sink::SinkError;
 
 /// One partition of a job: its fixed range and how far the job got.
@@ -29,21 +27,10 @@ pub struct JobPartition {
     pub written: i64,
     pub dead_letters: i64,
     pub refused: i64,
-}
-
-/// What one committed batch moves.
-pub struct Step<'a> {
-    pub job: &'a str,
-    pub tp: &'a TopicPartition,
-    /// Rows for the target table; `None` when the job writes no table.
-    pub rows: Option<&'a [StoredRecord]>,
-    /// Where the partition stood when the batch was read: the update is refused otherwise
-    /// (two runs of one job at once).
-    pub expected_next: i64,
-    pub next: i64,
-    pub written: i64,
-    pub dead_letters: i64,
-    pub refused: i64,
+    /// The offsets of the `refused` records, ascending.
+    pub refused_offsets: Vec<i64>,
+    /// The offsets of records whose rows PostgreSQL refused (counted in `dead_letters`).
+    pub row_refused_offsets: Vec<i64>,
 }
 
 type PositionRow = (
@@ -58,6 +45,8 @@ type PositionRow = (
     i64,
     i64,
     i64,
+    Vec<i64>,
+    Vec<i64>,
 );
 
 impl PgSink {
@@ -73,7 +62,11 @@ impl PgSink {
                missing_to bigint, missing_known boolean NOT NULL DEFAULT false, \
                written bigint NOT NULL DEFAULT 0, dead_letters bigint NOT NULL DEFAULT 0, \
                refused bigint NOT NULL DEFAULT 0, updated_at timestamptz NOT NULL DEFAULT now(), \
-               PRIMARY KEY (job, topic, kafka_partition));",
+               PRIMARY KEY (job, topic, kafka_partition)); \
+             ALTER TABLE reindex_positions ADD COLUMN IF NOT EXISTS refused_offsets bigint[] \
+               NOT NULL DEFAULT '{}'; \
+             ALTER TABLE reindex_positions ADD COLUMN IF NOT EXISTS row_refused_offsets \
+               bigint[] NOT NULL DEFAULT '{}';",
         );
         if let Some((source, target)) = target {
             ddl.push_str(&format!(
@@ -94,6 +87,15 @@ impl PgSink {
         &self,
         job: &str,
     ) -> Result<Option<(String, Vec<JobPartition>)>, SinkError> {
+        // Read before anything is created (a refused run creates nothing): no table, no job.
+        let exists: bool =
+            sqlx::query_scalar("SELECT to_regclass('reindex_positions') IS NOT NULL")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(classify)?;
+        if !exists {
+            return Ok(None);
+        }
         let args: Option<String> =
             sqlx::query_scalar("SELECT args FROM reindex_jobs WHERE job = $1")
                 .bind(job)
@@ -103,7 +105,8 @@ impl PgSink {
         let Some(args) = args else { return Ok(None) };
         let rows: Vec<PositionRow> = sqlx::query_as(
             "SELECT topic, kafka_partition, from_offset, to_offset, next_offset, missing_from, \
-               missing_to, missing_known, written, dead_letters, refused \
+               missing_to, missing_known, written, dead_letters, refused, refused_offsets, \
+               row_refused_offsets \
              FROM reindex_positions WHERE job = $1 ORDER BY topic, kafka_partition",
         )
         .bind(job)
@@ -121,6 +124,8 @@ impl PgSink {
                 written: r.8,
                 dead_letters: r.9,
                 refused: r.10,
+                refused_offsets: r.11,
+                row_refused_offsets: r.12,
             })
             .collect();
         Ok(Some((args, parts)))
@@ -168,46 +173,6 @@ impl PgSink {
         tx.commit().await.map_err(classify)
     }
 
-    /// One batch: its rows (skipping rows stored by an earlier run of the job, which hold the
-    /// same content) and the partition's new position, in one transaction.
-    pub async fn reindex_step(&self, step: &Step<'_>) -> Result<(), SinkError> {
-        let mut conn = self.pool.acquire().await.map_err(classify)?;
-        write_step(&mut conn, &self.mapping, step).await
-    }
-
-    /// The first offset of `tp` the daemon stored (a row or a dead letter) whose Kafka
-    /// timestamp is at or after `since`, among offsets below `below`: where a window starts
-    /// among records Kafka deleted since.
-    pub async fn first_stored_since(
-        &self,
-        tables: &[String],
-        tp: &TopicPartition,
-        since: DateTime<Utc>,
-        below: i64,
-    ) -> Result<Option<i64>, SinkError> {
-        let mut first: Option<i64> = None;
-        for table in tables.iter().map(String::as_str).chain(["dead_letters"]) {
-            let sql = format!(
-                "SELECT min(kafka_offset) FROM {} WHERE topic = $1 AND kafka_partition = $2 \
-                 AND kafka_ts >= $3 AND kafka_offset < $4",
-                quoted(table)
-            );
-            let found: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                .bind(&*tp.topic)
-                .bind(tp.partition)
-                .bind(since)
-                .bind(below)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(classify)?;
-            first = match (first, found) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-        }
-        Ok(first)
-    }
-
     /// Per partition of `topic`, the offsets the daemon stored (rows of `tables` and dead
     /// letters) with a Kafka timestamp in `[since, until)`: `(partition, first, last + 1)`.
     pub async fn stored_window(
@@ -253,44 +218,4 @@ impl PgSink {
         .map_err(classify)?;
         Ok(())
     }
-}
-
-async fn write_step(
-    conn: &mut PgConnection,
-    mapping: &crate::mapping::Mapping,
-    step: &Step<'_>,
-) -> Result<(), SinkError> {
-    let mut tx = conn.begin().await.map_err(classify)?;
-    if let Some(rows) = step.rows
-        && !rows.is_empty()
-    {
-        insert_records(&mut tx, mapping, step.tp, rows, Rows::MayExist)
-            .await
-            .map_err(|r| r.into_sink_error())?;
-    }
-    let moved = sqlx::query(
-        "UPDATE reindex_positions SET next_offset = $5, written = written + $6, \
-           dead_letters = dead_letters + $7, refused = refused + $8, updated_at = now() \
-         WHERE job = $1 AND topic = $2 AND kafka_partition = $3 AND next_offset = $4",
-    )
-    .bind(step.job)
-    .bind(&*step.tp.topic)
-    .bind(step.tp.partition)
-    .bind(step.expected_next)
-    .bind(step.next)
-    .bind(step.written)
-    .bind(step.dead_letters)
-    .bind(step.refused)
-    .execute(&mut *tx)
-    .await
-    .map_err(classify)?
-    .rows_affected();
-    if moved != 1 {
-        return Err(permanent(format!(
-            "job {}: {} is no longer at offset {} (another run of the same job?); nothing of \
-             this batch was committed",
-            step.job, step.tp, step.expected_next
-        )));
-    }
-    tx.commit().await.map_err(classify)
 }
