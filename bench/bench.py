@@ -23,12 +23,12 @@ same commit (checked before each phase; the run stops if the code changes under 
   partitions log-processor at its best configuration on 1, 2, 6 and 24 partitions, with one batch
             at a time per worker (LP_WORKER_IN_FLIGHT=1, as before in-partition pipelining) and
             two (2, the default), alternating at each point: records/s, CPU per record, and each
-            point's share of the 6-partition throughput. Not yet among the default phases.
+            point's share of the 6-partition throughput.
   mapping   the best configuration with and without a five-column mapping (bench/mapping-5.toml),
             alternating, --runs times: ratio_typed, the cost of typed columns.
   freshness a steady produce rate at 25, 50 and 90% of the peak for log-processor (defaults and
             best) and the peer (tuned): produce -> searchable and produce -> committed percentiles
-            (bench/freshness.py). Not yet among the default phases: `--phases freshness`.
+            (bench/freshness.py).
   crash     10 SIGKILLs (with restarts) during a run of each, on a second topic of as many
             records (--crash-records); then lost and duplicated records counted from the stores.
   shutdown  SIGTERM at random moments, --shutdown-rounds rounds (100) in each of five variants
@@ -997,7 +997,8 @@ def code_state():
     # Not through git(): its strip() would eat the leading space of the first " M path" line.
     out = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=all"],
                          capture_output=True, text=True).stdout
-    dirty = [l for l in out.splitlines() if l.strip()]
+    # The benchmark's own outputs (an earlier run's results) are not a change to the code.
+    dirty = [l for l in out.splitlines() if l.strip() and not any(l[3:].startswith(o) for o in OUTPUTS)]
     return git("rev-parse", "HEAD"), dirty
 
 
@@ -1025,7 +1026,7 @@ def main():
     ap.add_argument("--peer-default-records", type=int, help="records the peer at defaults moves (default: records/100)")
     ap.add_argument("--sweep-records", type=int, help="records per ceiling sweep point (default: min(records, 200000))")
     ap.add_argument("--growth-records", type=int, help="records per growth point (default 100000, fewer for big records)")
-    ap.add_argument("--phases", default="e2e,ceilings,batch,growth,mapping,crash,shutdown")
+    ap.add_argument("--phases", default="e2e,ceilings,batch,growth,partitions,mapping,freshness,crash,shutdown")
     ap.add_argument("--freshness-peak", type=int, help="records/s the freshness rates are shares of "
                     "(default: log-processor's best median of this run's e2e phase, else of bench/results/latest.json)")
     ap.add_argument("--freshness-seconds", type=int, default=20, help="seconds each freshness run produces")
