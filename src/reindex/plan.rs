@@ -42,21 +42,11 @@ pub async fn from_kafka(
                 }
             }
             let planned = plan(o, stored);
-            parts.push(JobPartition {
-                tp,
-                from: planned.from,
-                to: planned.to,
-                next: planned.from,
-                missing: planned.missing.map(|m| {
-                    let (from, to) = m.range();
-                    (from, to, matches!(m, range::Missing::Known { .. }))
-                }),
-                written: 0,
-                dead_letters: 0,
-                refused: 0,
-                refused_offsets: Vec::new(),
-                row_refused_offsets: Vec::new(),
+            let missing = planned.missing.map(|m| {
+                let (from, to) = m.range();
+                (from, to, matches!(m, range::Missing::Known { .. }))
             });
+            parts.push(JobPartition::planned(tp, planned.from, planned.to, missing));
         }
     }
     Ok(parts)
@@ -77,18 +67,8 @@ pub async fn from_postgres(
             .stored_window(&tables, topic, args.since, args.until)
             .await?;
         for (p, from, to) in window {
-            parts.push(JobPartition {
-                tp: TopicPartition::new(topic.as_str(), p),
-                from,
-                to,
-                next: from,
-                missing: None,
-                written: 0,
-                dead_letters: 0,
-                refused: 0,
-                refused_offsets: Vec::new(),
-                row_refused_offsets: Vec::new(),
-            });
+            let tp = TopicPartition::new(topic.as_str(), p);
+            parts.push(JobPartition::planned(tp, from, to, None));
         }
     }
     Ok(parts)

@@ -33,6 +33,29 @@ pub struct JobPartition {
     pub row_refused_offsets: Vec<i64>,
 }
 
+impl JobPartition {
+    /// A partition of a new job: nothing read or written yet.
+    pub fn planned(
+        tp: TopicPartition,
+        from: i64,
+        to: i64,
+        missing: Option<(i64, i64, bool)>,
+    ) -> Self {
+        JobPartition {
+            tp,
+            from,
+            to,
+            next: from,
+            missing,
+            written: 0,
+            dead_letters: 0,
+            refused: 0,
+            refused_offsets: Vec::new(),
+            row_refused_offsets: Vec::new(),
+        }
+    }
+}
+
 type PositionRow = (
     String,
     i32,

@@ -23,27 +23,8 @@ impl PgSink {
         since: DateTime<Utc>,
         below: i64,
     ) -> Result<Option<i64>, SinkError> {
-        let mut first: Option<i64> = None;
-        for table in tables.iter().map(String::as_str).chain(["dead_letters"]) {
-            let sql = format!(
-                "SELECT min(kafka_offset) FROM {} WHERE topic = $1 AND kafka_partition = $2 \
-                 AND kafka_ts >= $3 AND kafka_offset < $4",
-                quoted(table)
-            );
-            let found: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                .bind(&*tp.topic)
-                .bind(tp.partition)
-                .bind(since)
-                .bind(below)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(classify)?;
-            first = match (first, found) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-        }
-        Ok(first)
+        let found = self.stored_offsets(tables, tp, "min", ">=", since, below);
+        Ok(found.await?.into_iter().flatten().min())
     }
 
     /// The lowest offset below `below` the window can begin at, as far as the daemon's stores
@@ -58,23 +39,12 @@ impl PgSink {
         since: DateTime<Utc>,
         below: i64,
     ) -> Result<i64, SinkError> {
-        let mut last: Option<i64> = None;
-        for table in tables.iter().map(String::as_str).chain(["dead_letters"]) {
-            let sql = format!(
-                "SELECT max(kafka_offset) FROM {} WHERE topic = $1 AND kafka_partition = $2 \
-                 AND kafka_ts < $3 AND kafka_offset < $4",
-                quoted(table)
-            );
-            let found: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                .bind(&*tp.topic)
-                .bind(tp.partition)
-                .bind(since)
-                .bind(below)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(classify)?;
-            last = last.max(found);
-        }
+        let last = (self
+            .stored_offsets(tables, tp, "max", "<", since, below)
+            .await?)
+            .into_iter()
+            .max()
+            .flatten();
         let mut floor = last.map_or(0, |l| l + 1);
         for _ in 0..GAPS_IN_A_ROW {
             let past: Option<i64> = sqlx::query_scalar(
@@ -96,5 +66,36 @@ impl PgSink {
             }
         }
         Ok(floor.min(below))
+    }
+
+    /// `agg(kafka_offset)` (min or max) of the partition's records stored below `below` whose
+    /// Kafka timestamp is `cmp` (`>=` or `<`) `since`, in each of `tables` and `dead_letters`.
+    async fn stored_offsets(
+        &self,
+        tables: &[String],
+        tp: &TopicPartition,
+        agg: &'static str,
+        cmp: &'static str,
+        since: DateTime<Utc>,
+        below: i64,
+    ) -> Result<Vec<Option<i64>>, SinkError> {
+        let mut out = Vec::new();
+        for table in tables.iter().map(String::as_str).chain(["dead_letters"]) {
+            let sql = format!(
+                "SELECT {agg}(kafka_offset) FROM {} WHERE topic = $1 AND kafka_partition = $2 \
+                 AND kafka_ts {cmp} $3 AND kafka_offset < $4",
+                quoted(table)
+            );
+            let found: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .bind(&*tp.topic)
+                .bind(tp.partition)
+                .bind(since)
+                .bind(below)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(classify)?;
+            out.push(found);
+        }
+        Ok(out)
     }
 }
