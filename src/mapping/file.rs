@@ -346,8 +346,8 @@ fn check_documents(mapping: &Mapping) -> Result<(), MappingError> {
     Ok(())
 }
 
-/// A PostgreSQL identifier that needs no quoting.
-fn identifier(name: &str) -> bool {
+/// A PostgreSQL identifier that needs no quoting (the mapping's table names, `reindex --to-table`).
+pub(super) fn identifier(name: &str) -> bool {
     let mut chars = name.chars();
     name.len() <= 63
         && chars

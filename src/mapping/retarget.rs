@@ -42,7 +42,7 @@ impl Mapping {
             }
         }
         if let Some(table) = table {
-            if !valid_table_name(table) {
+            if !super::file::identifier(table) {
                 return Err((
                     "--to-table",
                     format!(
@@ -129,16 +129,6 @@ fn glob(wildcard: &str, name: &str) -> bool {
         }
     }
     rest.len() >= last.len() && rest.ends_with(last)
-}
-
-/// A name PostgreSQL takes unquoted, as the mapping's own table names are.
-fn valid_table_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    name.len() <= 63
-        && chars
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 #[cfg(test)]
