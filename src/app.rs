@@ -148,12 +148,7 @@ pub async fn run(
             || es.detect(),
         )
         .await?;
-        store
-            .check_supported()
-            .map_err(|message| SinkError::Permanent {
-                store: "elasticsearch",
-                message,
-            })?;
+        store.require_supported()?;
         tracing::info!(search_store = %store, data_stream = settings.es_data_stream, "search store detected");
         if let Some(lifecycle) = &lifecycle {
             crate::consumer::retention::check(&settings, kafka_reader.clone(), lifecycle).await?;

@@ -37,7 +37,6 @@ use std::sync::Arc;
 use crate::admin::AdminError;
 use crate::config::Settings;
 use crate::mapping::Mapping;
-use crate::sink::SinkError;
 use crate::sink::elastic::ElasticSink;
 use crate::stores;
 use args::{Checked, invalid};
@@ -185,11 +184,6 @@ async fn search_store(
     s.es_template_priority += 1;
     let es = stores::elasticsearch_with(&s, target)?;
     let store = es.detect().await?;
-    store
-        .check_supported()
-        .map_err(|message| SinkError::Permanent {
-            store: "elasticsearch",
-            message,
-        })?;
+    store.require_supported()?;
     Ok((es, store))
 }

@@ -58,6 +58,15 @@ impl StoreInfo {
             _ => Ok(()),
         }
     }
+
+    /// [`Self::check_supported`] as the sink's error, for start-up.
+    pub fn require_supported(&self) -> Result<(), SinkError> {
+        self.check_supported()
+            .map_err(|message| SinkError::Permanent {
+                store: STORE,
+                message,
+            })
+    }
 }
 
 /// The store from a `GET /` answer: `version.number`, and `version.distribution` on OpenSearch.
