@@ -93,11 +93,13 @@ CREATE TABLE {s}.log_records (
     PRIMARY KEY (topic, kafka_partition, kafka_offset));
 CREATE INDEX ON {s}.log_records (ts);
 """
-# The mapping log-processor puts in its index template (src/sink/elastic.rs).
+# The mapping and settings log-processor puts in its index template (src/sink/elastic/template.rs),
+# its refresh interval at the default LP_ES_REFRESH_MS: the peer and the ceilings write indices
+# that refresh as often as log-processor's.
 ES_TEMPLATE = {
     "priority": 100,
     "template": {
-        "settings": {"index.mapping.total_fields.limit": 2000},
+        "settings": {"index.mapping.total_fields.limit": 2000, "index.refresh_interval": "250ms"},
         "mappings": {"properties": {
             "@timestamp": {"type": "date"}, "level": {"type": "keyword"},
             "service": {"type": "keyword"}, "message": {"type": "text"},
@@ -518,7 +520,7 @@ def end_offsets(topic, partitions):
 
 class FreshnessContext:
     """What bench/freshness.py needs of the harness."""
-    work, brokers = WORK, BROKERS
+    work, brokers, dsn = WORK, BROKERS, DSN
     es = staticmethod(es)
     psql = staticmethod(psql)
     loadgen = staticmethod(loadgen)
@@ -1078,7 +1080,7 @@ def main():
            "records": n, "runs": runs, "default_runs": a.default_runs, "topic": topic, "partitions": 6,
            "sweep_records": sweep_n,
            "settings": {"log_processor_best": "log-processor best: " + ", ".join(f"{k}={v}" for k, v in LP_BEST.items()) + ", the rest at defaults",
-                        "log_processor_defaults": "log-processor defaults (LP_BATCH_MAX_RECORDS=1000, LP_BATCH_LINGER_MS=200, LP_WORKERS=4, LP_WORKER_QUEUE=2, LP_MEMORY_BUDGET_MB=128)",
+                        "log_processor_defaults": "log-processor defaults (LP_BATCH_MAX_RECORDS=1000, LP_BATCH_LINGER_MS=100, LP_ES_REFRESH_MS=250, LP_WORKERS=4, LP_WORKER_QUEUE=2, LP_MEMORY_BUDGET_MB=128)",
                         "peer_tuned": "peer tuned (bench/peer/config.yaml.tmpl): " + ", ".join(f"{k}={v}" for k, v in PEER_TUNED.items()),
                         "peer_defaults": f"peer at defaults (bench/peer/config-defaults.yaml.tmpl, {peer_default_n:,} records)"},
            "e2e": {key: [] for key, _, _ in E2E}, "ceilings": {}, "ceiling_sweeps": {}, "batch_sizes": [],

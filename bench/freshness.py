@@ -64,12 +64,40 @@ def latencies(events, produced, store):
     return out, missing
 
 
+class Psql:
+    """One psql session for all of a probe's queries: a new connection ten times a second (a
+    psql process and a PostgreSQL backend each) would take CPU from the systems measured."""
+
+    END = "__probe_end__"
+
+    def __init__(self, dsn):
+        self.p = subprocess.Popen(["psql", dsn, "-X", "-tAq"], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    def query(self, sql):
+        """The result's lines; none when the query failed (psql goes on with the next one)."""
+        self.p.stdin.write(f"{sql};\n\\echo {self.END}\n")
+        self.p.stdin.flush()
+        lines = []
+        for line in self.p.stdout:
+            line = line.rstrip("\n")
+            if line == self.END:
+                return lines
+            lines.append(line)
+        raise RuntimeError("the probe's psql session ended")
+
+    def close(self):
+        self.p.stdin.close()
+        self.p.wait(10)
+
+
 class Probe(threading.Thread):
     """Polls both stores for each partition's highest visible offset."""
 
     def __init__(self, ctx, ident, topic, partitions):
         super().__init__(daemon=True)
         self.ctx, self.schema, self.topic, self.partitions = ctx, ident, topic, partitions
+        self.pg = Psql(ctx.dsn)
         self.prefix = ident.replace("_", "-")
         self.events, self.stop = [], threading.Event()
         self.seen = {"es": {}, "pg": {}}
@@ -97,7 +125,7 @@ class Probe(threading.Thread):
             f"SELECT {p}, (SELECT max(kafka_offset) FROM {self.schema}.log_records "
             f"WHERE topic = '{self.topic}' AND kafka_partition = {p})" for p in range(self.partitions))
         out = {}
-        for line in self.ctx.psql(q, check=False).splitlines():
+        for line in self.pg.query(q):
             p, _, v = line.partition("|")
             if v:
                 out[int(p)] = int(v)
@@ -113,6 +141,7 @@ class Probe(threading.Thread):
                     self.seen[store][p] = max(self.seen[store].get(p, -1), v)
             self.events.append({"t": time.time(), "es": dict(self.seen["es"]), "pg": dict(self.seen["pg"])})
             time.sleep(max(0.0, POLL - (time.time() - started)))
+        self.pg.close()
 
     def holds(self, ends):
         return all(self.seen[s].get(p, -1) >= end - 1 for s in ("es", "pg") for p, end in ends.items() if end > 0)

@@ -79,11 +79,12 @@ pub struct Settings {
     /// ...or this many bytes...
     #[arg(long, env = "LP_BATCH_MAX_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub batch_max_bytes: usize,
-    /// ...or when its first record has waited this long.
+    /// ...or when its first record has waited this long. Short, so a quiet topic's records are
+    /// searchable soon; a backlog fills batches by count long before it (README, "Freshness").
     #[arg(
         long,
         env = "LP_BATCH_LINGER_MS",
-        default_value = "200",
+        default_value = "100",
         value_name = "MS"
     )]
     pub batch_linger_ms: Millis,
@@ -196,6 +197,16 @@ pub struct Settings {
     /// Fleet-managed ones (up to 200), so overlapping patterns cannot be refused.
     #[arg(long, env = "LP_ES_TEMPLATE_PRIORITY", default_value_t = 501)]
     pub es_template_priority: u32,
+    /// `index.refresh_interval` in the index template: how soon a written document becomes
+    /// searchable. Shorter shows logs sooner and costs the store more refreshes and merges
+    /// (README, "Freshness"); it applies to indices created after the template is installed.
+    #[arg(
+        long,
+        env = "LP_ES_REFRESH_MS",
+        default_value = "250",
+        value_name = "MS"
+    )]
+    pub es_refresh_ms: Millis,
     /// Largest `_bulk` request body.
     #[arg(long, env = "LP_ES_BULK_MAX_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub es_bulk_max_bytes: usize,

@@ -79,6 +79,7 @@ pub fn elasticsearch_with(
         bulk_max_bytes: s.es_bulk_max_bytes,
         data_stream: s.es_data_stream,
         template_priority: s.es_template_priority,
+        refresh_interval: s.es_refresh_ms.0,
         lifecycle: s.lifecycle().map_err(|e| SinkError::Permanent {
             store: "configuration",
             message: e.to_string(),

@@ -55,7 +55,8 @@ fn stop(d: &mut Daemon) {
 async fn the_daemon_detects_the_store_and_its_version() {
     let s = Scenario::new("detect", 1).await;
     s.produce(0, 100, 0.0);
-    let mut d = Daemon::start(&s.env());
+    // Not the stores' default (1s): the index must carry the daemon's own setting.
+    let mut d = Daemon::start(&with(&s.env(), &[("LP_ES_REFRESH_MS", "250".into())]));
     s.wait_all_stored(Duration::from_secs(60)).await;
     stop(&mut d);
     let (opensearch, version) = store_version().await;
@@ -77,6 +78,21 @@ async fn the_daemon_detects_the_store_and_its_version() {
         "store is {product} {version}; the daemon logged: {line}"
     );
     println!("compat: detected {product} {version}");
+    let (status, text) = http(
+        "GET",
+        &format!(
+            "{}/{}-*/_settings/index.refresh_interval",
+            elasticsearch_url(),
+            s.index
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("\"refresh_interval\":\"250ms\""),
+        "LP_ES_REFRESH_MS=250 reaches the index: {text}"
+    );
     s.cleanup().await;
 }
 

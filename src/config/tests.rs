@@ -66,6 +66,17 @@ fn deadline_must_fit_in_grace_period_with_margin() {
 }
 
 #[test]
+fn refresh_interval_is_bounded() {
+    for ok in ["100", "1000", "3600000"] {
+        parse(&["--es-refresh-ms", ok]).validate().unwrap();
+    }
+    for bad in ["0", "99", "3600001"] {
+        let err = parse(&["--es-refresh-ms", bad]).validate().unwrap_err();
+        assert_eq!(err.field, "LP_ES_REFRESH_MS (--es-refresh-ms)", "{bad}");
+    }
+}
+
+#[test]
 fn zero_is_refused_where_it_would_spin_or_time_out_at_once() {
     for (flag, field) in [
         ("--commit-interval-ms", "LP_COMMIT_INTERVAL_MS"),

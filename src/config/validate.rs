@@ -20,6 +20,14 @@ impl Settings {
                 "must be between 1000 and 3600000",
             ));
         }
+        // Below 100 ms the store would spend its time refreshing; above an hour a log would
+        // stay unsearchable longer than anyone watching it waits.
+        if !(100..=3_600_000).contains(&self.es_refresh_ms.0.as_millis()) {
+            return Err(invalid(
+                "LP_ES_REFRESH_MS (--es-refresh-ms)",
+                "must be between 100 and 3600000",
+            ));
+        }
         if self.group_id.trim().is_empty() {
             return Err(invalid("LP_GROUP_ID (--group-id)", "must not be empty"));
         }

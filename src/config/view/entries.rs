@@ -202,6 +202,7 @@ pub fn entries(s: &Settings, sources: &Sources) -> Vec<Entry> {
         "LP_ES_TEMPLATE_PRIORITY",
         s.es_template_priority.to_string(),
     );
+    t.plain("LP_ES_REFRESH_MS", ms(&s.es_refresh_ms));
     t.plain("LP_ES_BULK_MAX_BYTES", s.es_bulk_max_bytes.to_string());
     t.plain("LP_ES_TIMEOUT_MS", ms(&s.es_timeout_ms));
     t.plain("LP_ES_CA_FILE", path(&sec.es_ca_file));

@@ -64,6 +64,8 @@ pub struct EsSettings {
     /// Data-stream mode: `create` actions and a `data_stream` template.
     pub data_stream: bool,
     pub template_priority: u32,
+    /// `LP_ES_REFRESH_MS`: the template's `index.refresh_interval`.
+    pub refresh_interval: Duration,
     /// `LP_ES_LIFECYCLE`: a policy installed at start-up and attached to the indices.
     pub lifecycle: Option<crate::lifecycle::Lifecycle>,
     pub timeout: Duration,
@@ -297,6 +299,7 @@ pub(super) fn test_sink(url: &str, data_stream: bool) -> ElasticSink {
         bulk_max_bytes: 1 << 20,
         data_stream,
         template_priority: 501,
+        refresh_interval: Duration::from_secs(1),
         lifecycle: None,
         timeout: Duration::from_secs(1),
         backoff: Backoff {
@@ -335,6 +338,7 @@ mod tests {
             bulk_max_bytes: 1 << 20,
             data_stream: false,
             template_priority: 501,
+            refresh_interval: Duration::from_secs(1),
             lifecycle: None,
             timeout: Duration::from_secs(1),
             backoff: Backoff {

@@ -53,7 +53,11 @@ impl ElasticSink {
             "index_patterns": [format!("{prefix}*")],
             "priority": self.settings.template_priority + self.overlapped(prefix),
             "template": {
-                "settings": { "index.mapping.total_fields.limit": 2000 },
+                "settings": {
+                    "index.mapping.total_fields.limit": 2000,
+                    "index.refresh_interval":
+                        format!("{}ms", self.settings.refresh_interval.as_millis()),
+                },
                 "mappings": {
                     "properties": {
                         "@timestamp": { "type": "date" },
