@@ -97,7 +97,8 @@ pub struct Settings {
     /// Number of worker tasks writing batches.
     #[arg(long, env = "LP_WORKERS", default_value_t = 4)]
     pub workers: usize,
-    /// Batches queued per worker before the consumer pauses the worker's partitions.
+    /// Batches queued per worker; more of a partition wait in the consumer, within its share of
+    /// the memory budget (README, "Backpressure" in docs/ARCHITECTURE.md).
     #[arg(long, env = "LP_WORKER_QUEUE", default_value_t = 2)]
     pub worker_queue: usize,
     /// Batches each worker writes at once: a partition's next batch goes to the search store

@@ -61,6 +61,15 @@ impl Budget {
     pub(super) fn peak(&self) -> usize {
         self.peak
     }
+
+    /// Bytes of records (`RawRecord::size`, copies not counted: they are made only while a
+    /// batch is written) that one of `partitions` may hold in batches cut and waiting for its
+    /// worker before it stops fetching: half the budget, shared evenly. The other half is for
+    /// open batches and those at the workers. An even share keeps one slow partition from
+    /// using up what every partition shares.
+    pub(super) fn read_ahead(&self, partitions: usize) -> usize {
+        self.limit / COPIES / 2 / partitions.max(1)
+    }
 }
 
 #[cfg(test)]

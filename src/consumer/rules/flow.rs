@@ -171,9 +171,10 @@ impl Core {
         self.pending.retain(|_, q| !q.is_empty());
     }
 
-    /// Backpressure: a partition with a batch its worker cannot take yet, or a held one, stops
-    /// fetching until the worker catches up; every partition stops while the memory budget is
-    /// used up. The driver keeps polling, so the group never evicts the consumer.
+    /// Backpressure: a partition whose batches waiting for its worker hold its share of the
+    /// read-ahead (`Budget::read_ahead`), or a held one, stops fetching; every partition stops
+    /// while the memory budget is used up. The driver keeps polling, so the group never evicts
+    /// the consumer.
     pub(in crate::consumer) fn pause_change(&mut self) -> PauseChange {
         self.metrics
             .batch_bytes
@@ -184,10 +185,10 @@ impl Core {
         let want: HashSet<TopicPartition> = if self.budget.exhausted() {
             self.assigned.keys().cloned().collect()
         } else {
-            self.pending
+            let share = self.budget.read_ahead(self.assigned.len());
+            self.assigned
                 .keys()
-                .chain(self.held.keys())
-                .filter(|tp| self.owns(tp))
+                .filter(|tp| self.held.contains_key(*tp) || self.read_far_ahead(tp, share))
                 .cloned()
                 .collect()
         };
@@ -197,5 +198,23 @@ impl Core {
         };
         self.paused = want;
         change
+    }
+
+    /// Whether a partition must stop fetching for the batches it has waiting: from its share
+    /// on, and once paused until they are down to half of it. A pause is dear, so it comes
+    /// late and lasts: librdkafka drops what it prefetched for the partition, and fetches it
+    /// again only at its broker thread's next turn, up to a second after the resume. Paused
+    /// at every batch its worker could not take at once, one backlogged partition was read in
+    /// bursts a second apart (a fifth of what it reached reading ahead).
+    fn read_far_ahead(&self, tp: &TopicPartition, share: usize) -> bool {
+        let waiting: usize = self
+            .pending
+            .get(tp)
+            .map_or(0, |q| q.iter().map(|b| b.bytes).sum());
+        if self.paused.contains(tp) {
+            waiting > share / 2
+        } else {
+            waiting > 0 && waiting >= share
+        }
     }
 }

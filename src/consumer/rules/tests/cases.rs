@@ -205,6 +205,68 @@ fn a_partition_assigned_again_while_owned_starts_afresh() {
     assert_eq!(world.core.budget.used(), 0);
 }
 
+/// A partition whose worker cannot take its batches reads ahead until they hold its share of
+/// the budget, then pauses until they are down to half of it: not at its first batch waiting,
+/// since every pause costs librdkafka's prefetch and up to a second before fetching again.
+#[test]
+fn a_partition_reads_ahead_to_its_share_and_resumes_at_half_of_it() {
+    let size = super::record(0).size();
+    // Room for 24 records waiting, in batches of 3, for the one partition.
+    let mut world = World::new(96);
+    world.apply(Event::Assign(0)).unwrap();
+    let share = world.core.budget.read_ahead(1);
+    assert_eq!(share, 48 * size, "half the budget, copies not counted");
+    let waiting = |w: &World| -> usize {
+        w.core
+            .pending
+            .get(&tp(0))
+            .map_or(0, |q| q.iter().map(|b| b.bytes).sum())
+    };
+    let mut reads = 0;
+    while waiting(&world) < share {
+        read(&mut world, 1);
+        world.core.dispatch(&world.lanes);
+        reads += 1;
+        if waiting(&world) > 0 && waiting(&world) < share {
+            let change = world.core.pause_change();
+            assert!(
+                change.pause.is_empty(),
+                "paused with {} of {share} bytes waiting",
+                waiting(&world)
+            );
+        }
+        assert!(reads < 1000, "nothing ever waited");
+    }
+    assert_eq!(
+        world.core.pause_change().pause,
+        vec![tp(0)],
+        "paused at its share"
+    );
+    // The worker takes batches: still paused above half the share, resumed at or below it.
+    let worker = world.core.assigned[&tp(0)].worker;
+    while waiting(&world) > share / 2 {
+        assert!(
+            world.core.pause_change().resume.is_empty(),
+            "resumed above half"
+        );
+        world
+            .apply(Event::Work {
+                worker,
+                fails: false,
+            })
+            .unwrap();
+        while let Some(ack) = world.acks.pop() {
+            world.core.ack(ack, world.now);
+        }
+        world.core.dispatch(&world.lanes);
+    }
+    assert_eq!(
+        world.core.pause_change().resume,
+        vec![tp(0)],
+        "resumed at half"
+    );
+}
+
 /// The next `n` records of partition 0.
 fn read(world: &mut World, n: usize) {
     for _ in 0..n {

@@ -234,6 +234,28 @@ impl World {
                 }
                 if self.core.budget.exhausted() {
                     prop_assert_eq!(after.len(), self.core.assigned.len(), "budget used up");
+                } else {
+                    let share = self.core.budget.read_ahead(self.core.assigned.len());
+                    for tp in self.core.assigned.keys() {
+                        let waiting: usize = self
+                            .core
+                            .pending
+                            .get(tp)
+                            .map_or(0, |q| q.iter().map(|b| b.bytes).sum());
+                        let held = self.core.held.contains_key(tp);
+                        prop_assert!(
+                            held || waiting > 0 || !after.contains(tp),
+                            "{} paused with nothing waiting",
+                            tp
+                        );
+                        prop_assert!(
+                            waiting == 0 || waiting < share || after.contains(tp),
+                            "{} read past its share ({} of {} bytes)",
+                            tp,
+                            waiting,
+                            share
+                        );
+                    }
                 }
             }
             Event::Commit { all } => self.commit(all)?,
