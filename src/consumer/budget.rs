@@ -64,11 +64,14 @@ impl Budget {
 
     /// Bytes of records (`RawRecord::size`, copies not counted: they are made only while a
     /// batch is written) that one of `partitions` may hold in batches cut and waiting for its
-    /// worker before it stops fetching: half the budget, shared evenly. The other half is for
-    /// open batches and those at the workers. An even share keeps one slow partition from
-    /// using up what every partition shares.
+    /// worker before it stops fetching: a quarter of the budget, shared evenly. The rest is for
+    /// open batches and those at the workers, and librdkafka's prefetch of partitions that are
+    /// not paused sits beside it. An even share keeps one slow partition from using up what
+    /// every partition shares. A quarter still lets one backlogged partition read 8 MiB of
+    /// records ahead at the default budget, more than a second of its worker's work; half
+    /// only raised peak RSS.
     pub(super) fn read_ahead(&self, partitions: usize) -> usize {
-        self.limit / COPIES / 2 / partitions.max(1)
+        self.limit / COPIES / 4 / partitions.max(1)
     }
 }
 

@@ -215,7 +215,11 @@ fn a_partition_reads_ahead_to_its_share_and_resumes_at_half_of_it() {
     let mut world = World::new(96);
     world.apply(Event::Assign(0)).unwrap();
     let share = world.core.budget.read_ahead(1);
-    assert_eq!(share, 48 * size, "half the budget, copies not counted");
+    assert_eq!(
+        share,
+        24 * size,
+        "a quarter of the budget, copies not counted"
+    );
     let waiting = |w: &World| -> usize {
         w.core
             .pending
