@@ -218,7 +218,7 @@ async fn backlog_run(s: &Scenario, budget_mb: &str) -> (f64, f64) {
 }
 
 /// 48 partitions of backlog, batches of up to 256 KiB each: without one global bound, every
-/// partition holds an open batch and a waiting one (about 24 MiB); with `LP_MEMORY_BUDGET_MB=2`
+/// partition holds an open batch and batches waiting (tens of MiB); with `LP_MEMORY_BUDGET_MB=2`
 /// fetching stops at 2 MiB. The overshoot allowed is what librdkafka had already fetched when
 /// the partitions were paused, up to one batch per partition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
