@@ -256,10 +256,14 @@ async fn records_deleted_while_the_partition_is_held_are_recorded_as_a_retention
     let (first, more) = (sized(500, 5_000), sized(5_000, 50_000));
     let cut = (first + 3 * more / 5) as i64;
     s.produce(0, first, 0.0);
+    // A small budget keeps the partition's read-ahead (a quarter of it) to a few batches, so
+    // that while it is held most of `more` is still only in Kafka when it is trimmed.
     let env = with(
         &s.env(),
         &[
             ("LP_BATCH_MAX_RECORDS", "50".into()),
+            ("LP_BATCH_MAX_BYTES", "65536".into()),
+            ("LP_MEMORY_BUDGET_MB", "1".into()),
             ("LP_KAFKA_QUEUE_KBYTES", "16".into()),
         ],
     );
