@@ -98,7 +98,7 @@ pub struct Settings {
     #[arg(long, env = "LP_WORKERS", default_value_t = 4)]
     pub workers: usize,
     /// Batches queued per worker; more of a partition wait in the consumer, within its share of
-    /// the memory budget (README, "Backpressure" in docs/ARCHITECTURE.md).
+    /// the memory budget (docs/ARCHITECTURE.md, "Backpressure and memory").
     #[arg(long, env = "LP_WORKER_QUEUE", default_value_t = 2)]
     pub worker_queue: usize,
     /// Batches each worker writes at once: a partition's next batch goes to the search store

@@ -144,9 +144,9 @@ impl Core {
                     continue;
                 };
                 // At most a full queue and one being written per partition at its worker: a
-                // held partition's batches wait here (fetching it paused) rather than in the
-                // worker's lane for it, so they never use up the memory budget every partition
-                // shares.
+                // held partition's batches wait here (within its read-ahead, then with fetching
+                // paused) rather than in the worker's lane for it, so they never use up the
+                // memory budget every partition shares.
                 let at_worker = self
                     .watermarks
                     .get(tp)
@@ -207,14 +207,18 @@ impl Core {
     /// at every batch its worker could not take at once, one backlogged partition was read in
     /// bursts a second apart (a fifth of what it reached reading ahead).
     fn read_far_ahead(&self, tp: &TopicPartition, share: usize) -> bool {
-        let waiting: usize = self
-            .pending
-            .get(tp)
-            .map_or(0, |q| q.iter().map(|b| b.bytes).sum());
+        let waiting = self.waiting_bytes(tp);
         if self.paused.contains(tp) {
             waiting > share / 2
         } else {
             waiting > 0 && waiting >= share
         }
+    }
+
+    /// Bytes of records in a partition's batches cut and not yet taken by its worker.
+    pub(super) fn waiting_bytes(&self, tp: &TopicPartition) -> usize {
+        self.pending
+            .get(tp)
+            .map_or(0, |q| q.iter().map(|b| b.bytes).sum())
     }
 }

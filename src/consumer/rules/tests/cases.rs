@@ -220,12 +220,7 @@ fn a_partition_reads_ahead_to_its_share_and_resumes_at_half_of_it() {
         24 * size,
         "a quarter of the budget, copies not counted"
     );
-    let waiting = |w: &World| -> usize {
-        w.core
-            .pending
-            .get(&tp(0))
-            .map_or(0, |q| q.iter().map(|b| b.bytes).sum())
-    };
+    let waiting = |w: &World| w.core.waiting_bytes(&tp(0));
     let mut reads = 0;
     while waiting(&world) < share {
         read(&mut world, 1);

@@ -237,11 +237,7 @@ impl World {
                 } else {
                     let share = self.core.budget.read_ahead(self.core.assigned.len());
                     for tp in self.core.assigned.keys() {
-                        let waiting: usize = self
-                            .core
-                            .pending
-                            .get(tp)
-                            .map_or(0, |q| q.iter().map(|b| b.bytes).sum());
+                        let waiting = self.core.waiting_bytes(tp);
                         let held = self.core.held.contains_key(tp);
                         prop_assert!(
                             held || waiting > 0 || !after.contains(tp),
