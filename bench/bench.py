@@ -961,8 +961,8 @@ def markdown(res):
         L += ["", "## Freshness (produce -> searchable, produce -> committed)", "",
               f"A steady produce rate at shares of {fr['peak']:,} records/s ({fr['peak_source']}), "
               f"{fr['seconds']} s each, on a fresh 6-partition topic after 600 warm-up records; each "
-              f"record's latency from its Kafka CreateTime to the first probe (every {fr['poll_s']} s) "
-              f"that saw it searchable in OpenSearch / committed in PostgreSQL (bench/freshness.py).", "",
+              f"record's latency from its Kafka CreateTime to the answer of the first probe query (every "
+              f"{fr['poll_s']} s, each store's stamped on its own) that saw it searchable in OpenSearch / committed in PostgreSQL (bench/freshness.py).", "",
               freshness.markdown(fr["rows"])]
     if res.get("batch_sizes"):
         L += ["", "## Batch size (LP_BATCH_MAX_RECORDS)", "",

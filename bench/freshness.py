@@ -13,8 +13,8 @@ One run per system and rate, each on a fresh 6-partition topic and fresh stores:
      what a user's search sees) and the highest offset PostgreSQL holds (one primary-key lookup
      per partition: a committed row);
   4. once both stores hold the last record, the system gets SIGTERM; the produce times are read
-     back from Kafka (kcat), and each measured record's latency is the time of the first probe
-     that saw its offset minus its produce time.
+     back from Kafka (kcat), and each measured record's latency is the time the first query
+     that saw its offset answered (each store's query stamped on its own) minus its produce time.
 Both systems write each partition in offset order, so a partition's highest visible offset
 means every lower one is visible too. Latencies are rounded up to the probe's resolution (POLL).
 Percentiles: p50, p95, p99 and max over every measured record.
@@ -50,7 +50,7 @@ def first_seen(events, store, partition, offset):
             hi = mid
         else:
             lo = mid + 1
-    return events[lo]["t"] if lo < len(events) else None
+    return events[lo]["t"][store] if lo < len(events) else None
 
 
 def latencies(events, produced, store):
@@ -134,12 +134,17 @@ class Probe(threading.Thread):
     def run(self):
         while not self.stop.is_set():
             started = time.time()
-            es, pg = self.es_max(), self.pg_max()
+            # Each store's answer is stamped when it arrived, not after the other store's query
+            # too: a record counts as visible from the end of the query that saw it (an upper
+            # bound on its latency, never below it).
+            es, es_t = self.es_max(), time.time()
+            pg, pg_t = self.pg_max(), time.time()
             # A maximum never goes back (a probe that failed keeps the last one seen).
             for store, now in (("es", es), ("pg", pg)):
                 for p, v in now.items():
                     self.seen[store][p] = max(self.seen[store].get(p, -1), v)
-            self.events.append({"t": time.time(), "es": dict(self.seen["es"]), "pg": dict(self.seen["pg"])})
+            self.events.append({"t": {"es": es_t, "pg": pg_t},
+                                "es": dict(self.seen["es"]), "pg": dict(self.seen["pg"])})
             time.sleep(max(0.0, POLL - (time.time() - started)))
         self.pg.close()
 
