@@ -851,13 +851,14 @@ def summarize(res):
     cpm = lambda x: (x or {}).get("cpu_s_per_million")
     comb = c.get("combined")
     s["paired"] = paired_summary(res, cores)
+    s["ratio_combined"] = combined_ratio(s)
     s["ratio_combined_defaults"] = ratio(rps(s["log_processor_defaults"]), rps(comb))
     s["ratio_peer_defaults"] = ratio(rps(s["log_processor_defaults"]), rps(s["peer_defaults"]))
     s["cpu_per_record_vs_peer"] = ratio(cpm(s["log_processor_best"]), cpm(s["peer_tuned"]))
     lp_d = s["log_processor_defaults"] or {}
     s["targets"] = [
         {"target": "end to end >= 0.85 of the combined ceiling (best configuration, paired runs)",
-         "value": combined_ratio(s), "goal": 0.85, "higher_is_better": True},
+         "value": s["ratio_combined"], "goal": 0.85, "higher_is_better": True},
         {"target": "end to end >= 0.7 of the combined ceiling (defaults)",
          "value": s["ratio_combined_defaults"], "goal": 0.7, "higher_is_better": True},
         {"target": ">= 2.5x the tuned peer's records/s",
@@ -1172,10 +1173,9 @@ def main():
 
     def save():
         res["summary"] = summarize(res)
-        comb = res["summary"]["ceilings"].get("combined") or {}
         best = res["summary"].get("log_processor_best") or {}
         tuned = res["summary"].get("peer_tuned") or {}
-        res["ratio_combined"] = combined_ratio(res["summary"])
+        res["ratio_combined"] = res["summary"]["ratio_combined"]
         res["ratio_peer"] = ratio(best.get("records_per_s"), tuned.get("records_per_s"))
         res["single_commit"] = len(set(res["phase_commits"].values())) <= 1
         if BASE_LP:
