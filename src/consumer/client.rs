@@ -73,9 +73,9 @@ pub(super) fn connect(bridge: Bridge) -> Result<Kafka, KafkaError> {
         )
         .set("fetch.max.bytes", settings.fetch_max_bytes.to_string())
         // A broker answers a fetch once 64 KiB wait or after 50 ms, not with every few records:
-        // at 10,000 records/s the daemon used a third less CPU so (fewer wake-ups of the
-        // consumer for small responses), and a record waits at most 50 ms more (README,
-        // "Freshness"). LP_KAFKA_OPTION_FETCH_MIN_BYTES / _FETCH_WAIT_MAX_MS override both.
+        // fewer wake-ups of the consumer for small responses, and a record waits at most 50 ms
+        // more (README, "Freshness"). LP_KAFKA_OPTION_FETCH_MIN_BYTES / _FETCH_WAIT_MAX_MS
+        // override both.
         .set("fetch.min.bytes", FETCH_MIN_BYTES)
         .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
         .set(
