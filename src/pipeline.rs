@@ -4,7 +4,7 @@
 //! taken out before PostgreSQL sees their rows, and the documents of rows PostgreSQL refused
 //! found for removal.
 
-use crate::decode::decode_parts;
+use crate::decode::decode;
 use crate::mapping::Mapping;
 use crate::model::{RawRecord, StoredRecord};
 use crate::redact::Redactor;
@@ -30,7 +30,13 @@ pub fn decode_all<'a>(
     let mut records = Vec::new();
     let mut undecodable = Vec::new();
     for raw in raws {
-        match decode_parts(raw, how.max_record_bytes, how.redactor).and_then(|(entry, fields)| {
+        match decode(raw, how.max_record_bytes, how.redactor).and_then(|entry| {
+            // Read again as a map only for a mapping that looks into the fields: the default
+            // one does not, and a map per record costs more than the rest of decoding.
+            let fields = match how.mapping.reads_fields() {
+                true => entry.fields.to_map(),
+                false => serde_json::Map::new(),
+            };
             let route = how.mapping.route_of(topic, &entry, &fields);
             let typed = Mapping::typed_values(how.mapping.table_of(route), &fields)?;
             Ok(StoredRecord {

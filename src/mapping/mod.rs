@@ -162,6 +162,14 @@ impl Mapping {
         columns.map(|c| (c.document_field(), c)).collect()
     }
 
+    /// Whether `route_of` or `typed_values` read a record's other fields: a route with a
+    /// condition, or a table with typed columns. Without either both give the same answer
+    /// for any fields.
+    pub fn reads_fields(&self) -> bool {
+        self.routes.iter().any(|r| r.when.is_some())
+            || self.tables.iter().any(|t| !t.columns.is_empty())
+    }
+
     /// The route of a decoded record of `topic`: the first that takes it, else the built-in.
     /// A route's field condition reads the entry's own columns (`level`, `service`, `message`)
     /// or a top-level string of its fields, so a stored row yields the same route again.

@@ -69,7 +69,12 @@ fn the_builtin_mapping_is_todays_shape() {
     assert_eq!(m.route_of("anything", &entry(None), &Map::new()), 0);
     assert_eq!(m.index_patterns(), ["logs-%Y.%m.%d"]);
     assert!(m.is_builtin());
+    assert!(!m.reads_fields());
     assert!(!Mapping::parse(EXAMPLE, "logs").unwrap().is_builtin());
+    assert!(Mapping::parse(EXAMPLE, "logs").unwrap().reads_fields());
+    let routed =
+        "[[routes]]\ntopics = [\"a\"]\nwhen = { field = \"env\", values = [\"p\"] }\nindex = \"a\"";
+    assert!(Mapping::parse(routed, "logs").unwrap().reads_fields());
     assert!(
         !Mapping::parse("[[routes]]\ntopics = [\"a\"]\nindex = \"a\"", "logs")
             .unwrap()

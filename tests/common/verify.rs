@@ -18,7 +18,7 @@ use serde_json::{Map, Value, json};
 
 use super::{Scenario, elasticsearch_url, http, kafka_brokers};
 
-/// Documented decoding rules (src/decode.rs header, README).
+/// Documented decoding rules (src/decode/mod.rs header, README).
 const MIN_YEAR: i32 = 1900;
 const MAX_YEAR: i32 = 2199;
 const DEFAULT_MAX_RECORD_BYTES: usize = 8 * 1024 * 1024;
@@ -122,7 +122,7 @@ pub fn fate(r: &KafkaRecord, expect: &Expectation) -> Fate {
     }
 }
 
-/// The documented decoding rules, written out independently of src/decode.rs.
+/// The documented decoding rules, written out independently of src/decode/.
 pub fn expected_entry(r: &KafkaRecord, expect: &Expectation) -> Result<Entry, String> {
     let bytes = &r.payload;
     if bytes.is_empty() {
