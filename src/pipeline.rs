@@ -4,7 +4,7 @@
 //! taken out before PostgreSQL sees their rows, and the documents of rows PostgreSQL refused
 //! found for removal.
 
-use crate::decode::decode;
+use crate::decode::{decode, decode_with_map};
 use crate::mapping::Mapping;
 use crate::model::{RawRecord, StoredRecord};
 use crate::redact::Redactor;
@@ -30,13 +30,14 @@ pub fn decode_all<'a>(
     let mut records = Vec::new();
     let mut undecodable = Vec::new();
     for raw in raws {
-        match decode(raw, how.max_record_bytes, how.redactor).and_then(|entry| {
-            // Read again as a map only for a mapping that looks into the fields: the default
-            // one does not, and a map per record costs more than the rest of decoding.
-            let fields = match how.mapping.reads_fields() {
-                true => entry.fields.to_map(),
-                false => serde_json::Map::new(),
-            };
+        // Only a mapping that looks into the fields needs them as a map, which costs more than
+        // the rest of decoding; the default one does not.
+        let decoded = match how.mapping.reads_fields() {
+            true => decode_with_map(raw, how.max_record_bytes, how.redactor),
+            false => decode(raw, how.max_record_bytes, how.redactor)
+                .map(|entry| (entry, serde_json::Map::new())),
+        };
+        match decoded.and_then(|(entry, fields)| {
             let route = how.mapping.route_of(topic, &entry, &fields);
             let typed = Mapping::typed_values(how.mapping.table_of(route), &fields)?;
             Ok(StoredRecord {
@@ -130,6 +131,23 @@ mod tests {
         assert_eq!(bad.len(), 1);
         assert_eq!(bad[0].0.offset, 2);
         assert!(!bad[0].1.is_empty());
+    }
+
+    #[test]
+    fn a_mapping_that_reads_fields_gets_the_map_the_record_was_decoded_into() {
+        let file = "[tables.t]\ncolumns = [{ name = \"b\", path = \"a.b\", type = \"bigint\" }]\n\n\
+                    [[routes]]\ntable = \"t\"\nindex = \"t\"";
+        let mapping = Mapping::parse(file, "logs").unwrap();
+        assert!(mapping.reads_fields());
+        // Its fields' text, keys sorted, starts with a name serde_json reads as a number: read
+        // again, it is no map, so the map decoding made is the one the mapping must read.
+        let raws = [raw(
+            1,
+            br#"{"a":{"b":7,"$serde_json::private::Number":"x"}}"#,
+        )];
+        let (records, bad) = decode_all(&raws, "t", plain(&mapping));
+        assert!(bad.is_empty(), "{bad:?}");
+        assert_eq!(records[0].typed, [Some("7".to_string())]);
     }
 
     #[test]

@@ -38,9 +38,21 @@ pub fn decode(raw: &RawRecord, max_bytes: usize, redactor: &Redactor) -> Result<
     let text = text_of(raw, max_bytes)?;
     let parts = match redactor.is_empty().then(|| read_object(text)).flatten() {
         Some(parts) => parts,
-        None => read_tree(text, redactor)?,
+        None => read_tree(text, redactor)?.0,
     };
     parts.into_entry(raw.kafka_timestamp_ms)
+}
+
+/// Decodes one record through the tree, with the map its `fields` were written from: what a
+/// mapping that looks into the fields reads (`Mapping::reads_fields`). The map is the tree's
+/// own, not the fields' text read again, which serde_json may read otherwise.
+pub fn decode_with_map(
+    raw: &RawRecord,
+    max_bytes: usize,
+    redactor: &Redactor,
+) -> Result<(LogEntry, Map<String, Value>), String> {
+    let (parts, object) = read_tree(text_of(raw, max_bytes)?, redactor)?;
+    Ok((parts.into_entry(raw.kafka_timestamp_ms)?, object))
 }
 
 /// The payload as text, or why it cannot be a record.
@@ -143,8 +155,12 @@ fn read_object(text: &str) -> Option<Parts<'_>> {
     })
 }
 
-/// The record read as a `serde_json::Value` tree, redacted; `Err` says why it is no record.
-fn read_tree(text: &str, redactor: &Redactor) -> Result<Parts<'static>, String> {
+/// The record read as a `serde_json::Value` tree, redacted, with the map of its other fields;
+/// `Err` says why it is no record.
+fn read_tree(
+    text: &str,
+    redactor: &Redactor,
+) -> Result<(Parts<'static>, Map<String, Value>), String> {
     let value: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
     let Value::Object(mut object) = value else {
         return Err(format!("JSON is {}, not an object", kind(&value)));
@@ -162,13 +178,15 @@ fn read_tree(text: &str, redactor: &Redactor) -> Result<Parts<'static>, String> 
             other => (name, Stamp::Other(other.as_ref().map_or("null", kind))),
         });
     let [level, service, message] = RECOGNISED.map(|name| take_string(&mut object, name));
-    Ok(Parts {
+    let fields = Fields::from_map(&object);
+    let parts = Parts {
         stamp,
         level,
         service,
         message,
-        fields: Fields::from_map(&object),
-    })
+        fields,
+    };
+    Ok((parts, object))
 }
 
 fn kind(v: &Value) -> &'static str {

@@ -9,7 +9,7 @@
 //! same row and document whichever way it was decoded. A value already written that way is
 //! copied; any other goes through a `Value` as before. Whatever this cannot read exactly as
 //! serde_json would (not an object, a `\u0000`, nesting near serde_json's limit, an escape
-//! serde_json refuses) makes [`Object::read`] or [`Object::fields_text`] answer `None`, and the
+//! serde_json refuses, a key named like serde_json's private ones) makes [`Object::read`] or [`Object::fields_text`] answer `None`, and the
 //! caller decodes the record through a `Value` tree, which also words the error.
 
 use std::borrow::Cow;
@@ -18,6 +18,9 @@ use std::fmt;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
+
+/// How serde_json's private key names begin (`$serde_json::private::Number`, `...RawValue`).
+const SERDE_JSON_PRIVATE: &str = "$serde_json::private::";
 
 /// Deeper than this a value goes the `Value` way, which applies serde_json's own limit
 /// (128 levels, the record's object included).
@@ -32,10 +35,22 @@ impl<'a> Object<'a> {
     /// `None` unless `text` is a JSON object this reads exactly as serde_json's `Value` would.
     pub(super) fn read(text: &'a str) -> Option<Self> {
         // A NUL character needs the path the `Value` way names; `\\u0000` only costs a detour.
-        if !text.trim_start().starts_with('{') || text.contains("\\u0000") {
+        // serde_json reads an object whose first key is one of its private names as something
+        // else (a number, or JSON inside a string); the tree keeps that reading.
+        if !text.trim_start().starts_with('{')
+            || text.contains("\\u0000")
+            || text.contains(SERDE_JSON_PRIVATE)
+        {
             return None;
         }
         let Entries(mut entries) = serde_json::from_str(text).ok()?;
+        // The same names spelled with escapes, which the text search above does not see.
+        if entries
+            .iter()
+            .any(|(k, _)| k.starts_with(SERDE_JSON_PRIVATE))
+        {
+            return None;
+        }
         // A stable sort keeps duplicates in record order: the last of each run wins, as a
         // map's insert does.
         entries.sort_by(|a, b| a.0.cmp(&b.0));

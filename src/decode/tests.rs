@@ -150,7 +150,9 @@ fn nul_path_is_reported() {
 /// The reference: every record read through a `Value` tree.
 fn by_tree(raw: &RawRecord) -> Result<LogEntry, String> {
     let text = text_of(raw, usize::MAX)?;
-    read_tree(text, &Redactor::default())?.into_entry(raw.kafka_timestamp_ms)
+    read_tree(text, &Redactor::default())?
+        .0
+        .into_entry(raw.kafka_timestamp_ms)
 }
 
 #[test]
@@ -197,6 +199,26 @@ fn values_not_written_as_serde_json_writes_them_are_rewritten_its_way() {
         (r#"[1e-5,1.5e+10,false]"#, object::Form::AsWritten),
     ] {
         assert_eq!(object::form(json), want, "{json}");
+    }
+}
+
+#[test]
+fn keys_named_like_serde_jsons_private_ones_are_read_as_the_tree_reads_them() {
+    for p in [
+        r#"{"$serde_json::private::Number":"1"}"#,
+        r#"{"$serde_json::private::RawValue":"{\"message\":\"hi\"}"}"#,
+        r#"{"\u0024serde_json::private::Number":"1"}"#,
+        r#"{"a":{"$serde_json::private::Number":"1"}}"#,
+        r#"{"a":{"$serde_json::private::Number":"x"}}"#,
+        r#"{"a":{"$serde_json::private::Number":"1","b":2}}"#,
+        r#"{"timestamp":{"$serde_json::private::Number":"1700000000"}}"#,
+        r#"{"a":{"$serde_json::private::Number":"x"},"a":1}"#,
+        r#"{"a":{"b":1,"$serde_json::private::Number":"x"}}"#,
+    ] {
+        assert!(read_object(p).is_none(), "{p}");
+        assert_eq!(dec(p.as_bytes()), by_tree(&raw(p.as_bytes())), "{p}");
+        let with_map = decode_with_map(&raw(p.as_bytes()), 1024, &Redactor::default());
+        assert_eq!(with_map.map(|(e, _)| e), by_tree(&raw(p.as_bytes())), "{p}");
     }
 }
 
