@@ -116,16 +116,18 @@ impl Parts<'_> {
 /// The record read as borrowed keys and raw values; `None`: read it as a tree instead.
 fn read_object(text: &str) -> Option<Parts<'_>> {
     let mut object = Object::read(text)?;
-    let stamp = match TIMESTAMP_FIELDS.into_iter().find(|n| object.contains(n)) {
+    let found = TIMESTAMP_FIELDS
+        .into_iter()
+        .find_map(|n| Some((n, object.get(n)?)));
+    let stamp = match found {
         None => None,
-        Some(name) => {
-            let value = object.get(name)?;
+        Some((name, value)) => {
             // A number's reason quotes its text as serde_json keeps it (`1E5` as `1e+5`); in
             // any other value an escape serde_json refuses makes the record invalid JSON.
-            let as_written = object::form(value.get()) == object::Form::AsWritten;
+            let as_written = || object::form(value.get()) == object::Form::AsWritten;
             let stamp = match value.get().as_bytes()[0] {
                 b'"' => Stamp::Text(object::as_string(value)?),
-                _ if !as_written => return None,
+                _ if !as_written() => return None,
                 b'-' | b'0'..=b'9' => Stamp::Number(Cow::Borrowed(value.get())),
                 _ => Stamp::Other(object::kind(value)),
             };

@@ -73,10 +73,6 @@ impl<'a> Object<'a> {
         self.entries.binary_search_by(|(k, _)| k.as_ref().cmp(name))
     }
 
-    pub(super) fn contains(&self, name: &str) -> bool {
-        self.position(name).is_ok()
-    }
-
     pub(super) fn get(&self, name: &str) -> Option<&'a RawValue> {
         self.position(name).ok().map(|i| self.entries[i].1)
     }
