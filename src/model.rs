@@ -5,9 +5,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
+
+mod fields;
+pub use fields::Fields;
 
 /// A topic and partition: the unit of ordering and of offset commits.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -131,47 +132,6 @@ pub struct LogEntry {
     pub message: Option<String>,
     /// Every other field of the JSON object, unchanged (except for configured redaction).
     pub fields: Fields,
-}
-
-/// The JSON text of a record's other fields, serialised once when the record is decoded and
-/// written as it is into the row and into the document: one encoding per record, and the two
-/// stores cannot receive different texts.
-#[derive(Clone, Debug)]
-pub struct Fields(Box<RawValue>);
-
-impl Fields {
-    pub fn from_map(map: &Map<String, Value>) -> Self {
-        Fields(serde_json::value::to_raw_value(map).expect("a JSON map serialises"))
-    }
-
-    /// Fields kept as text (a parked record's): must be a JSON object's text.
-    pub fn from_text(text: String) -> Result<Self, String> {
-        let raw = RawValue::from_string(text).map_err(|e| e.to_string())?;
-        match raw.get().trim_start().starts_with('{') {
-            true => Ok(Fields(raw)),
-            false => Err("fields are not a JSON object".into()),
-        }
-    }
-
-    /// The JSON object's text.
-    pub fn as_str(&self) -> &str {
-        self.0.get()
-    }
-
-    pub fn as_raw(&self) -> &RawValue {
-        &self.0
-    }
-
-    /// The fields as a map again (tests and tools; the pipeline never needs it).
-    pub fn to_map(&self) -> Map<String, Value> {
-        serde_json::from_str(self.as_str()).expect("the text of a JSON map")
-    }
-}
-
-impl PartialEq for Fields {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
-    }
 }
 
 /// A decoded record with its Kafka provenance, ready for both stores.

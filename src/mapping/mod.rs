@@ -91,6 +91,16 @@ pub struct Route {
     pub index: String,
 }
 
+/// Where a record read back from a store goes (`Mapping::route_stored`).
+#[derive(Debug)]
+pub struct StoredRoute {
+    pub route: usize,
+    /// Its table's typed values, as `StoredRecord::typed`.
+    pub typed: Vec<Option<String>>,
+    /// Why a value fits no column added since the record was stored (stored NULL there).
+    pub misfits: Vec<String>,
+}
+
 /// The whole mapping: its tables and routes, the built-in route last.
 #[derive(Clone, Debug)]
 pub struct Mapping {
@@ -195,14 +205,10 @@ impl Mapping {
     /// The route and typed values of a record read back from a store (a row, a parked
     /// record): what `pipeline::decode_all` makes of it, from its fields' text. It was checked
     /// against the mapping of its day; a value that does not fit a column added since stays
-    /// NULL there, as in the rows filled when the column was added, and is named in the third
-    /// part for the caller to report.
-    pub fn route_stored(
-        &self,
-        topic: &str,
-        entry: &LogEntry,
-    ) -> (usize, Vec<Option<String>>, Vec<String>) {
-        let fields = entry.fields.to_map();
+    /// NULL there, as in the rows filled when the column was added, and is named in `misfits`
+    /// for the caller to report. An error only for fields' text that is not a JSON object's.
+    pub fn route_stored(&self, topic: &str, entry: &LogEntry) -> Result<StoredRoute, String> {
+        let fields = entry.fields.to_map()?;
         let route = self.route_of(topic, entry, &fields);
         let table = self.table_of(route);
         let mut misfits = Vec::new();
@@ -221,7 +227,11 @@ impl Mapping {
                 }
             })
             .collect();
-        (route, typed, misfits)
+        Ok(StoredRoute {
+            route,
+            typed,
+            misfits,
+        })
     }
 
     /// Where `topic`'s records go, in the order routes are tried: `table / index pattern`, with

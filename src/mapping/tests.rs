@@ -147,6 +147,39 @@ fn typed_values_are_copies_of_the_fields_and_a_misfit_names_its_column() {
     );
 }
 
+/// A row read back is routed and typed from its fields' text, also where an object in it holds
+/// a key named like serde_json's private ones, which sorts first and makes serde_json alone
+/// read that object as a number.
+#[test]
+fn a_stored_row_is_routed_from_its_fields_text() {
+    let m = Mapping::parse(EXAMPLE, "logs").unwrap();
+    let text = r#"{"status_code":404,"trace":{"$serde_json::private::Number":"x","id":"0b7c2a2e-4c1e-4f55-9a3e-2f9b8d1c7a10"}}"#;
+    let http = LogEntry {
+        fields: crate::model::Fields::from_text(text.into()).unwrap(),
+        ..entry(None)
+    };
+    let stored = m.route_stored("http-access", &http).unwrap();
+    assert_eq!(m.routes()[stored.route].index, "http-%Y.%m.%d");
+    assert_eq!(
+        stored.typed,
+        [
+            Some("404".to_string()),
+            Some("0b7c2a2e-4c1e-4f55-9a3e-2f9b8d1c7a10".to_string()),
+            None,
+            None,
+        ]
+    );
+    assert!(stored.misfits.is_empty());
+    let billing = LogEntry {
+        fields: crate::model::Fields::from_text(r#"{"amount":"abc"}"#.into()).unwrap(),
+        ..entry(Some("billing"))
+    };
+    let stored = m.route_stored("app", &billing).unwrap();
+    assert_eq!(m.routes()[stored.route].name, "billing");
+    assert_eq!(stored.typed, [None]);
+    assert_eq!(stored.misfits.len(), 1, "{:?}", stored.misfits);
+}
+
 #[test]
 fn each_type_takes_only_what_both_stores_read_alike() {
     use ColumnType::*;

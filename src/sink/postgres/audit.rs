@@ -72,14 +72,19 @@ impl PgSink {
                         message,
                         fields,
                     };
-                    let (route, typed, _) = self.mapping.route_stored(&tp.topic, &entry);
+                    let stored = (self.mapping.route_stored(&tp.topic, &entry)).map_err(|e| {
+                        SinkError::Permanent {
+                            store: super::STORE,
+                            message: format!("row {tp}@{offset}: {e}"),
+                        }
+                    })?;
                     Ok(StoredRecord {
                         offset,
                         key,
                         kafka_timestamp_ms: kafka_ts.map(|t| t.timestamp_millis()),
                         entry,
-                        route,
-                        typed,
+                        route: stored.route,
+                        typed: stored.typed,
                     })
                 },
             )

@@ -119,8 +119,10 @@ impl Row {
             fields,
         };
         // Parked under the mapping of its day: it goes where today's sends it.
-        let (route, typed, misfits) = mapping.route_stored(&tp.topic, &entry);
-        for why in misfits {
+        let stored = mapping.route_stored(&tp.topic, &entry).map_err(|e| {
+            super::refusal::permanent(format!("parked_records {tp}@{}: {e}", self.kafka_offset))
+        })?;
+        for why in stored.misfits {
             tracing::warn!(record = %format!("{tp}@{}", self.kafka_offset), "parked before its column was mapped, stored NULL there: {why}");
         }
         let parked = Parked {
@@ -129,8 +131,8 @@ impl Row {
                 key: self.kafka_key.clone(),
                 kafka_timestamp_ms,
                 entry,
-                route,
-                typed,
+                route: stored.route,
+                typed: stored.typed,
             },
             letter: DeadLetter {
                 offset: self.kafka_offset,
