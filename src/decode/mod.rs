@@ -147,7 +147,7 @@ fn read_object(text: &str) -> Option<Parts<'_>> {
         }
     }
     let [level, service, message] = columns.map(Option::flatten);
-    let fields = Fields::from_text(object.fields_text()?).ok()?;
+    let fields = object.fields()?;
     Some(Parts {
         stamp,
         level,

@@ -9,15 +9,18 @@
 //! same row and document whichever way it was decoded. A value already written that way is
 //! copied; any other goes through a `Value` as before. Whatever this cannot read exactly as
 //! serde_json would (not an object, a `\u0000`, nesting near serde_json's limit, an escape
-//! serde_json refuses, a key named like serde_json's private ones) makes [`Object::read`] or [`Object::fields_text`] answer `None`, and the
+//! serde_json refuses, a key named like serde_json's private ones) makes [`Object::read`] or [`Object::fields`] answer `None`, and the
 //! caller decodes the record through a `Value` tree, which also words the error.
 
 use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
+use serde::ser::{self, Serialize, SerializeMap, Serializer};
 use serde_json::Value;
 use serde_json::value::RawValue;
+
+use crate::model::Fields;
 
 /// How serde_json's private key names begin (`$serde_json::private::Number`, `...RawValue`).
 const SERDE_JSON_PRIVATE: &str = "$serde_json::private::";
@@ -83,38 +86,32 @@ impl<'a> Object<'a> {
         }
     }
 
-    /// The other fields' JSON text, byte for byte what serde_json writes for their map;
-    /// `None` when a value must be judged the `Value` way (see the module docs).
-    pub(super) fn fields_text(&self) -> Option<String> {
-        let len: usize = (self.entries.iter())
-            .map(|(k, v)| k.len() + v.get().len() + 4)
-            .sum();
-        let mut out = String::with_capacity(len + 2);
-        out.push('{');
-        for (i, (key, value)) in self.entries.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            match key {
-                // Borrowed: the record wrote it without an escape, so it needs none.
-                Cow::Borrowed(k) => {
-                    out.push('"');
-                    out.push_str(k);
-                    out.push('"');
-                }
-                Cow::Owned(k) => out.push_str(&serde_json::to_string(k).ok()?),
-            }
-            out.push(':');
+    /// The other fields, byte for byte the text serde_json writes for their map; `None` when
+    /// a value must be judged the `Value` way (see the module docs).
+    pub(super) fn fields(&self) -> Option<Fields> {
+        Fields::serialize(&AsFields(self)).ok()
+    }
+}
+
+/// The entries serialised as a map: a value already written as serde_json writes it goes in as
+/// its raw text, any other through a `Value`. serde_json writes the keys and the braces.
+struct AsFields<'o, 'a>(&'o Object<'a>);
+
+impl Serialize for AsFields<'_, '_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.entries.len()))?;
+        for (key, value) in &self.0.entries {
             match form_of_value(value.get()) {
-                Form::AsWritten => out.push_str(value.get()),
+                Form::AsWritten => map.serialize_entry(key.as_ref(), value)?,
                 Form::Other => {
-                    out.push_str(&serde_json::from_str::<Value>(value.get()).ok()?.to_string())
+                    let tree: Value =
+                        serde_json::from_str(value.get()).map_err(ser::Error::custom)?;
+                    map.serialize_entry(key.as_ref(), &tree)?
                 }
-                Form::TooDeep => return None,
+                Form::TooDeep => return Err(ser::Error::custom("nested too deep")),
             }
         }
-        out.push('}');
-        Some(out)
+        map.end()
     }
 }
 

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use serde::Serialize;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value};
@@ -15,7 +16,13 @@ pub struct Fields(Box<RawValue>);
 
 impl Fields {
     pub fn from_map(map: &Map<String, Value>) -> Self {
-        Fields(serde_json::value::to_raw_value(map).expect("a JSON map serialises"))
+        Self::serialize(map).expect("a JSON map serialises")
+    }
+
+    /// Fields as serde_json writes `object`, which must serialise as a map: text serde_json
+    /// wrote itself, so it is not parsed again to check it (as `from_text` must).
+    pub fn serialize(object: &impl Serialize) -> Result<Self, serde_json::Error> {
+        serde_json::value::to_raw_value(object).map(Fields)
     }
 
     /// Fields kept as text (a parked record's): must be a JSON object's text.
