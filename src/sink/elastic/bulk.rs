@@ -151,7 +151,7 @@ impl ElasticSink {
     ) -> Result<Vec<(usize, ItemFate, u64)>, SinkError> {
         let mut fates = Vec::with_capacity(pending.len());
         for chunk in chunks(pending, |i| lines.len_of(i), *max_bytes) {
-            let body = Bytes::from(lines.body(&chunk));
+            let body = lines.body(&chunk);
             let size = body.len();
             let sent = self.accepts.now();
             let outcome = tokio::select! {

@@ -7,6 +7,7 @@
 use std::io::Write;
 use std::ops::Range;
 
+use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use crate::model::{StoredRecord, TopicPartition};
@@ -15,7 +16,8 @@ use super::ElasticSink;
 
 /// The bulk lines (action and document) of a batch's records, back to back.
 pub(super) struct Encoded {
-    buf: Vec<u8>,
+    /// Shared, so a request of consecutive records is a slice of it, not a copy.
+    buf: Bytes,
     /// Where record i's two lines end in `buf` (they start where record i-1's end).
     ends: Vec<usize>,
 }
@@ -31,13 +33,21 @@ impl Encoded {
     }
 
     /// A `_bulk` body of the given records, in order.
-    pub(super) fn body(&self, items: &[usize]) -> Vec<u8> {
-        let size = items.iter().map(|&i| self.len_of(i)).sum();
-        let mut body = Vec::with_capacity(size);
-        for &i in items {
-            body.extend_from_slice(&self.buf[self.span(i)]);
+    pub(super) fn body(&self, items: &[usize]) -> Bytes {
+        let consecutive = items.windows(2).all(|w| w[1] == w[0] + 1);
+        match (items.first(), items.last()) {
+            (Some(&first), Some(&last)) if consecutive => {
+                self.buf.slice(self.span(first).start..self.span(last).end)
+            }
+            _ => {
+                let size = items.iter().map(|&i| self.len_of(i)).sum();
+                let mut body = Vec::with_capacity(size);
+                for &i in items {
+                    body.extend_from_slice(&self.buf[self.span(i)]);
+                }
+                Bytes::from(body)
+            }
         }
-        body
     }
 }
 
@@ -60,7 +70,10 @@ impl ElasticSink {
             }
             ends.push(buf.len());
         }
-        Encoded { buf, ends }
+        Encoded {
+            buf: Bytes::from(buf),
+            ends,
+        }
     }
 
     /// Appends one record's action line and document line to `out`.
@@ -186,7 +199,7 @@ mod tests {
         let records = [record(41, fields), record(42, "{}")];
         for (data_stream, op) in [(false, "index"), (true, "create")] {
             let encoded = sink(data_stream).encode(&tp, &records, None);
-            let body = String::from_utf8(encoded.body(&[0, 1])).unwrap();
+            let body = String::from_utf8(encoded.body(&[0, 1]).to_vec()).unwrap();
             let lines: Vec<&str> = body.lines().collect();
             assert_eq!(lines.len(), 4);
             let action: Value = serde_json::from_str(lines[0]).unwrap();
@@ -210,6 +223,18 @@ mod tests {
             assert_eq!(second[op]["_id"], document_id(&tp, 42));
             assert_eq!(encoded.body(&[1]).len(), encoded.len_of(1));
             assert_eq!(encoded.body(&[1]), body[encoded.span(1)].as_bytes());
+            // Records not next to each other are copied into a body of their own.
+            let three = [record(1, "{}"), record(2, "{}"), record(3, "{}")];
+            let encoded = sink(data_stream).encode(&tp, &three, None);
+            let (first, last) = (encoded.span(0), encoded.span(2));
+            let mut apart = encoded.body(&[0, 1, 2])[first.clone()].to_vec();
+            apart.extend_from_slice(&encoded.body(&[0, 1, 2])[last.clone()]);
+            assert_eq!(encoded.body(&[0, 2]), apart);
+            assert_eq!(
+                encoded.body(&[1, 2]).len(),
+                encoded.len_of(1) + encoded.len_of(2)
+            );
+            assert!(encoded.body(&[]).is_empty());
         }
     }
 }
