@@ -206,7 +206,7 @@ impl Mapping {
     /// record): what `pipeline::decode_all` makes of it, from its fields' text. It was checked
     /// against the mapping of its day; a value that does not fit a column added since stays
     /// NULL there, as in the rows filled when the column was added, and is named in `misfits`
-    /// for the caller to report. An error only for fields' text that is not a JSON object's.
+    /// for the caller to report. An error for fields' text no decoded record has (`Fields::to_map`).
     pub fn route_stored(&self, topic: &str, entry: &LogEntry) -> Result<StoredRoute, String> {
         let fields = entry.fields.to_map()?;
         let route = self.route_of(topic, entry, &fields);
