@@ -440,6 +440,40 @@ async fn a_refusal_by_the_bookkeeping_tables_writes_nothing_and_dead_letters_not
 
 /// The documented choice for an ambiguous case: a constraint an operator adds to `log_records`
 /// is the store's rule, not a record's fault, so the batch is held, not dead-lettered.
+/// A parked row whose fields cannot be read back (text edited by hand) stays parked, counted
+/// as tried with why, and does not hold up the parked records behind it.
+#[tokio::test]
+async fn an_unreadable_parked_row_does_not_hold_up_the_others() {
+    let f = fixture("unreadable_parked").await;
+    for (offset, fields, minutes_ago) in [(1, "[1]", 2), (2, r#"{"a":1}"#, 1)] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {}.parked_records (topic, kafka_partition, kafka_offset, destination, \
+             reason, ts, fields, payload_encoding, parked_at) VALUES ('t', 0, {offset}, \
+             'logs-2026', 'index closed', now(), '{fields}', 'raw', \
+             now() - interval '{minutes_ago} minutes')",
+            f.schema
+        )))
+        .execute(&f.owner)
+        .await
+        .unwrap();
+    }
+    // Least recently tried, then oldest, first: the unreadable row alone in a round of one.
+    assert!(f.sink.parked_due(1).await.unwrap().is_empty());
+    let (attempts, reason): (i32, String) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT attempts, reason FROM {}.parked_records WHERE kafka_offset = 1",
+        f.schema
+    )))
+    .fetch_one(&f.owner)
+    .await
+    .unwrap();
+    assert_eq!(attempts, 1);
+    assert!(reason.contains("not a JSON object"), "{reason}");
+    let due = f.sink.parked_due(1).await.unwrap();
+    assert_eq!(due.len(), 1, "the readable row comes next");
+    assert_eq!(due[0].1.record.offset, 2);
+    assert_eq!(due[0].1.record.entry.fields.as_str(), r#"{"a":1}"#);
+}
+
 #[tokio::test]
 async fn a_check_constraint_on_log_records_holds_the_batch() {
     let f = fixture("sink_lr_check").await;

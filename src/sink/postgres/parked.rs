@@ -3,6 +3,8 @@
 //! `dead_letters` (dropped, or refused for their own content at release) in one transaction
 //! each, which also deletes them here.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Postgres, Transaction};
 
@@ -99,11 +101,11 @@ struct Row {
 }
 
 impl Row {
-    fn into_parked(self, mapping: &Mapping) -> Result<(TopicPartition, Parked), SinkError> {
+    /// The parked record, or why its row cannot be read back (fields' text no decoded record
+    /// has: written by hand).
+    fn into_parked(self, mapping: &Mapping) -> Result<(TopicPartition, Parked), String> {
         let tp = TopicPartition::new(self.topic, self.kafka_partition);
-        let fields = crate::model::Fields::from_text(self.fields).map_err(|e| {
-            super::refusal::permanent(format!("parked_records {tp}@{}: {e}", self.kafka_offset))
-        })?;
+        let fields = crate::model::Fields::from_text(self.fields)?;
         let kafka_timestamp_ms = self.kafka_ts.map(|t| t.timestamp_millis());
         let encoding = match self.payload_encoding.as_str() {
             "redacted-json" => PayloadEncoding::RedactedJson,
@@ -119,9 +121,7 @@ impl Row {
             fields,
         };
         // Parked under the mapping of its day: it goes where today's sends it.
-        let stored = mapping.route_stored(&tp.topic, &entry).map_err(|e| {
-            super::refusal::permanent(format!("parked_records {tp}@{}: {e}", self.kafka_offset))
-        })?;
+        let stored = mapping.route_stored(&tp.topic, &entry)?;
         for why in stored.misfits {
             tracing::warn!(record = %format!("{tp}@{}", self.kafka_offset), "parked before its column was mapped, stored NULL there: {why}");
         }
@@ -151,7 +151,9 @@ impl Row {
 }
 
 impl PgSink {
-    /// Up to `limit` parked records, those tried least recently first.
+    /// Up to `limit` parked records, those tried least recently first. A row that cannot be
+    /// read back stays parked, counted as tried with why (and logged), so it goes behind the
+    /// others.
     pub async fn parked_due(&self, limit: i64) -> Result<Vec<(TopicPartition, Parked)>, SinkError> {
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT topic, kafka_partition, kafka_offset, destination, reason, ts, level, service, message, fields, kafka_key, kafka_ts, payload, payload_encoding, redaction \
@@ -161,9 +163,26 @@ impl PgSink {
         .fetch_all(&self.pool)
         .await
         .map_err(classify)?;
-        (rows.into_iter())
-            .map(|r| r.into_parked(&self.mapping))
-            .collect()
+        let mut due = Vec::with_capacity(rows.len());
+        let mut unreadable: BTreeMap<TopicPartition, Vec<(i64, String)>> = BTreeMap::new();
+        for row in rows {
+            let tp = TopicPartition::new(row.topic.as_str(), row.kafka_partition);
+            let offset = row.kafka_offset;
+            match row.into_parked(&self.mapping) {
+                Ok(parked) => due.push(parked),
+                Err(why) => {
+                    tracing::warn!(record = %format!("{tp}@{offset}"), "parked record left parked, its row cannot be read back: {why}");
+                    let reason = format!("row cannot be read back: {why}");
+                    unreadable.entry(tp).or_default().push((offset, reason));
+                }
+            }
+        }
+        // Counted as tried, so it goes behind the others: one such row does not hold up the
+        // rest, and `parked list` shows why it stays.
+        for (tp, tried) in unreadable {
+            self.parked_tried(&tp, &tried).await?;
+        }
+        Ok(due)
     }
 
     /// Moves records whose documents the destination took into `log_records`, deleting them
