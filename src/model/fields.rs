@@ -1,5 +1,6 @@
 //! `Fields`: the text both stores keep of a record's other fields, and reading it back.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -53,8 +54,9 @@ impl Fields {
     /// read, so it can only come from a map) as that object. The fields themselves are always
     /// an object: a record's other keys, one private name alone among them included.
     pub fn to_map(&self) -> Result<Map<String, Value>, String> {
-        (serde_json::from_str::<Object>(self.as_str()))
-            .map(|Object(map)| map)
+        // serde's own map reads every top-level key as written, whatever its name.
+        (serde_json::from_str::<BTreeMap<String, Plain>>(self.as_str()))
+            .map(|map| map.into_iter().map(|(k, Plain(v))| (k, v)).collect())
             .map_err(|e| format!("fields cannot be read back: {e}"))
     }
 }
@@ -68,33 +70,6 @@ impl PartialEq for Fields {
 /// serde_json's names for a number read with arbitrary precision and for a raw value.
 const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 const RAW_TOKEN: &str = "$serde_json::private::RawValue";
-
-/// The fields' object: every key as written, whatever its name.
-struct Object(Map<String, Value>);
-
-impl<'de> Deserialize<'de> for Object {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_map(ObjectVisitor)
-    }
-}
-
-struct ObjectVisitor;
-
-impl<'de> Visitor<'de> for ObjectVisitor {
-    type Value = Object;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Object, A::Error> {
-        let mut map = Map::new();
-        while let Some((key, Plain(value))) = access.next_entry::<String, Plain>()? {
-            map.insert(key, value);
-        }
-        Ok(Object(map))
-    }
-}
 
 /// A `Value` read as serde_json's tree reads it, except for an object whose first key is a
 /// private name and which has other keys too (see `Fields::to_map`).
