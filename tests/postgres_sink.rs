@@ -214,6 +214,127 @@ async fn the_watermark_never_jumps_a_batch_that_is_not_durable() {
     assert_eq!((f.watermark().await, f.rows().await), (30, 30));
 }
 
+/// A batch that starts at the stored watermark is `COPY`ed (`Rows::Fresh`), the first one
+/// (no watermark yet) inserted from arrays. Both must store the same row for the same record:
+/// text full of `COPY`'s separators and escapes, keys of every byte, a missing Kafka time.
+#[tokio::test]
+async fn a_copied_batch_stores_the_rows_an_insert_stores() {
+    let f = fixture("sink_copy").await;
+    // Which statement wrote each row: `COPY` for the copied batch, `INSERT` for the other.
+    f.exec(
+        "CREATE TABLE {s}.written_by (kafka_offset bigint, statement text);
+         CREATE FUNCTION {s}.note() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+             INSERT INTO {s}.written_by VALUES (NEW.kafka_offset, split_part(ltrim(current_query()), ' ', 1));
+             RETURN NEW; END $$;
+         CREATE TRIGGER note BEFORE INSERT ON {s}.log_records FOR EACH ROW EXECUTE FUNCTION {s}.note();",
+    )
+    .await;
+    let texts = [
+        "tab\there",
+        "new\nline\r\n",
+        "back\\slash \\. \\N \\x00",
+        "\\.",
+        "é ✓ 𝄞 \u{7f}",
+        "",
+    ];
+    let record = |o: i64| {
+        let t = texts[o as usize % texts.len()];
+        let mut fields = Map::new();
+        fields.insert(format!("k\t{o}"), Value::String(format!("{t}\\")));
+        fields.insert("n".into(), serde_json::json!(1.5e-7));
+        StoredRecord {
+            offset: o,
+            key: (o % 3 != 0).then(|| (0..=255u8).map(|b| b.wrapping_add(o as u8)).collect()),
+            kafka_timestamp_ms: (o % 2 == 0).then_some(1_764_000_000_000 + o),
+            entry: LogEntry {
+                timestamp: "2026-11-30T10:00:00.123456Z".parse().unwrap(),
+                level: (o % 2 == 1).then(|| t.to_string()),
+                service: Some(format!("s\n{t}")),
+                message: Some(t.to_string()),
+                fields: log_processor::model::Fields::from_map(&fields),
+            },
+            route: 0,
+            typed: Vec::new(),
+        }
+    };
+    let n = texts.len() as i64;
+    for (start, first) in [(Position::Assigned(Some(0)), 0), (Position::After(n), n)] {
+        let records: Vec<StoredRecord> = (first..first + n)
+            .map(|o| {
+                let mut r = record(o - first);
+                r.offset = o;
+                r
+            })
+            .collect();
+        let w = f
+            .sink
+            .write_batch(&BatchWrite {
+                group_id: GROUP,
+                tp: &f.tp,
+                records: &records,
+                dead_letters: &[],
+                parked: &[],
+                start,
+                first_offset: first,
+                next_offset: first + n,
+                gaps: &[],
+                dead_letter: &|_, _| unreachable!("no record is refused"),
+                documents_removed: &[],
+            })
+            .await
+            .unwrap();
+        assert!(w.committed);
+    }
+    let by = |statement: &str| {
+        format!(
+            "SELECT count(*) FROM {{s}}.written_by WHERE statement = '{statement}' AND kafka_offset {}",
+            if statement == "INSERT" {
+                format!("< {n}")
+            } else {
+                format!(">= {n}")
+            }
+        )
+    };
+    assert_eq!(
+        f.scalar(&by("INSERT")).await,
+        n,
+        "the first batch is inserted"
+    );
+    assert_eq!(f.scalar(&by("COPY")).await, n, "the second batch is copied");
+    let same = f
+        .scalar(&format!(
+            "SELECT count(*) FROM {{s}}.log_records a JOIN {{s}}.log_records b
+               ON b.kafka_offset = a.kafka_offset + {n}
+             WHERE a.kafka_offset < {n}
+               AND (a.topic, a.kafka_partition, a.ts, a.level, a.service, a.message, a.fields::text,
+                    a.kafka_key, a.kafka_ts)
+                   IS NOT DISTINCT FROM
+                   (b.topic, b.kafka_partition, b.ts, b.level, b.service, b.message, b.fields::text,
+                    b.kafka_key, b.kafka_ts)"
+        ))
+        .await;
+    assert_eq!(same, n, "each copied row is the row the insert stored");
+    // And what both stored is the record itself, not the same mangling twice.
+    let message: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT message FROM {}.log_records WHERE kafka_offset = {}",
+        f.schema,
+        n + 2
+    )))
+    .fetch_one(&f.owner)
+    .await
+    .unwrap();
+    assert_eq!(message, texts[2]);
+    let key: Vec<u8> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT kafka_key FROM {}.log_records WHERE kafka_offset = {}",
+        f.schema,
+        n + 1
+    )))
+    .fetch_one(&f.owner)
+    .await
+    .unwrap();
+    assert_eq!(Some(key), record(1).key);
+}
+
 /// The batch insert assumes its rows are new (no conflict check, see `Rows::Fresh`); the same
 /// rows another writer put there first make it write again, leaving theirs alone.
 #[tokio::test]

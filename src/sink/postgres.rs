@@ -18,6 +18,7 @@ use crate::model::{DeadLetter, Parked, Position, StoredRecord, TopicPartition};
 mod advance;
 mod audit;
 mod batch;
+mod copy_rows;
 mod dead_letters;
 mod gaps;
 mod identity;
