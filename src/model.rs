@@ -44,9 +44,10 @@ pub struct RawRecord {
 
 impl RawRecord {
     /// The copies of a record's bytes alive at once while its batch is written: the raw bytes
-    /// from Kafka, the decoded record, and either the search store's bulk lines and request
-    /// body (the body is `Bytes`, sent without a further copy) or PostgreSQL's bind buffer (the
-    /// rows are bound by reference), whose peaks do not overlap. A dead letter's or a parked
+    /// from Kafka, the decoded record, and either the search store's bulk lines (a request's
+    /// body is a slice of them, sent without a further copy) or PostgreSQL's rows as sent (the
+    /// `COPY` text or bound arrays, and the connection's write buffer they are copied into),
+    /// whose peaks do not overlap. A dead letter's or a parked
     /// record's copy of the bytes takes the place of the decoded record, which leaves the
     /// batch. The memory budget counts record bytes times this.
     pub const COPIES: usize = 4;
