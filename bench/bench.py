@@ -286,6 +286,19 @@ def service_cpu():
     return {name: tree_cpu(pid) for name, pid in SERVICE_PIDS.items()}
 
 
+def settle(quiet=0.05, timeout=30):
+    """Waits until the services are idle (less than `quiet` CPU seconds in a second, all
+    together), at most `timeout` s: a run must not pay for the work the last one left behind
+    (its schema dropped, its indices deleted, flushes). Returns the seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        before = service_cpu()
+        time.sleep(1)
+        if sum(diff(before, service_cpu()).values()) < quiet:
+            break
+    return round(time.monotonic() - t0, 1)
+
+
 def hwm_kib(pid):
     """The process's own peak RSS so far (VmHWM), or 0 once it has exited."""
     try:
@@ -478,6 +491,7 @@ def e2e_run(kind, ident, topic, n, extra_env=None, poll=(0.5, 0.1), timeout=1800
     prepare(kind, ident)
     logf = open(os.path.join(WORK, f"{ident}.log"), "wb")
     query = PgSession()
+    settled = settle()
     svc0 = service_cpu()
     t0 = time.monotonic()
     p = start(kind, ident, topic, logf, extra_env)
@@ -501,6 +515,7 @@ def e2e_run(kind, ident, topic, n, extra_env=None, poll=(0.5, 0.1), timeout=1800
     svc = diff(svc0, service_cpu())
     query.close()
     res = {"kind": kind, "records": n, "seconds": round(elapsed, 2), "records_per_s": round(n / elapsed),
+           "settled_s": settled,
            "cpu_s_at_done": proc_cpu(p.pid), "services_cpu_s": svc}
     first = next((s for s in samples if min(s[1], s[2]) > 0), None)
     if first:
@@ -600,6 +615,7 @@ def ceiling_load(mode, ident, dump, topic, n, batch, conc):
         if st != 200:
             raise RuntimeError(f"template: {st} {b}")
     try:
+        settled = settle()
         svc0 = service_cpu()
         out, wall, cpu = run_measured(
             [LOADER, "--dump", dump, "--topic", topic, "--mode", mode, "--batch", str(batch),
@@ -616,7 +632,7 @@ def ceiling_load(mode, ident, dump, topic, n, batch, conc):
     finally:
         cleanup(ident if mode != "es" else None, prefix if mode != "pg" else None,
                 f"bench-{prefix}" if mode != "pg" else None)
-    r.update({"mode": mode, "services_cpu_s": svc,
+    r.update({"mode": mode, "services_cpu_s": svc, "settled_s": settled,
               "loader_cpu_s": r.get("loader_cpu_s"), "loader_process_cpu_s": round(cpu, 2)})
     # Share of one core the loader used while loading: far below 1 means it waited on the stores.
     r["loader_core_share"] = round(r["loader_cpu_s"] / r["seconds"], 2) if r.get("loader_cpu_s") is not None else None
@@ -1167,6 +1183,7 @@ def main():
                "Peer: Benthos v4.27.0 (github.com/benthosdev/benthos/v4, the code base Redpanda Connect continues) built from bench/peer; the Go module proxy here refuses the github.com/redpanda-data/connect/v4 sources (403 on the module zip) and this machine's package list marks that module not to use (licence); github.com/redpanda-data/benthos/v4 is served but is only the engine, without the Kafka, SQL and OpenSearch components.",
                "Peer crash runs use the sarama `kafka` input with a 6 s session timeout instead of kafka_franz (no session timeout setting in this release; 45 s franz-go default would stall each restart); log-processor crash runs use LP_SESSION_TIMEOUT_MS=6000.",
                "End-to-end time runs from process start (includes the group join) until counts in PostgreSQL (count(*)) and OpenSearch (_count; every index refreshes every 250 ms, LP_ES_REFRESH_MS and the bench template alike) both reach the record count, polled every 0.5 s and every 0.1 s once either holds 90 % of the records.",
+               "Every end-to-end and ceiling run starts once the services have been idle for a second (settled_s: the wait, at most 30 s), so no run pays for the cleanup of the one before.",
                "Peak RSS: the process's own high-water mark (VmHWM in /proc/PID/status), read while it runs and until it exits. Not wait4's ru_maxrss: a child spawned with vfork reports there the harness's own peak, carried over at exec.",
                "CPU: processes started by the benchmark are reaped with wait4(), whose rusage covers them and every child they reaped; the services' CPU is that of their process trees (tests/infra's pids) with each live process's cutime+cstime, so PostgreSQL backends that exited during a run count.",
                "Ceilings: examples/ceiling_loader.rs encodes every row and document before its clock starts, then COPYs and/or _bulk-indexes chunks with N in flight; each store's sweep picks the best point, re-run on every record.",
