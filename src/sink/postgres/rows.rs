@@ -198,12 +198,17 @@ async fn copy_into(
     data: Vec<u8>,
 ) -> Result<(), Refusal> {
     let refusal = |e| row_refusal(&table.name, e);
-    // Dropped unfinished (a cancelled write), the copy sends `CopyFail`: nothing is written.
     let mut copy = tx
         .copy_in_raw(&copy_statement(table))
         .await
         .map_err(refusal)?;
-    copy.send(data).await.map_err(refusal)?;
+    if let Err(e) = copy.send(data).await {
+        // Ended here, not dropped: sqlx's drop of an unfinished copy sends `CopyFail` without
+        // waiting for the answer it brings, which the connection's next statement would read
+        // as its own. (A write cancelled mid-copy closes its connection: `with_connection`.)
+        let _ = copy.abort("log-processor: sending the rows failed").await;
+        return Err(refusal(e));
+    }
     copy.finish().await.map_err(refusal)?;
     Ok(())
 }
