@@ -315,23 +315,17 @@ async fn a_copied_batch_stores_the_rows_an_insert_stores() {
         .await;
     assert_eq!(same, n, "each copied row is the row the insert stored");
     // And what both stored is the record itself, not the same mangling twice.
-    let message: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT message FROM {}.log_records WHERE kafka_offset = {}",
-        f.schema,
-        n + 2
+    let (message, key): (String, Vec<u8>) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT m.message, k.kafka_key FROM {s}.log_records m, {s}.log_records k \
+         WHERE m.kafka_offset = {} AND k.kafka_offset = {}",
+        n + 2,
+        n + 1,
+        s = f.schema
     )))
     .fetch_one(&f.owner)
     .await
     .unwrap();
     assert_eq!(message, texts[2]);
-    let key: Vec<u8> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT kafka_key FROM {}.log_records WHERE kafka_offset = {}",
-        f.schema,
-        n + 1
-    )))
-    .fetch_one(&f.owner)
-    .await
-    .unwrap();
     assert_eq!(Some(key), record(1).key);
 }
 
