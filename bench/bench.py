@@ -142,8 +142,8 @@ def es(method, path, body=None, ctype="application/json", timeout=120):
         return r.status, data
 
 
-def pg_count(schema):
-    out = psql(f"SELECT count(*) FROM {schema}.log_records", check=False)
+def pg_count(schema, query=psql):
+    out = query(f"SELECT count(*) FROM {schema}.log_records", check=False)
     return int(out) if out.isdigit() else 0
 
 
@@ -183,8 +183,7 @@ def pg_stored(schema, topic, n, partitions=6, query=psql):
     est = int(est) if est.isdigit() else 0
     if est < n:
         return False, est
-    exact = query(f"SELECT count(*) FROM {schema}.log_records", check=False)
-    exact = int(exact) if exact.isdigit() else 0
+    exact = pg_count(schema, query)
     return exact >= n, exact
 
 
